@@ -1,0 +1,110 @@
+"""Settings: read once from `VIEWCOUNTER_*` environment variables at the process edge."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "VIEWCOUNTER_"
+PLACEHOLDER_TOKENS = frozenset({"changeme", "change-me", "secret", "admin", "password", "token"})
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
+class ConfigError(Exception):
+    """The environment holds invalid settings; `lines` has one clear line per bad value."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class Settings(BaseSettings):
+    """Every knob of the api and the flusher; built once by `load_settings()`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    redis_url: str = Field(min_length=1)
+    database_url: str = Field(min_length=1)
+    admin_token: SecretStr | None = None
+    flush_interval: float = Field(default=5.0, gt=0, le=3600)
+    dedupe_window: int = Field(default=1800, ge=0, le=7 * 86400)
+    rate_limit: int = Field(default=600, ge=0)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    metrics_port: int = Field(default=9101, ge=0, le=65535)
+    # Seconds the hit path waits for Redis before answering 503.
+    redis_timeout: float = Field(default=2.0, gt=0, le=60)
+    redis_max_connections: int = Field(default=64, ge=1, le=10000)
+    # Largest request body accepted on public routes, in bytes.
+    max_body_bytes: int = Field(default=16 * 1024, ge=256, le=16 * 1024 * 1024)
+    # Postgres statement_timeout for flusher and admin work, in seconds.
+    statement_timeout: float = Field(default=30.0, gt=0, le=3600)
+    # "everysec" trusts Redis' AOF policy; "always" makes each flush snapshot wait for fsync
+    # (WAITAOF) before it is written to Postgres, so a Redis crash cannot replay it.
+    snapshot_fsync: Literal["wait", "none"] = "wait"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("admin_token")
+    @classmethod
+    def _refuse_placeholder_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        secret = value.get_secret_value()
+        if secret.lower() in PLACEHOLDER_TOKENS or len(secret) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"must be a random secret of at least {MIN_ADMIN_TOKEN_CHARS} characters"
+            )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_scheme(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql://")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or network") from exc
+        return value
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment or raise ConfigError with one line per bad value."""
+    try:
+        return Settings()  # type: ignore[call-arg]  # values come from the environment
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ENV_PREFIX + "_".join(str(part) for part in err["loc"][:1]).upper()
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                message = "is required"
+            lines.append(f"{name}: {message}")
+        raise ConfigError(lines) from None

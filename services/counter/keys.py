@@ -1,0 +1,76 @@
+"""The whole Redis key schema. No other module formats a Redis key.
+
+Every key of a site carries the hash tag ``{vc:SITE}`` so that one hit (site hash, page hash,
+pending shard) touches a single Redis Cluster slot. Pending deltas are split over
+``PENDING_SHARDS`` hashes by page, so several flushers can work on one site at once and no
+single hash grows with the whole site's traffic.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "vc"
+PENDING_SHARDS = 8
+# Field layout of a pending hash: the local day (YYYY-MM-DD, always 10 chars) then the page.
+DAY_CHARS = 10
+
+# Fields of the per-site hash.
+SITE_GEN = "gen"  # present once the live totals were loaded from Postgres
+SITE_VIEWS = "views"  # live total shown in the footer: Postgres views + baseline + pending
+SITE_TZ = "tz"
+
+
+def tag(site: str) -> str:
+    """The hash tag that pins all keys of `site` to one Cluster slot."""
+    return f"{{{PREFIX}:{site}}}"
+
+
+def site_key(site: str) -> str:
+    """Hash with the site's live total, time zone and load generation."""
+    return f"{tag(site)}:site"
+
+
+def pages_key(site: str) -> str:
+    """Hash page -> live total (views + baseline + pending)."""
+    return f"{tag(site)}:pages"
+
+
+def shard_of(page: str) -> int:
+    """Pending shard a page's deltas go to; stable across processes and restarts."""
+    return zlib.crc32(page.encode()) % PENDING_SHARDS
+
+
+def pending_key(site: str, shard: int) -> str:
+    """Hash day+page -> hits counted but not yet moved to Postgres."""
+    return f"{tag(site)}:pend:{shard}"
+
+
+def snapshot_key(site: str, shard: int, batch_id: str) -> str:
+    """A pending hash renamed under a batch id: frozen until the batch is in Postgres."""
+    return f"{tag(site)}:snap:{shard}:{batch_id}"
+
+
+SNAPSHOT_PATTERN = f"{{{PREFIX}:*}}:snap:*"
+
+
+def parse_snapshot_key(key: str) -> tuple[str, int, str] | None:
+    """(site, shard, batch id) of a snapshot key, or None when `key` is not one."""
+    head = f"{{{PREFIX}:"
+    if not key.startswith(head):
+        return None
+    site, sep, rest = key[len(head) :].partition("}:snap:")
+    shard, sep2, batch_id = rest.partition(":")
+    if not (sep and sep2 and shard.isdigit() and batch_id):
+        return None
+    return site, int(shard), batch_id
+
+
+def pending_field(day: str, page: str) -> str:
+    """Field of a pending hash for `page` on local `day`."""
+    return day + page
+
+
+def split_pending_field(field: str) -> tuple[str, str]:
+    """(day, page) of a pending hash field."""
+    return field[:DAY_CHARS], field[DAY_CHARS:]

@@ -1,0 +1,10 @@
+-- Finish loading a site: set its live total and time zone, then mark it loaded with a fresh
+-- generation. Atomic with the "loaded" check so two loaders cannot both finish.
+-- KEYS[1] site hash
+-- ARGV[1] generation token, ARGV[2] site total (views + baseline), ARGV[3] time zone
+-- Returns 1 when this call loaded the site, 0 when it was loaded already.
+if redis.call('HEXISTS', KEYS[1], 'gen') == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'views', ARGV[2], 'tz', ARGV[3], 'gen', ARGV[1])
+return 1

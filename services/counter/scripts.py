@@ -1,0 +1,33 @@
+"""The Lua scripts, loaded once from package files and called by sha.
+
+Only `store.py` calls these; nothing else sees KEYS or ARGV.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script's source and sha1, as Redis names it for EVALSHA."""
+
+    name: str
+    source: str
+    sha: str
+
+
+def _load(name: str) -> Script:
+    source = resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+HIT = _load("hit")
+COUNTS = _load("counts")
+LOAD_PAGES = _load("load_pages")
+LOAD_SITE = _load("load_site")
+SNAPSHOT = _load("snapshot")
+REHOME = _load("rehome")
+ALL = (HIT, COUNTS, LOAD_PAGES, LOAD_SITE, SNAPSHOT, REHOME)

@@ -1,0 +1,351 @@
+"""Typed async access to the counting state in Redis: hits, reads, loads and snapshots.
+
+This is the only module that runs Redis commands for counting. Hits that arrive in the same
+event-loop turn are sent together in one pipeline: still one round trip per hit (fewer, in
+fact), and the loop does not pay redis-py's per-command overhead once per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis import exceptions as redis_errors
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from services.counter import keys, scripts
+
+SNAPSHOT_SCAN_COUNT = 5000
+
+
+class CounterUnavailable(Exception):
+    """Redis is unreachable, loading, full or did not answer in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class HitResult:
+    """Live totals right after a counted hit."""
+
+    page_views: int
+    site_views: int
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Live totals of a site and some of its pages."""
+
+    site_views: int
+    pages: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Pending shards of one site frozen under a batch id, and the generation they belong to."""
+
+    site: str
+    generation: str | None
+    keys: list[str]
+
+
+def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
+    """A client whose pool waits (bounded) for a free connection and never retries by itself.
+
+    A retried script after a timeout may run twice (the first may have run): so no retries,
+    and a failure is answered as 503 instead.
+    """
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )
+    return Redis(connection_pool=pool)
+
+
+def _unavailable(exc: BaseException) -> CounterUnavailable:
+    if isinstance(exc, redis_errors.BusyLoadingError):
+        return CounterUnavailable("Redis is loading its data")
+    if isinstance(exc, redis_errors.OutOfMemoryError):
+        return CounterUnavailable("Redis is full (maxmemory reached)")
+    if isinstance(exc, redis_errors.TimeoutError | asyncio.TimeoutError):
+        return CounterUnavailable("Redis did not answer in time")
+    return CounterUnavailable(f"Redis error: {exc}")
+
+
+Call = tuple[scripts.Script, int, Sequence[Any]]
+
+
+async def run_scripts(
+    redis: Redis, calls: Sequence[Call], waitaof_timeout_ms: int | None = None
+) -> tuple[list[Any], bool]:
+    """Run script calls in one pipeline; per-call errors come back as exception values.
+
+    With `waitaof_timeout_ms`, WAITAOF follows on the same connection, and the second value
+    says whether the writes were fsynced to Redis' AOF (False when AOF is off or unsupported).
+    """
+
+    async def send(batch: Sequence[Call]) -> tuple[list[Any], bool]:
+        async with redis.pipeline(transaction=False) as pipe:
+            for script, numkeys, argv in batch:
+                pipe.evalsha(script.sha, numkeys, *argv)
+            if waitaof_timeout_ms is not None:
+                pipe.execute_command("WAITAOF", 1, 0, waitaof_timeout_ms)
+            out: list[Any] = await pipe.execute(raise_on_error=False)
+        if waitaof_timeout_ms is None:
+            return out, False
+        fsync = out.pop()
+        return out, not isinstance(fsync, Exception) and int(fsync[0]) >= 1
+
+    results, fsynced = await send(calls)
+    missing = [i for i, r in enumerate(results) if isinstance(r, redis_errors.NoScriptError)]
+    if missing:
+        # NOSCRIPT means the call did not run (SCRIPT FLUSH, failover): safe to send again.
+        for script in {calls[i][0] for i in missing}:
+            await redis.script_load(script.source)
+        again, fsynced = await send([calls[i] for i in missing])
+        for i, result in zip(missing, again, strict=True):
+            results[i] = result
+    return results, fsynced
+
+
+class _Coalescer:
+    """Sends the script calls submitted within one event-loop turn as one pipeline."""
+
+    def __init__(self, redis: Redis, script: scripts.Script) -> None:
+        self._redis = redis
+        self._script = script
+        self._queue: list[tuple[Sequence[str], asyncio.Future[Any]]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def call(self, argv: Sequence[str]) -> Any:
+        """Run the script with `argv` (KEYS first, counted by the script's caller) and answer."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((argv, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
+        return await future
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        batch, self._queue = self._queue, []
+        task = asyncio.create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[Sequence[str], asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._execute([argv for argv, _ in batch])
+        except redis_errors.RedisError as exc:
+            failure = _unavailable(exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():  # the request went away; its hit still counted
+                continue
+            if isinstance(result, redis_errors.RedisError):
+                future.set_exception(_unavailable(result))
+            else:
+                future.set_result(result)
+
+    async def _execute(self, calls: list[Sequence[str]]) -> list[Any]:
+        results, _ = await run_scripts(self._redis, [(self._script, 3, argv) for argv in calls])
+        return results
+
+    async def drain(self) -> None:
+        """Wait for the pipelines in flight."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class CounterStore:
+    """Counting state in Redis, exposed as typed methods; wraps Redis errors as ours."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._hits = _Coalescer(redis, scripts.HIT)
+
+    async def register_scripts(self) -> None:
+        """Load every script so the first calls need no NOSCRIPT recovery."""
+        try:
+            for script in scripts.ALL:
+                await self.redis.script_load(script.source)
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def close(self) -> None:
+        """Finish pipelines in flight, then close the client."""
+        await self._hits.drain()
+        await self.redis.aclose()
+
+    async def _eval(
+        self, script: scripts.Script, key_list: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        try:
+            try:
+                return await self.redis.evalsha(script.sha, len(key_list), *key_list, *args)
+            except redis_errors.NoScriptError:
+                await self.redis.script_load(script.source)
+                return await self.redis.evalsha(script.sha, len(key_list), *key_list, *args)
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def hit(self, site: str, page: str, day: str) -> HitResult | None:
+        """Count one view of `page` on local `day`; None when the site is not loaded."""
+        argv = (
+            keys.site_key(site),
+            keys.pages_key(site),
+            keys.pending_key(site, keys.shard_of(page)),
+            page,
+            keys.pending_field(day, page),
+        )
+        result = await self._hits.call(argv)
+        if result[0] == 0:
+            return None
+        return HitResult(page_views=int(result[1]), site_views=int(result[2]))
+
+    async def counts(self, site: str, pages: Sequence[str]) -> Counts | None:
+        """Live totals of `site` and `pages`; None when the site is not loaded."""
+        result = await self._eval(
+            scripts.COUNTS, (keys.site_key(site), keys.pages_key(site)), pages
+        )
+        if result[0] == 0:
+            return None
+        return Counts(
+            site_views=int(result[1]),
+            pages={page: int(v) for page, v in zip(pages, result[2:], strict=True)},
+        )
+
+    async def site_timezone(self, site: str) -> str | None:
+        """The time zone the site was loaded with, or None when it is not loaded."""
+        try:
+            values = await self.redis.hmget(keys.site_key(site), [keys.SITE_GEN, keys.SITE_TZ])
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+        gen, tz = values
+        return cast(str, tz) if gen is not None and tz is not None else None
+
+    async def set_timezone(self, site: str, tz: str) -> None:
+        """Record a changed time zone for a loaded site (a no-op when it is not loaded)."""
+        try:
+            if await self.redis.hexists(keys.site_key(site), keys.SITE_GEN):
+                await self.redis.hset(keys.site_key(site), keys.SITE_TZ, tz)
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def load_pages(self, site: str, totals: Sequence[tuple[str, int]]) -> bool:
+        """Write page totals of an unloaded site; False when the site got loaded meanwhile."""
+        flat: list[str | int] = []
+        for page, total in totals:
+            flat.extend((page, total))
+        loaded = await self._eval(
+            scripts.LOAD_PAGES, (keys.site_key(site), keys.pages_key(site)), flat
+        )
+        return bool(loaded)
+
+    async def load_site(self, site: str, generation: str, site_total: int, tz: str) -> bool:
+        """Mark the site loaded with its total; False when another loader finished first."""
+        loaded = await self._eval(
+            scripts.LOAD_SITE, (keys.site_key(site),), (generation, site_total, tz)
+        )
+        return bool(loaded)
+
+    async def generation(self, site: str) -> str | None:
+        """The site's load generation; it changes only when Redis lost the site and was refilled."""
+        try:
+            gen = await self.redis.hget(keys.site_key(site), keys.SITE_GEN)
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+        return cast(str | None, gen)
+
+    async def snapshot(
+        self, sites: Sequence[str], batch_id: str, fsync_timeout_ms: int | None
+    ) -> tuple[list[Snapshot], bool]:
+        """Freeze the non-empty pending shards of `sites` under `batch_id`.
+
+        With `fsync_timeout_ms`, also wait (WAITAOF) until the move is in Redis' AOF on disk,
+        so a Redis crash cannot roll it back after the batch reached Postgres; the second
+        value says whether that was confirmed.
+        """
+        calls: list[Call] = []
+        targets: list[list[str]] = []
+        for site in sites:
+            site_targets = [
+                keys.snapshot_key(site, shard, batch_id) for shard in range(keys.PENDING_SHARDS)
+            ]
+            argv = [keys.site_key(site)]
+            for shard, target in enumerate(site_targets):
+                argv.extend((keys.pending_key(site, shard), target))
+            calls.append((scripts.SNAPSHOT, len(argv), argv))
+            targets.append(site_targets)
+        try:
+            results, fsynced = await run_scripts(self.redis, calls, fsync_timeout_ms)
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+        snapshots = []
+        for site, site_targets, result in zip(sites, targets, results, strict=True):
+            if isinstance(result, Exception):
+                raise _unavailable(result)
+            moved = [site_targets[i] for i in result[1:]]
+            snapshots.append(Snapshot(site=site, generation=result[0], keys=moved))
+        return snapshots, fsynced
+
+    async def read_snapshot(self, key: str) -> AsyncIterator[tuple[str, int]]:
+        """(pending field, hits) pairs of a frozen snapshot, read in chunks."""
+        try:
+            async for field, value in self.redis.hscan_iter(key, count=SNAPSHOT_SCAN_COUNT):
+                yield field, int(value)
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def find_snapshots(self) -> list[str]:
+        """Every snapshot key in Redis (left by crashed or concurrent flushers)."""
+        try:
+            return [k async for k in self.redis.scan_iter(match=keys.SNAPSHOT_PATTERN, count=1000)]
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def rehome(self, key: str, new_key: str) -> bool:
+        """Move a snapshot to another batch id; False when it is gone."""
+        return bool(await self._eval(scripts.REHOME, (key, new_key), ()))
+
+    async def delete(self, key_list: Sequence[str]) -> None:
+        """Drop snapshots whose batch is committed in Postgres."""
+        if not key_list:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in key_list:
+                    pipe.delete(key)  # one key per command: keys may sit in different slots
+                await pipe.execute()
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def eviction_policy(self) -> str | None:
+        """Redis' maxmemory-policy, or None when CONFIG is not allowed (managed services)."""
+        try:
+            conf = await self.redis.config_get("maxmemory-policy")
+        except redis_errors.ResponseError:
+            return None
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+        return conf.get("maxmemory-policy")
+
+    async def ping(self) -> None:
+        """Raise CounterUnavailable unless Redis answers."""
+        try:
+            await self.redis.ping()
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
