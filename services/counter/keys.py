@@ -51,7 +51,16 @@ def snapshot_key(site: str, shard: int, batch_id: str) -> str:
     return f"{tag(site)}:snap:{shard}:{batch_id}"
 
 
-SNAPSHOT_PATTERN = f"{{{PREFIX}:*}}:snap:*"
+ALL_SITE_KEYS_PATTERN = f"{{{PREFIX}:*}}:*"
+
+
+def parse_pending_key(key: str) -> str | None:
+    """The site of a pending shard key, or None when `key` is not one."""
+    head = f"{{{PREFIX}:"
+    if not key.startswith(head):
+        return None
+    site, sep, rest = key[len(head) :].partition("}:pend:")
+    return site if sep and rest.isdigit() else None
 
 
 def parse_snapshot_key(key: str) -> tuple[str, int, str] | None:

@@ -26,6 +26,10 @@ class CounterUnavailable(Exception):
     """Redis is unreachable, loading, full or did not answer in time."""
 
 
+class UnsafeRedis(Exception):
+    """Redis is configured to evict keys, which would silently drop unflushed counts."""
+
+
 @dataclass(frozen=True, slots=True)
 class HitResult:
     """Live totals right after a counted hit."""
@@ -85,14 +89,15 @@ Call = tuple[scripts.Script, int, Sequence[Any]]
 
 async def run_scripts(
     redis: Redis, calls: Sequence[Call], waitaof_timeout_ms: int | None = None
-) -> tuple[list[Any], bool]:
+) -> tuple[list[Any], bool | None]:
     """Run script calls in one pipeline; per-call errors come back as exception values.
 
     With `waitaof_timeout_ms`, WAITAOF follows on the same connection, and the second value
-    says whether the writes were fsynced to Redis' AOF (False when AOF is off or unsupported).
+    says whether the writes were fsynced to Redis' AOF in time: True, False (timed out), or
+    None when the server cannot say (AOF off, or a Redis older than 7.2).
     """
 
-    async def send(batch: Sequence[Call]) -> tuple[list[Any], bool]:
+    async def send(batch: Sequence[Call]) -> tuple[list[Any], bool | None]:
         async with redis.pipeline(transaction=False) as pipe:
             for script, numkeys, argv in batch:
                 pipe.evalsha(script.sha, numkeys, *argv)
@@ -100,9 +105,11 @@ async def run_scripts(
                 pipe.execute_command("WAITAOF", 1, 0, waitaof_timeout_ms)
             out: list[Any] = await pipe.execute(raise_on_error=False)
         if waitaof_timeout_ms is None:
-            return out, False
+            return out, None
         fsync = out.pop()
-        return out, not isinstance(fsync, Exception) and int(fsync[0]) >= 1
+        if isinstance(fsync, Exception):
+            return out, None
+        return out, int(fsync[0]) >= 1
 
     results, fsynced = await send(calls)
     missing = [i for i, r in enumerate(results) if isinstance(r, redis_errors.NoScriptError)]
@@ -272,12 +279,12 @@ class CounterStore:
 
     async def snapshot(
         self, sites: Sequence[str], batch_id: str, fsync_timeout_ms: int | None
-    ) -> tuple[list[Snapshot], bool]:
+    ) -> tuple[list[Snapshot], bool | None]:
         """Freeze the non-empty pending shards of `sites` under `batch_id`.
 
         With `fsync_timeout_ms`, also wait (WAITAOF) until the move is in Redis' AOF on disk,
         so a Redis crash cannot roll it back after the batch reached Postgres; the second
-        value says whether that was confirmed.
+        value says whether that was confirmed (None: the server cannot confirm it).
         """
         calls: list[Call] = []
         targets: list[list[str]] = []
@@ -310,12 +317,22 @@ class CounterStore:
         except redis_errors.RedisError as exc:
             raise _unavailable(exc) from exc
 
-    async def find_snapshots(self) -> list[str]:
-        """Every snapshot key in Redis (left by crashed or concurrent flushers)."""
+    async def find_work(self) -> tuple[set[str], dict[str, list[str]]]:
+        """Sites with pending deltas, and snapshot keys left in Redis grouped by batch id."""
+        sites: set[str] = set()
+        batches: dict[str, list[str]] = {}
         try:
-            return [k async for k in self.redis.scan_iter(match=keys.SNAPSHOT_PATTERN, count=1000)]
+            async for key in self.redis.scan_iter(match=keys.ALL_SITE_KEYS_PATTERN, count=1000):
+                pending_site = keys.parse_pending_key(key)
+                if pending_site is not None:
+                    sites.add(pending_site)
+                    continue
+                snapshot = keys.parse_snapshot_key(key)
+                if snapshot is not None:
+                    batches.setdefault(snapshot[2], []).append(key)
         except redis_errors.RedisError as exc:
             raise _unavailable(exc) from exc
+        return sites, batches
 
     async def rehome(self, key: str, new_key: str) -> bool:
         """Move a snapshot to another batch id; False when it is gone."""
@@ -333,15 +350,23 @@ class CounterStore:
         except redis_errors.RedisError as exc:
             raise _unavailable(exc) from exc
 
-    async def eviction_policy(self) -> str | None:
-        """Redis' maxmemory-policy, or None when CONFIG is not allowed (managed services)."""
+    async def refuse_eviction(self) -> None:
+        """Raise UnsafeRedis when maxmemory-policy may evict keys without a TTL.
+
+        Managed services that forbid CONFIG GET are given the benefit of the doubt.
+        """
         try:
             conf = await self.redis.config_get("maxmemory-policy")
         except redis_errors.ResponseError:
-            return None
+            return
         except redis_errors.RedisError as exc:
             raise _unavailable(exc) from exc
-        return conf.get("maxmemory-policy")
+        policy = conf.get("maxmemory-policy") or "noeviction"
+        if policy.startswith("allkeys-"):
+            raise UnsafeRedis(
+                f"Redis maxmemory-policy is {policy}: it would evict unflushed counts; "
+                "set it to noeviction"
+            )
 
     async def ping(self) -> None:
         """Raise CounterUnavailable unless Redis answers."""

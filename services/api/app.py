@@ -1,0 +1,76 @@
+"""The FastAPI application: `create_app(settings)` with a lifespan that owns every client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from services.api import errors, hits, ops, sites
+from services.api.body_limit import BodyLimit
+from services.api.deps import State
+from services.config import Settings, load_settings
+from services.counter import store as counter_store
+from services.db import repository
+from services.live import LiveCounts
+
+log = logging.getLogger("viewcounter.api")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API wired to Redis and Postgres from `settings`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        store = counter_store.CounterStore(
+            counter_store.connect(
+                settings.redis_url,
+                max_connections=settings.redis_max_connections,
+                timeout_s=settings.redis_timeout,
+            )
+        )
+        # min_size=0: the api starts, and counts, while Postgres is down.
+        pool = await repository.connect_pool(
+            settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=10
+        )
+        try:
+            try:
+                await store.refuse_eviction()
+                await store.register_scripts()
+            except counter_store.CounterUnavailable as exc:
+                log.warning("redis not reachable at start; hits answer 503 until it is: %s", exc)
+            repo = repository.Repository(pool)
+            yield State(settings=settings, store=store, repo=repo, live=LiveCounts(store, repo))
+        finally:
+            await store.close()
+            await pool.close()
+
+    app = FastAPI(
+        title="viewcounter",
+        version="1",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    errors.install(app)
+    app.include_router(hits.router)
+    app.include_router(sites.router)
+    app.include_router(ops.router)
+    # Any page may read counts; no cookies are involved, so "*" exposes nothing private.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "POST"],
+        allow_headers=["content-type"],
+        max_age=86400,
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: each worker reads the environment once."""
+    return create_app(load_settings())

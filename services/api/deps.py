@@ -1,0 +1,67 @@
+"""Typed access to the lifespan state, as `Annotated` dependencies for routes."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Annotated, TypedDict
+
+from fastapi import Depends, Request
+
+from services.api.errors import ApiError
+from services.config import Settings
+from services.counter import store as counter_store
+from services.db import repository
+from services.live import LiveCounts
+
+
+class State(TypedDict):
+    """What the lifespan opens and every request may use."""
+
+    settings: Settings
+    store: counter_store.CounterStore
+    repo: repository.Repository
+    live: LiveCounts
+
+
+def get_live(request: Request) -> LiveCounts:
+    """The live-count service."""
+    live: LiveCounts = request.state.live
+    return live
+
+
+def get_state(request: Request) -> State:
+    """All clients, for routes that need more than counting (health)."""
+    return State(
+        settings=request.state.settings,
+        store=request.state.store,
+        repo=request.state.repo,
+        live=request.state.live,
+    )
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+def require_admin(request: Request) -> None:
+    """Refuse unless the bearer token equals VIEWCOUNTER_ADMIN_TOKEN (compared in constant time)."""
+    settings: Settings = request.state.settings
+    if settings.admin_token is None:
+        raise ApiError(403, "admin_disabled", "admin routes are off: no admin token is set")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = settings.admin_token.get_secret_value()
+    # Hash both sides so the comparison time does not depend on the lengths either.
+    if scheme.lower() != "bearer" or not secrets.compare_digest(_digest(given), _digest(expected)):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a valid admin bearer token is required",
+            "authorization",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+Live = Annotated[LiveCounts, Depends(get_live)]
+AppState = Annotated[State, Depends(get_state)]
+Admin = Depends(require_admin)

@@ -1,0 +1,110 @@
+"""API errors and the one place that turns any failure into a JSON answer."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from services.counter import ids
+from services.counter import store as counter_store
+from services.db import repository
+from services.live import InvalidTimezone, UnknownSite
+
+log = logging.getLogger("viewcounter.api")
+
+RETRY_AFTER_S = 1
+
+
+class ApiError(Exception):
+    """An answer other than 2xx, with a code a program can branch on and a field when known."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """`{"error": {"code", "message", "field"?}}` with `status`."""
+    body: dict[str, str] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return Response(
+        orjson.dumps({"error": body}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _as_api_error(exc: Exception) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ids.InvalidId):
+        return ApiError(422, "invalid_field", f"{exc.field} {exc.message}", exc.field)
+    if isinstance(exc, InvalidTimezone):
+        return ApiError(422, "invalid_field", str(exc), "timezone")
+    if isinstance(exc, UnknownSite):
+        return ApiError(404, "unknown_site", "no such site; register it first", "site")
+    if isinstance(exc, counter_store.CounterUnavailable):
+        return ApiError(
+            503, "redis_unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
+    if isinstance(exc, repository.DatabaseUnavailable):
+        return ApiError(
+            503, "database_unavailable", "Postgres is unavailable", headers={"Retry-After": "5"}
+        )
+    log.exception("unhandled error", exc_info=exc)
+    return ApiError(500, "internal", "internal error")
+
+
+async def _handle(request: Request, exc: Exception) -> Response:
+    err = _as_api_error(exc)
+    return error_response(err.status, err.code, err.message, err.field, err.headers)
+
+
+async def _handle_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return error_response(
+        exc.status_code,
+        codes.get(exc.status_code, "http_error"),
+        str(exc.detail),
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _handle_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    field = ".".join(loc) or None
+    return error_response(422, "invalid_field", f"{field or 'request'}: {first['msg']}", field)
+
+
+def install(app: FastAPI) -> None:
+    """Route every exception through one mapping to JSON answers."""
+    app.add_exception_handler(StarletteHTTPException, _handle_http)
+    app.add_exception_handler(RequestValidationError, _handle_validation)
+    app.add_exception_handler(Exception, _handle)

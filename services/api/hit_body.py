@@ -1,0 +1,61 @@
+"""Parsing of a hit's body: JSON, also when a browser's sendBeacon labels it text/plain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from services.api.errors import ApiError
+from services.counter import ids
+
+VISITOR_MAX_CHARS = 128
+URL_MAX_CHARS = 2048
+# sendBeacon sends text/plain; curl -d sends form-urlencoded; both carry our JSON here.
+ACCEPTED_MEDIA_TYPES = frozenset(
+    {"", "application/json", "text/plain", "application/x-www-form-urlencoded"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HitBody:
+    """A validated hit."""
+
+    page: str
+    visitor: str | None = None
+    url: str | None = None
+    referrer: str | None = None
+
+
+def _optional_text(data: dict[str, object], name: str, max_chars: int) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(422, "invalid_field", f"{name} must be a string", name)
+    if len(value) > max_chars:
+        raise ApiError(422, "invalid_field", f"{name} must be at most {max_chars} characters", name)
+    return value
+
+
+def parse(content_type: str | None, raw: bytes) -> HitBody:
+    """The hit in `raw`, or ApiError naming what is wrong with it."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media not in ACCEPTED_MEDIA_TYPES:
+        raise ApiError(
+            415, "unsupported_media_type", "send JSON as application/json or text/plain", "body"
+        )
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_json", "body must be a UTF-8 JSON object", "body") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_field", "body must be a JSON object", "body")
+    if "page" not in data:
+        raise ApiError(422, "missing_field", "page is required", "page")
+    return HitBody(
+        page=ids.page_id(data["page"]),
+        visitor=_optional_text(data, "visitor", VISITOR_MAX_CHARS),
+        url=_optional_text(data, "url", URL_MAX_CHARS),
+        referrer=_optional_text(data, "referrer", URL_MAX_CHARS),
+    )

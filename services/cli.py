@@ -1,0 +1,138 @@
+"""The `viewcounter` command: api, flusher, migrate, sites add, up."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncpg
+
+from services import logs
+from services.config import ConfigError, Settings, load_settings
+from services.counter import ids
+from services.counter import store as counter_store
+from services.db import migrate as db_migrate
+from services.db import repository
+from services.live import InvalidTimezone, LiveCounts, zone
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="viewcounter", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    api = sub.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1)
+    sub.add_parser("flusher", help="move counts from Redis to Postgres every interval")
+    sub.add_parser("migrate", help="apply database migrations")
+    sites = sub.add_parser("sites", help="manage sites")
+    sites_sub = sites.add_subparsers(dest="sites_command", required=True)
+    add = sites_sub.add_parser("add", help="register a site (idempotent)")
+    add.add_argument("site")
+    add.add_argument("--timezone", default="UTC", help="IANA time zone, e.g. Asia/Ho_Chi_Minh")
+    up = sub.add_parser("up", help="run the whole stack locally (starts Redis and Postgres)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--data-dir", type=Path, default=Path(".viewcounter"))
+    up.add_argument("--site", default="demo", help="demo site to create")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"viewcounter: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "up":
+        from services import up
+
+        return up.run_up(
+            host=args.host, port=args.port, data_dir=args.data_dir, demo_site=args.site
+        )
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"viewcounter: {line}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level)
+    if args.command == "api":
+        return _run_api(settings, args.host, args.port, args.workers)
+    if args.command == "flusher":
+        from services.flusher import main as flusher_main
+
+        return asyncio.run(flusher_main.serve(settings))
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    if args.command == "sites":
+        try:
+            site = ids.site_id(args.site)
+            zone(args.timezone)
+        except (ids.InvalidId, InvalidTimezone) as exc:
+            return _fail(f"{getattr(exc, 'field', 'timezone')}: {exc}")
+        return asyncio.run(_add_site(settings, site, args.timezone))
+    return _fail(f"unknown command {args.command}")
+
+
+def _run_api(settings: Settings, host: str, port: int, workers: int) -> int:
+    import uvicorn
+
+    if workers < 1:
+        return _fail("--workers must be at least 1")
+    uvicorn.run(
+        "services.api.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        log_level=settings.log_level,
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.trusted_proxies) or "",
+        server_header=False,
+    )
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        return _fail(f"cannot connect to Postgres: {exc}")
+    try:
+        applied = await db_migrate.migrate(conn)
+    finally:
+        await conn.close()
+    print(f"migrations applied: {applied or 'none (up to date)'}")
+    return 0
+
+
+async def _add_site(settings: Settings, site: str, timezone: str) -> int:
+    store = counter_store.CounterStore(
+        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5)
+    )
+    pool = await repository.connect_pool(
+        settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=2
+    )
+    try:
+        live = LiveCounts(store, repository.Repository(pool))
+        created = await live.register(site, timezone)
+    except (counter_store.CounterUnavailable, repository.DatabaseUnavailable) as exc:
+        return _fail(str(exc))
+    finally:
+        await store.close()
+        await pool.close()
+    print(f"site {site} {'created' if created else 'updated'} (time zone {timezone})")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""All SQL of viewcounter: a repository handed an asyncpg pool (which it never closes).
+
+asyncpg and OS errors become `DatabaseUnavailable` here, so callers deal with one error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from importlib import resources
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+Conn = asyncpg.Connection | PoolConnectionProxy
+ROWS_PER_STATEMENT = 20_000
+LOAD_FETCH_ROWS = 10_000
+
+
+def _load_queries() -> dict[str, str]:
+    text = resources.files(__package__).joinpath("queries.sql").read_text("utf-8")
+    parts = re.split(r"^-- name: (\w+)\n", text, flags=re.MULTILINE)
+    return {name: sql.strip() for name, sql in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+Q = _load_queries()
+
+
+class DatabaseUnavailable(Exception):
+    """Postgres is unreachable, timed out or refused the work; nothing was committed."""
+
+
+class GenerationChanged(Exception):
+    """Redis lost a site's live totals while its batch was in hand; the batch was rolled back."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """A registered site."""
+
+    site: str
+    timezone: str
+
+
+@dataclass
+class BatchRows:
+    """Deltas of one batch, aggregated: per (site, page, day), with derived page/site sums."""
+
+    daily: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def add(self, site: str, page: str, day: str, hits: int) -> None:
+        """Add `hits` for `page` of `site` on local `day` (YYYY-MM-DD)."""
+        key = (site, page, day)
+        self.daily[key] = self.daily.get(key, 0) + hits
+
+    @property
+    def hits(self) -> int:
+        """Total hits in the batch."""
+        return sum(self.daily.values())
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The batch is now in Postgres, committed by this call."""
+
+
+@dataclass(frozen=True)
+class AlreadyApplied:
+    """The ledger had the batch id already; `keys` are the snapshots that batch covered."""
+
+    keys: list[str]
+
+
+def connect_pool(
+    url: str, *, statement_timeout_s: float, min_size: int = 0, max_size: int = 10
+) -> Awaitable[asyncpg.Pool]:
+    """A pool with server-side timeouts, so a stuck query or lock cannot hang a worker."""
+    ms = str(int(statement_timeout_s * 1000))
+    return asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=10,
+        command_timeout=statement_timeout_s + 5,
+        server_settings={
+            "statement_timeout": ms,
+            "lock_timeout": ms,
+            "idle_in_transaction_session_timeout": str(int(statement_timeout_s * 2000)),
+            "application_name": "viewcounter",
+        },
+    )
+
+
+@asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+class SiteLoad:
+    """Totals of one site read under its row lock, for copying into Redis."""
+
+    def __init__(self, conn: Conn, site: str, total: int, timezone: str) -> None:
+        self._conn = conn
+        self.site = site
+        self.total = total
+        self.timezone = timezone
+
+    async def page_totals(self) -> AsyncIterator[list[tuple[str, int]]]:
+        """Page totals in chunks (a site can have many pages)."""
+        cursor = self._conn.cursor(Q["page_totals"], self.site)
+        chunk: list[tuple[str, int]] = []
+        async for row in cursor:
+            chunk.append((row["page"], row["total"]))
+            if len(chunk) >= LOAD_FETCH_ROWS:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+class Repository:
+    """Named queries over a pool; one method per unit of work."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def ping(self) -> None:
+        """Raise DatabaseUnavailable unless Postgres answers."""
+        async with _translated(), self.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def upsert_site(self, site: str, timezone: str) -> bool:
+        """Create or update a site; True when it was created."""
+        async with _translated(), self.pool.acquire() as conn, conn.transaction():
+            created: bool = await conn.fetchval(Q["upsert_site"], site, timezone)
+            await conn.execute(Q["ensure_site_views"], site)
+            return created
+
+    async def get_site(self, site: str) -> Site | None:
+        """The site, or None when it is not registered."""
+        async with _translated(), self.pool.acquire() as conn:
+            row = await conn.fetchrow(Q["get_site"], site)
+        return Site(row["site"], row["timezone"]) if row else None
+
+    @asynccontextmanager
+    async def site_load(self, site: str) -> AsyncIterator[SiteLoad | None]:
+        """Hold the site's totals row locked while the caller copies its totals to Redis.
+
+        A flush of this site commits only after checking Redis under the same lock, so a
+        load and a flush can never miss each other. Yields None for an unknown site.
+        """
+        async with _translated(), self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(Q["lock_site_totals"], site)
+            yield None if row is None else SiteLoad(conn, site, row["total"], row["timezone"])
+
+    async def batch_keys(self, batch_id: str) -> list[str] | None:
+        """Snapshot keys the ledger recorded for `batch_id`, or None when it was never applied."""
+        async with _translated(), self.pool.acquire() as conn:
+            keys: list[str] | None = await conn.fetchval(Q["batch_keys"], batch_id)
+            return keys
+
+    async def apply_batch(
+        self,
+        batch_id: str,
+        snapshot_keys: Sequence[str],
+        rows: BatchRows,
+        still_current: Callable[[], Awaitable[bool]],
+    ) -> Applied | AlreadyApplied:
+        """Add a batch's deltas and record its id, in one transaction; exactly once per id.
+
+        `still_current` is asked after the sites' totals rows are locked and before COMMIT:
+        if Redis was refilled meanwhile the batch is rolled back (GenerationChanged).
+        """
+        async with _translated(), self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    claimed = await conn.fetchval(
+                        Q["claim_batch"], batch_id, rows.hits, len(rows.daily), list(snapshot_keys)
+                    )
+                    if claimed is None:
+                        keys: list[str] = await conn.fetchval(Q["batch_keys"], batch_id)
+                        return AlreadyApplied(keys)
+                    await _write_rows(conn, rows)
+                    if not await still_current():
+                        raise GenerationChanged(batch_id)
+            except BaseException:
+                # Cancelled or failed mid-transaction: do not hand this connection back in
+                # an unknown state.
+                if not conn.is_closed() and conn.is_in_transaction():
+                    conn.terminate()
+                raise
+        return Applied()
+
+
+async def _write_rows(conn: Conn, rows: BatchRows) -> None:
+    pages: dict[tuple[str, str], int] = {}
+    site_days: dict[tuple[str, str], int] = {}
+    sites: dict[str, int] = {}
+    for (site, page, day), hits in rows.daily.items():
+        pages[(site, page)] = pages.get((site, page), 0) + hits
+        site_days[(site, day)] = site_days.get((site, day), 0) + hits
+        sites[site] = sites.get(site, 0) + hits
+
+    page_items = sorted(pages.items())
+    for chunk in _chunks(page_items):
+        await conn.execute(
+            Q["add_page_views"],
+            [s for (s, _), _ in chunk],
+            [p for (_, p), _ in chunk],
+            [n for _, n in chunk],
+        )
+    daily_items = sorted(rows.daily.items())
+    for chunk in _chunks(daily_items):
+        await conn.execute(
+            Q["add_page_views_daily"],
+            [s for (s, _, _), _ in chunk],
+            [p for (_, p, _), _ in chunk],
+            [date.fromisoformat(d) for (_, _, d), _ in chunk],
+            [n for _, n in chunk],
+        )
+    site_day_items = sorted(site_days.items())
+    await conn.execute(
+        Q["add_site_views_daily"],
+        [s for (s, _), _ in site_day_items],
+        [date.fromisoformat(d) for (_, d), _ in site_day_items],
+        [n for _, n in site_day_items],
+    )
+    # Last, and in site order: these row locks are what a concurrent loader waits on.
+    for site, hits in sorted(sites.items()):
+        await conn.execute(Q["add_site_views"], site, hits)
+
+
+def _chunks(items: list[Any]) -> list[list[Any]]:
+    return [items[i : i + ROWS_PER_STATEMENT] for i in range(0, len(items), ROWS_PER_STATEMENT)]

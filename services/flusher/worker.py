@@ -1,0 +1,246 @@
+"""The flusher: moves pending deltas from Redis into Postgres, exactly once.
+
+One pass (`flush_once`):
+1. find the sites with pending deltas, and snapshots left by a crashed (or concurrent)
+   flusher;
+2. finish the leftover batches: a batch whose id is in the ledger is only deleted;
+3. freeze the pending shards under a new batch id (RENAME, atomic), wait until Redis has
+   that on disk (WAITAOF), apply the deltas and insert the batch id into the ledger in one
+   Postgres transaction, and only after COMMIT delete the snapshot.
+A crash at any point leaves either the pending hash or a snapshot in Redis, and the ledger
+decides whether that snapshot still needs applying. The ledger, not a lock, is what makes
+two flushers at once safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge
+
+from services.counter import keys
+from services.counter import store as counter_store
+from services.db import repository
+
+log = logging.getLogger("viewcounter.flusher")
+
+FSYNC_WAIT_MS = 2000
+STALE_BATCH_MIN_S = 60.0
+MAX_BACKOFF_S = 60.0
+
+FLUSHED_HITS = Counter("viewcounter_flushed_hits_total", "Hits committed to Postgres")
+FLUSHED_BATCHES = Counter("viewcounter_flushed_batches_total", "Batches committed to Postgres")
+FLUSH_FAILURES = Counter("viewcounter_flush_failures_total", "Flush passes that failed")
+DISCARDED_HITS = Counter(
+    "viewcounter_discarded_hits_total",
+    "Hits of batches dropped because Redis lost and refilled the site meanwhile",
+)
+LAST_SUCCESS = Gauge(
+    "viewcounter_flush_last_success_timestamp_seconds", "When a flush pass last succeeded"
+)
+
+
+class FlushDeferred(Exception):
+    """The pass stopped early on purpose; the snapshot stays and is finished next pass."""
+
+
+@dataclass
+class FlushReport:
+    """What one pass did."""
+
+    batches: int = 0
+    hits: int = 0
+    rows: int = 0
+    discarded_hits: int = 0
+
+
+def batch_id(owner: str, seq: int, now_s: float) -> str:
+    """A unique batch id that also tells its age and owner: `<unix ms>-<owner>-<seq>`."""
+    return f"{int(now_s * 1000):013d}-{owner}-{seq}"
+
+
+def batch_owner_and_age(batch: str, now_s: float) -> tuple[str, float]:
+    """(owner, age in seconds) of a batch id; an unparsable id counts as old and foreign."""
+    stamp, _, rest = batch.partition("-")
+    owner = rest.partition("-")[0]
+    if not stamp.isdigit():
+        return "", float("inf")
+    return owner, now_s - int(stamp) / 1000
+
+
+class Flusher:
+    """Runs flush passes; `flush_once` is public so tests drive the real body."""
+
+    def __init__(
+        self,
+        store: counter_store.CounterStore,
+        repo: repository.Repository,
+        *,
+        interval_s: float,
+        wait_fsync: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._repo = repo
+        self._interval_s = interval_s
+        self._wait_fsync = wait_fsync
+        self._clock = clock
+        self.owner = secrets.token_hex(4)
+        self._seq = 0
+        self._first_pass = True
+        self._warned_no_fsync = False
+        # Another flusher's batch is taken over only when it is this old (or at start-up):
+        # taking over a live one is safe, only wasted work.
+        self.stale_after_s = max(STALE_BATCH_MIN_S, 10 * interval_s)
+        self.last_success: float | None = None
+
+    def _new_batch_id(self) -> str:
+        self._seq += 1
+        return batch_id(self.owner, self._seq, self._clock())
+
+    async def flush_once(self) -> FlushReport:
+        """One pass: finish leftover batches, then move all pending deltas to Postgres."""
+        report = FlushReport()
+        sites, leftovers = await self._store.find_work()
+        now = self._clock()
+        for batch, batch_keys in sorted(leftovers.items()):
+            owner, age = batch_owner_and_age(batch, now)
+            if self._first_pass or owner == self.owner or age >= self.stale_after_s:
+                await self._finish(batch, sorted(batch_keys), None, report)
+        self._first_pass = False
+        if sites:
+            batch = self._new_batch_id()
+            timeout = FSYNC_WAIT_MS if self._wait_fsync else None
+            snapshots, fsynced = await self._store.snapshot(sorted(sites), batch, timeout)
+            if fsynced is False:
+                raise FlushDeferred("Redis did not confirm the snapshot on disk in time")
+            if fsynced is None and self._wait_fsync and not self._warned_no_fsync:
+                self._warned_no_fsync = True
+                log.warning(
+                    "redis cannot confirm fsync (AOF off or Redis < 7.2): a Redis crash "
+                    "right after a flush may replay up to one second of hits"
+                )
+            batch_keys = [k for snap in snapshots for k in snap.keys]
+            if batch_keys:
+                generations = {snap.site: snap.generation for snap in snapshots if snap.keys}
+                await self._finish(batch, batch_keys, generations, report)
+        self.last_success = self._clock()
+        LAST_SUCCESS.set(self.last_success)
+        return report
+
+    async def _finish(
+        self,
+        batch: str,
+        batch_keys: Sequence[str],
+        generations: Mapping[str, str | None] | None,
+        report: FlushReport,
+    ) -> None:
+        rows = repository.BatchRows()
+        for key in batch_keys:
+            parsed = keys.parse_snapshot_key(key)
+            if parsed is None:
+                continue
+            site = parsed[0]
+            async for field, hits in self._store.read_snapshot(key):
+                day, page = keys.split_pending_field(field)
+                rows.add(site, page, day, hits)
+        if not rows.daily:
+            return  # keys already gone: whoever deleted them had committed their batch
+        sites = sorted({site for site, _, _ in rows.daily})
+        if generations is None:
+            generations = {site: await self._store.generation(site) for site in sites}
+        expected = dict(generations)
+
+        async def still_current() -> bool:
+            for site, gen in expected.items():
+                if await self._store.generation(site) != gen:
+                    return False
+            return True
+
+        try:
+            outcome = await self._repo.apply_batch(batch, batch_keys, rows, still_current)
+        except repository.GenerationChanged:
+            log.error(
+                "batch %s dropped: Redis lost and refilled its sites meanwhile",
+                batch,
+                extra={"batch": batch, "hits": rows.hits},
+            )
+            await self._store.delete(batch_keys)
+            report.discarded_hits += rows.hits
+            DISCARDED_HITS.inc(rows.hits)
+            return
+        if isinstance(outcome, repository.Applied):
+            await self._store.delete(batch_keys)
+            report.batches += 1
+            report.hits += rows.hits
+            report.rows += len(rows.daily)
+            FLUSHED_BATCHES.inc()
+            FLUSHED_HITS.inc(rows.hits)
+            log.info(
+                "batch applied",
+                extra={"batch": batch, "hits": rows.hits, "rows": len(rows.daily)},
+            )
+            return
+        await self._settle_applied(batch, batch_keys, outcome.keys, report)
+
+    async def _settle_applied(
+        self, batch: str, batch_keys: Sequence[str], done: Sequence[str], report: FlushReport
+    ) -> None:
+        # The ledger has this batch id: delete exactly the snapshots it covered. A snapshot it
+        # did not cover (another flusher took over a batch still being frozen) moves to a new
+        # batch id instead of being lost.
+        covered = set(done)
+        await self._store.delete([k for k in batch_keys if k in covered])
+        rest = [k for k in batch_keys if k not in covered]
+        if not rest:
+            return
+        new_batch = self._new_batch_id()
+        moved = []
+        for key in rest:
+            parsed = keys.parse_snapshot_key(key)
+            if parsed is None:
+                continue
+            new_key = keys.snapshot_key(parsed[0], parsed[1], new_batch)
+            if await self._store.rehome(key, new_key):
+                moved.append(new_key)
+        log.warning("batch %s partly applied elsewhere; rest moves to %s", batch, new_batch)
+        if moved:
+            await self._finish(new_batch, moved, None, report)
+
+    async def run(self, stop: asyncio.Event, *, grace_s: float = 30.0) -> None:
+        """Flush every interval until `stop` is set; then finish and flush once more."""
+        failures = 0
+        while not stop.is_set():
+            if await self._pass_ok():
+                failures = 0
+                delay = self._interval_s
+            else:
+                failures += 1
+                delay = min(self._interval_s * 2**failures, max(MAX_BACKOFF_S, self._interval_s))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        try:
+            await asyncio.wait_for(self._pass_ok(), grace_s)
+        except TimeoutError:
+            log.error("final flush did not finish within %.0f s; its snapshot stays", grace_s)
+
+    async def _pass_ok(self) -> bool:
+        try:
+            report = await self.flush_once()
+        except (
+            counter_store.CounterUnavailable,
+            repository.DatabaseUnavailable,
+            FlushDeferred,
+        ) as exc:
+            FLUSH_FAILURES.inc()
+            log.warning("flush failed, will retry: %s", exc, extra={"error": str(exc)})
+            return False
+        if report.batches:
+            log.debug("flush pass", extra={"batches": report.batches, "hits": report.hits})
+        return True
