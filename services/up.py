@@ -1,0 +1,173 @@
+"""`viewcounter up`: local Redis and Postgres (unless given), migrations, then api and flusher."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import FrameType
+
+from services import localservers
+
+REDIS_URL_ENV = "VIEWCOUNTER_REDIS_URL"
+DATABASE_URL_ENV = "VIEWCOUNTER_DATABASE_URL"
+ADMIN_TOKEN_ENV = "VIEWCOUNTER_ADMIN_TOKEN"
+METRICS_PORT_ENV = "VIEWCOUNTER_METRICS_PORT"
+DEFAULT_METRICS_PORT = 9101
+DATABASE_NAME = "viewcounter"
+CHILD_GRACE_S = 30.0
+POLL_INTERVAL_S = 0.2
+
+
+class _StopRequested(Exception):
+    """Ctrl-C or SIGTERM arrived while the stack was still starting."""
+
+
+def _cli_command(*args: str) -> list[str]:
+    """Command line running a `viewcounter` subcommand with this interpreter."""
+    return [sys.executable, "-m", "services.cli", *args]
+
+
+@contextlib.contextmanager
+def _stop_signals(stop: threading.Event) -> Iterator[None]:
+    """Route SIGINT and SIGTERM to the stop event while the stack runs."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_step(args: list[str], env: Mapping[str, str], stop: threading.Event) -> None:
+    """Run a one-shot subcommand to completion; raise if it fails or a stop was requested."""
+    if stop.is_set():
+        raise _StopRequested
+    result = subprocess.run(
+        _cli_command(*args), env=dict(env), stdin=subprocess.DEVNULL, check=False
+    )
+    if stop.is_set():
+        raise _StopRequested
+    if result.returncode != 0:
+        raise RuntimeError(f"`viewcounter {' '.join(args)}` failed with code {result.returncode}")
+
+
+def _terminate(children: Mapping[str, subprocess.Popen[bytes]], grace_s: float) -> None:
+    """SIGTERM every child, wait up to grace_s in total, then SIGKILL what is left."""
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for name, proc in children.items():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"viewcounter up: {name} did not stop within {grace_s:g} s; killing it")
+            proc.kill()
+            proc.wait()
+
+
+def _supervise(children: Mapping[str, subprocess.Popen[bytes]], stop: threading.Event) -> int:
+    """Wait for a stop request (0) or the first child to exit on its own (non-zero)."""
+    while not stop.is_set():
+        for name, proc in children.items():
+            code = proc.poll()
+            if code is not None:
+                print(f"viewcounter up: {name} exited unexpectedly with code {code}; stopping")
+                return code if code != 0 else 1
+        stop.wait(POLL_INTERVAL_S)
+    return 0
+
+
+def _print_banner(host: str, port: int, demo_site: str, env: Mapping[str, str]) -> None:
+    base = f"http://{host}:{port}"
+    metrics_port = env.get(METRICS_PORT_ENV, str(DEFAULT_METRICS_PORT))
+    hit = (
+        f"curl -X POST {base}/v1/sites/{demo_site}/hits "
+        "-H 'content-type: application/json' -d '{\"page\":\"hello\"}'"
+    )
+    lines = [
+        "",
+        "viewcounter is up",
+        f"  api:              {base}",
+        f"  record a view:    {hit}",
+        f"  api metrics:      {base}/metrics",
+        f"  flusher metrics:  http://127.0.0.1:{metrics_port}/metrics",
+        f"  redis:            {env[REDIS_URL_ENV]}",
+        f"  postgres:         {env[DATABASE_URL_ENV]}",
+        "Press Ctrl-C to stop.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _start_databases(
+    data_dir: Path, env: dict[str, str], servers: list[localservers.ServerProcess]
+) -> None:
+    """Start Redis and Postgres for whichever URL the environment does not provide."""
+    if not env.get(REDIS_URL_ENV):
+        redis_server = localservers.RedisProcess(
+            data_dir / "redis", appendonly=True, appendfsync="everysec"
+        )
+        servers.append(redis_server)
+        redis_server.start()
+        env[REDIS_URL_ENV] = redis_server.url
+        print(f"viewcounter up: started Redis on {redis_server.url}")
+    if not env.get(DATABASE_URL_ENV):
+        pg_server = localservers.PostgresProcess(
+            data_dir / "postgres", log_file=data_dir / "postgres.log"
+        )
+        servers.append(pg_server)
+        pg_server.start()
+        pg_server.ensure_database(DATABASE_NAME)
+        env[DATABASE_URL_ENV] = pg_server.url(DATABASE_NAME)
+        print(f"viewcounter up: started Postgres on {env[DATABASE_URL_ENV]}")
+
+
+def run_up(*, host: str, port: int, data_dir: Path, demo_site: str = "demo") -> int:
+    """Run the whole stack in the foreground until Ctrl-C/SIGTERM (0) or a child dies (non-zero)."""
+    env = dict(os.environ)
+    stop = threading.Event()
+    servers: list[localservers.ServerProcess] = []
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with _stop_signals(stop):
+        try:
+            _start_databases(data_dir, env, servers)
+            if not env.get(ADMIN_TOKEN_ENV):
+                env[ADMIN_TOKEN_ENV] = secrets.token_urlsafe(32)
+                print(f"viewcounter up: generated admin token {env[ADMIN_TOKEN_ENV]}")
+            _run_step(["migrate"], env, stop)
+            _run_step(["sites", "add", demo_site], env, stop)
+            for name, args in (
+                ("api", ["api", "--host", host, "--port", str(port)]),
+                ("flusher", ["flusher"]),
+            ):
+                # Own session so a terminal Ctrl-C reaches only us; we stop children in order.
+                children[name] = subprocess.Popen(
+                    _cli_command(*args), env=env, stdin=subprocess.DEVNULL, start_new_session=True
+                )
+            _print_banner(host, port, demo_site, env)
+            code = _supervise(children, stop)
+        except _StopRequested:
+            code = 0
+        except RuntimeError as exc:
+            print(f"viewcounter up: {exc}", file=sys.stderr)
+            code = 1
+        finally:
+            _terminate(children, CHILD_GRACE_S)
+            # The api and flusher are gone, so no write can race the databases' shutdown.
+            for server in reversed(servers):
+                server.stop()
+    return code

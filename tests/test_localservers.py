@@ -1,0 +1,142 @@
+"""Real Redis and Postgres processes: start, crash (SIGKILL), restart, and data survives."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from services import localservers
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[localservers.RedisProcess]:
+    with localservers.RedisProcess(tmp_path / "redis") as server:
+        yield server
+
+
+def _client(server: localservers.RedisProcess) -> redis.Redis:
+    return redis.Redis.from_url(server.url, socket_timeout=5)
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_free_port_can_be_bound() -> None:
+    port = localservers.free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_binary_overrides_come_from_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(localservers.REDIS_SERVER_ENV, "/opt/custom/valkey-server")
+    monkeypatch.setenv(localservers.PG_BIN_DIR_ENV, str(tmp_path))
+    assert localservers.redis_server_binary() == "/opt/custom/valkey-server"
+    assert localservers.postgres_bin_dir() == tmp_path
+
+
+def test_default_binaries_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(localservers.REDIS_SERVER_ENV, raising=False)
+    monkeypatch.delenv(localservers.PG_BIN_DIR_ENV, raising=False)
+    assert os.access(localservers.redis_server_binary(), os.X_OK)
+    bin_dir = localservers.postgres_bin_dir()
+    for name in ("postgres", "initdb", "pg_isready", "psql"):
+        assert os.access(bin_dir / name, os.X_OK), name
+
+
+def test_redis_keeps_acknowledged_writes_across_sigkill(
+    redis_server: localservers.RedisProcess,
+) -> None:
+    client = _client(redis_server)
+    client.incrby("views", 41)
+    client.incr("views")
+    client.close()
+    old_pid = redis_server.pid
+
+    redis_server.kill()
+    assert redis_server.pid is None
+    assert old_pid is not None and not _pid_exists(old_pid)
+    # Redis write()s the AOF before it replies, so a process crash (not an OS crash) under
+    # appendfsync everysec loses nothing that was acknowledged.
+    redis_server.start()
+
+    client = _client(redis_server)
+    assert client.get("views") == b"42"
+    assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    client.close()
+
+
+def test_redis_graceful_restart_keeps_data_on_the_same_port(
+    redis_server: localservers.RedisProcess,
+) -> None:
+    port, url = redis_server.port, redis_server.url
+    client = _client(redis_server)
+    client.set("page", "hello")
+    client.close()
+
+    redis_server.restart()
+
+    assert (redis_server.port, redis_server.url) == (port, url)
+    client = _client(redis_server)
+    assert client.get("page") == b"hello"
+    client.close()
+
+
+def test_redis_start_failure_reports_log_tail(tmp_path: Path) -> None:
+    server = localservers.RedisProcess(tmp_path / "redis", appendfsync="sometimes")
+    with pytest.raises(RuntimeError, match="appendfsync"):
+        server.start()
+    assert server.pid is None
+
+
+def test_exit_stops_the_server(tmp_path: Path) -> None:
+    with localservers.RedisProcess(tmp_path / "redis") as server:
+        pid = server.pid
+        assert pid is not None
+    assert server.pid is None
+    assert not _pid_exists(pid)
+
+
+def test_postgres_keeps_committed_rows_across_sigkill(tmp_path: Path) -> None:
+    with localservers.PostgresProcess(tmp_path / "pg") as server:
+        assert server.url("viewcounter") == (
+            f"postgresql://postgres@127.0.0.1:{server.port}/viewcounter"
+        )
+        assert server.ensure_database("viewcounter") is True
+        assert server.ensure_database("viewcounter") is False
+        server.psql(
+            "CREATE TABLE totals (page text PRIMARY KEY, n bigint NOT NULL);"
+            "INSERT INTO totals VALUES ('a', 1), ('b', 2);",
+            "viewcounter",
+        )
+        postmaster = server.pid
+
+        server.kill()
+        assert server.pid is None
+        assert postmaster is not None and not _pid_exists(postmaster)
+        server.start()  # crash recovery from the WAL, same port, stale postmaster.pid
+
+        assert server.psql("SELECT sum(n) FROM totals", "viewcounter").strip() == "3"
+        server.restart()
+        assert server.psql("SELECT count(*) FROM totals", "viewcounter").strip() == "2"
+    assert server.pid is None
+
+
+def test_postgres_without_fsync_applies_speed_settings(tmp_path: Path) -> None:
+    with localservers.PostgresProcess(tmp_path / "pg", fsync=False) as server:
+        settings = server.psql(
+            "SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_settings"
+            " WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes')"
+        )
+    assert settings.strip() == "fsync=off,full_page_writes=off,synchronous_commit=off"

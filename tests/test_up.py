@@ -1,0 +1,141 @@
+"""`run_up` orchestration with stand-in subcommands in place of the real api and flusher."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services import up
+
+# Stands in for `python -m services.cli ...`: records its argv and env, then behaves per FAKE_*.
+FAKE_CLI = """
+import json, os, signal, sys, time
+args = sys.argv[1:]
+with open(os.environ["FAKE_RECORD"], "a") as fh:
+    keys = [k for k in os.environ if k.startswith("VIEWCOUNTER_")]
+    fh.write(json.dumps({"args": args, "pid": os.getpid(),
+                         "env": {k: os.environ[k] for k in keys}}) + "\\n")
+if args[0] == "migrate":
+    sys.exit(int(os.environ.get("FAKE_MIGRATE_EXIT", "0")))
+if args[0] == "sites":
+    sys.exit(0)
+if args[0] == "api":
+    if os.environ.get("FAKE_API_IGNORES_SIGTERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if "FAKE_API_EXIT" in os.environ:
+        time.sleep(0.3)
+        sys.exit(int(os.environ["FAKE_API_EXIT"]))
+if args[0] == "flusher" and os.environ.get("FAKE_FLUSHER_STOPS_PARENT"):
+    time.sleep(0.3)
+    os.kill(os.getppid(), signal.SIGTERM)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.fixture
+def record(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    path = tmp_path / "record.jsonl"
+    monkeypatch.setenv("FAKE_RECORD", str(path))
+    monkeypatch.setattr(up, "_cli_command", lambda *args: [sys.executable, "-c", FAKE_CLI, *args])
+    for name in (up.REDIS_URL_ENV, up.DATABASE_URL_ENV, up.ADMIN_TOKEN_ENV):
+        monkeypatch.delenv(name, raising=False)
+    return path
+
+
+ORDER = ["migrate", "sites", "api", "flusher"]
+
+
+def _calls(record: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+def _refuses_connections(url: str) -> bool:
+    host_port = url.split("@")[-1].split("//")[-1].split("/")[0]
+    host, port = host_port.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_child_crash_stops_the_stack_including_local_databases(
+    record: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FAKE_API_EXIT", "3")
+
+    code = up.run_up(host="127.0.0.1", port=8123, data_dir=tmp_path / "data", demo_site="blog")
+
+    assert code == 3
+    # api and flusher start concurrently, so they may record in either order.
+    calls = sorted(_calls(record), key=lambda c: ORDER.index(c["args"][0]))
+    assert [c["args"] for c in calls] == [
+        ["migrate"],
+        ["sites", "add", "blog"],
+        ["api", "--host", "127.0.0.1", "--port", "8123"],
+        ["flusher"],
+    ]
+    env = calls[0]["env"]
+    assert env[up.REDIS_URL_ENV].startswith("redis://127.0.0.1:")
+    assert env[up.DATABASE_URL_ENV].startswith("postgresql://postgres@127.0.0.1:")
+    assert env[up.DATABASE_URL_ENV].endswith("/viewcounter")
+    assert len(env[up.ADMIN_TOKEN_ENV]) >= 32
+    assert all(c["env"] == env for c in calls)
+    assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
+    assert _refuses_connections(env[up.REDIS_URL_ENV])
+    assert _refuses_connections(env[up.DATABASE_URL_ENV])
+    flusher_pid = calls[3]["pid"]
+    assert not _pid_exists(flusher_pid)
+
+
+def test_sigterm_stops_children_and_kills_those_past_the_grace_period(
+    record: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(up.REDIS_URL_ENV, "redis://127.0.0.1:1/0")
+    monkeypatch.setenv(up.DATABASE_URL_ENV, "postgresql://u@127.0.0.1:1/viewcounter")
+    monkeypatch.setenv(up.ADMIN_TOKEN_ENV, "a-token-that-is-long-enough")
+    monkeypatch.setenv("FAKE_FLUSHER_STOPS_PARENT", "1")
+    monkeypatch.setenv("FAKE_API_IGNORES_SIGTERM", "1")
+    monkeypatch.setattr(up, "CHILD_GRACE_S", 0.5)
+
+    code = up.run_up(host="127.0.0.1", port=8124, data_dir=tmp_path / "data")
+
+    assert code == 0
+    calls = sorted(_calls(record), key=lambda c: ORDER.index(c["args"][0]))
+    assert [c["args"][0] for c in calls] == ["migrate", "sites", "api", "flusher"]
+    assert calls[0]["env"] == {
+        up.REDIS_URL_ENV: "redis://127.0.0.1:1/0",
+        up.DATABASE_URL_ENV: "postgresql://u@127.0.0.1:1/viewcounter",
+        up.ADMIN_TOKEN_ENV: "a-token-that-is-long-enough",
+    }
+    for call in calls[2:]:
+        assert not _pid_exists(call["pid"])
+    assert not (tmp_path / "data" / "redis").exists()
+
+
+def test_failed_migration_returns_non_zero_before_starting_services(
+    record: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(up.REDIS_URL_ENV, "redis://127.0.0.1:1/0")
+    monkeypatch.setenv(up.DATABASE_URL_ENV, "postgresql://u@127.0.0.1:1/viewcounter")
+    monkeypatch.setenv("FAKE_MIGRATE_EXIT", "2")
+
+    code = up.run_up(host="127.0.0.1", port=8125, data_dir=tmp_path / "data")
+
+    assert code == 1
+    assert [c["args"] for c in _calls(record)] == [["migrate"]]
