@@ -71,7 +71,7 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
         retry=Retry(NoBackoff(), 0),
         health_check_interval=30,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its sockets
 
 
 def _unavailable(exc: BaseException) -> CounterUnavailable:
