@@ -1,0 +1,211 @@
+"""The flush protocol on real Redis and Postgres: exact totals, crashes between steps, takeovers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from services.config import Settings
+from services.counter import keys
+from services.counter import store as counter_store
+from services.db import repository
+from services.flusher.worker import Flusher, FlushReport, batch_id
+from tests.checks import Totals, assert_consistent, totals
+from tests.conftest import flusher_for
+
+
+async def send_hits(
+    client: httpx.AsyncClient, site: str, pages: list[str], counted: Counter[str]
+) -> None:
+    for page in pages:
+        response = await client.post(f"/v1/sites/{site}/hits", json={"page": page})
+        assert response.status_code == 200, response.text
+        if response.json()["counted"]:
+            counted[page] += 1
+
+
+def expect(t: Totals, counted: Counter[str]) -> None:
+    assert_consistent(t)
+    assert t.pages == dict(counted)
+    assert t.site_views == sum(counted.values())
+
+
+async def test_concurrent_clients_land_in_postgres_exactly(
+    api: httpx.AsyncClient, site: str, settings: Settings, flusher: Flusher
+) -> None:
+    clients, hits_each = 20, 40
+    rng = random.Random(7)
+    plans = [[f"article-{rng.randrange(60)}" for _ in range(hits_each)] for _ in range(clients)]
+    counted: Counter[str] = Counter()
+    samples: list[Totals] = []
+    done = asyncio.Event()
+
+    async def flush_and_sample() -> None:
+        while not done.is_set():
+            await flusher.flush_once()
+            samples.append(await totals(settings.database_url, site))
+
+    sampler = asyncio.create_task(flush_and_sample())
+    await asyncio.gather(*(send_hits(api, site, plan, counted) for plan in plans))
+    done.set()
+    await sampler
+    await flusher.flush_once()
+
+    assert sum(counted.values()) == clients * hits_each
+    for sample in samples:  # every committed state agrees with itself
+        assert_consistent(sample)
+    expect(await totals(settings.database_url, site), counted)
+    live = await api.get(f"/v1/sites/{site}/counts", params={"page": sorted(counted)})
+    assert live.json()["pages"] == dict(counted)
+
+
+async def test_nothing_pending_means_no_batch(
+    api: httpx.AsyncClient, site: str, settings: Settings, flusher: Flusher
+) -> None:
+    report = await flusher.flush_once()
+    assert (report.batches, (await totals(settings.database_url, site)).batches) == (0, 0)
+
+
+async def test_a_dead_flushers_snapshot_is_applied_once(
+    api: httpx.AsyncClient, site: str, settings: Settings, flusher: Flusher
+) -> None:
+    counted: Counter[str] = Counter()
+    await send_hits(api, site, ["a", "b", "a"], counted)
+    # A flusher froze the pending deltas and died before Postgres saw them.
+    dead = flusher_store(settings)
+    snapshots, _ = await dead.snapshot([site], batch_id("deadbeef", 1, 0.0), None)
+    await dead.close()
+    assert snapshots[0].keys
+    await send_hits(api, site, ["b"], counted)
+
+    await flusher.flush_once()
+    await flusher.flush_once()
+    expect(await totals(settings.database_url, site), counted)
+    assert await leftover_snapshots(settings) == []
+
+
+class CrashBeforeDelete(counter_store.CounterStore):
+    """Dies right after COMMIT, before the snapshot is deleted (like kill -9 there)."""
+
+    async def delete(self, key_list: object) -> None:
+        raise SystemExit("killed after commit")
+
+
+def flusher_store(
+    settings: Settings, cls: type[counter_store.CounterStore] = counter_store.CounterStore
+) -> counter_store.CounterStore:
+    return cls(counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5))
+
+
+async def test_a_batch_committed_but_not_deleted_is_not_counted_twice(
+    api: httpx.AsyncClient, site: str, settings: Settings, flusher: Flusher
+) -> None:
+    counted: Counter[str] = Counter()
+    await send_hits(api, site, ["a", "a", "c"], counted)
+    store = flusher_store(settings, CrashBeforeDelete)
+    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
+    crashing = Flusher(store, repository.Repository(pool), interval_s=1)
+    try:
+        with pytest.raises(SystemExit):
+            await crashing.flush_once()
+    finally:
+        await pool.close()
+        await store.close()
+    assert len(await leftover_snapshots(settings)) == len({keys.shard_of(p) for p in counted})
+
+    await flusher.flush_once()  # start-up pass: finds the snapshot, the ledger has its batch
+    expect(await totals(settings.database_url, site), counted)
+    assert await leftover_snapshots(settings) == []
+    assert (await totals(settings.database_url, site)).batches == 1
+
+
+async def test_a_takeover_of_a_half_frozen_batch_loses_nothing(
+    api: httpx.AsyncClient, site: str, settings: Settings, flusher: Flusher
+) -> None:
+    # Pages on two different pending shards.
+    first = "p0"
+    second = next(f"p{i}" for i in range(1, 100) if keys.shard_of(f"p{i}") != keys.shard_of(first))
+    counted: Counter[str] = Counter()
+    await send_hits(api, site, [first, second, second], counted)
+    batch = batch_id("slowpoke", 1, 0.0)
+    store = flusher_store(settings)
+    snapshots, _ = await store.snapshot([site], batch, None)
+    await store.close()
+    assert len(snapshots[0].keys) == 2
+    first_key = keys.snapshot_key(site, keys.shard_of(first), batch)
+    # Another flusher took over the batch while only its first shard was frozen, and
+    # committed it with that shard alone.
+    async with flusher_for(settings) as other:
+        await other._finish(batch, [first_key], None, FlushReport())
+    assert (await totals(settings.database_url, site)).pages == {first: 1}
+
+    await flusher.flush_once()  # the original owner's retry: ledger has the batch, one key more
+    expect(await totals(settings.database_url, site), counted)
+    assert await leftover_snapshots(settings) == []
+
+
+async def test_a_batch_read_before_redis_lost_its_data_is_rolled_back(
+    api: httpx.AsyncClient, site: str, settings: Settings
+) -> None:
+    counted: Counter[str] = Counter()
+    await send_hits(api, site, ["a"], counted)
+    async with flusher_for(settings) as f:
+        await f.flush_once()
+    await send_hits(api, site, ["a", "b"], counted)
+
+    class RedisLostMeanwhile(repository.Repository):
+        """Redis restarts empty and is refilled after the batch was read, before COMMIT."""
+
+        async def apply_batch(self, *args: Any, **kwargs: Any) -> Any:
+            client = aioredis.Redis.from_url(settings.redis_url)
+            await client.flushall()
+            await client.aclose()
+            refilled = await api.get(f"/v1/sites/{site}/counts", params={"page": "a"})
+            assert refilled.json()["pages"] == {"a": 1}
+            return await super().apply_batch(*args, **kwargs)
+
+    store = flusher_store(settings)
+    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
+    try:
+        report = await Flusher(store, RedisLostMeanwhile(pool), interval_s=1).flush_once()
+    finally:
+        await pool.close()
+        await store.close()
+
+    assert (report.batches, report.discarded_hits) == (0, 2)
+    t = await totals(settings.database_url, site)
+    assert_consistent(t)
+    assert t.pages == {"a": 1}
+    live = await api.get(f"/v1/sites/{site}/counts", params={"page": "a"})
+    assert live.json()["site_views"] == t.site_views == 1
+
+
+async def test_two_flushers_at_once_count_exactly(
+    api: httpx.AsyncClient, site: str, settings: Settings
+) -> None:
+    counted: Counter[str] = Counter()
+    stop = asyncio.Event()
+    async with flusher_for(settings) as one, flusher_for(settings) as two:
+        runs = [asyncio.create_task(f.run(stop)) for f in (one, two)]
+        rng = random.Random(3)
+        plans = [[f"x{rng.randrange(40)}" for _ in range(60)] for _ in range(10)]
+        await asyncio.gather(*(send_hits(api, site, plan, counted) for plan in plans))
+        stop.set()
+        await asyncio.gather(*runs)
+        await one.flush_once()
+    expect(await totals(settings.database_url, site), counted)
+    assert await leftover_snapshots(settings) == []
+
+
+async def leftover_snapshots(settings: Settings) -> list[str]:
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        return [k async for k in client.scan_iter(match="{vc:*}:snap:*")]
+    finally:
+        await client.aclose()
