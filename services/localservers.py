@@ -269,7 +269,7 @@ class RedisProcess(ServerProcess):
         log_file: Path | None = None,
     ) -> None:
         super().__init__(port, log_file if log_file is not None else data_dir / "redis.log")
-        self.data_dir = data_dir
+        self.data_dir = data_dir.resolve()  # the server runs with cwd "/"
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -324,9 +324,10 @@ class PostgresProcess(ServerProcess):
         fsync: bool = True,
         log_file: Path | None = None,
     ) -> None:
+        data_dir = data_dir.resolve()
         default_log = data_dir.parent / f"{data_dir.name}.log"
         super().__init__(port, log_file if log_file is not None else default_log)
-        self.data_dir = data_dir
+        self.data_dir = data_dir.resolve()  # the server runs with cwd "/"
         self.fsync = fsync
         self._socket_dir: Path | None = None
         self._bin_dir: Path | None = None
