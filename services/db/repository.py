@@ -91,6 +91,9 @@ def connect_pool(
             "lock_timeout": ms,
             "idle_in_transaction_session_timeout": str(int(statement_timeout_s * 2000)),
             "application_name": "viewcounter",
+            # The flusher deletes a snapshot from Redis once COMMIT returns: that COMMIT must
+            # be durable even where the server default is synchronous_commit=off.
+            "synchronous_commit": "on",
         },
     )
 
