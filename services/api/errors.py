@@ -103,8 +103,25 @@ async def _handle_validation(request: Request, exc: Exception) -> Response:
     return error_response(422, "invalid_field", f"{field or 'request'}: {first['msg']}", field)
 
 
+# Failures with a known answer. They are registered by class so that Starlette's
+# ExceptionMiddleware answers them; a handler for bare `Exception` lives in
+# ServerErrorMiddleware, which answers and then re-raises, so the server would log every 4xx
+# as "Exception in ASGI application" with a traceback.
+_KNOWN: tuple[type[Exception], ...] = (
+    ApiError,
+    ids.InvalidId,
+    InvalidTimezone,
+    UnknownSite,
+    counter_store.CounterUnavailable,
+    repository.DatabaseUnavailable,
+)
+
+
 def install(app: FastAPI) -> None:
     """Route every exception through one mapping to JSON answers."""
     app.add_exception_handler(StarletteHTTPException, _handle_http)
     app.add_exception_handler(RequestValidationError, _handle_validation)
+    for known in _KNOWN:
+        app.add_exception_handler(known, _handle)
+    # Anything else is a bug: a JSON 500, and the server logs the traceback.
     app.add_exception_handler(Exception, _handle)

@@ -60,7 +60,7 @@ def parse_pending_key(key: str) -> str | None:
     if not key.startswith(head):
         return None
     site, sep, rest = key[len(head) :].partition("}:pend:")
-    return site if sep and rest.isdigit() else None
+    return site if sep and rest.isascii() and rest.isdigit() else None
 
 
 def parse_snapshot_key(key: str) -> tuple[str, int, str] | None:
@@ -70,7 +70,7 @@ def parse_snapshot_key(key: str) -> tuple[str, int, str] | None:
         return None
     site, sep, rest = key[len(head) :].partition("}:snap:")
     shard, sep2, batch_id = rest.partition(":")
-    if not (sep and sep2 and shard.isdigit() and batch_id):
+    if not (sep and sep2 and shard.isascii() and shard.isdigit() and batch_id):
         return None
     return site, int(shard), batch_id
 
