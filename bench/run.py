@@ -413,14 +413,18 @@ def summarize_profile(raw: str, top: int = 20) -> str:
 def profile_hits(
     args: argparse.Namespace, kind: str, port: int, api_pid: int, tmp: Path
 ) -> tuple[RunResult | None, str]:
-    """A hit run of --profile seconds with py-spy sampling the api; (run, report)."""
+    """A hit run of --profile seconds with py-spy sampling the api; (run, report).
+
+    --nonblocking: pausing the api for every sample slows it tenfold (and anyio then grows its
+    thread pool), which distorts the picture more than the odd truncated stack does.
+    """
     py_spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
     if not os.access(py_spy, os.X_OK):
         return None, "  py-spy not installed (pip install py-spy); profile skipped"
     raw_file = tmp / "profile.txt"
     command = [
         py_spy, "record", "--pid", str(api_pid), "--format", "raw", "--output", str(raw_file),
-        "--duration", str(max(1, args.profile - 1)), "--rate", "200",
+        "--duration", str(max(1, args.profile - 1)), "--rate", "250", "--nonblocking",
     ]  # fmt: skip
     if args.workers > 1:
         command.append("--subprocesses")
