@@ -56,7 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     errors.install(app)
-    app.include_router(hits.router)
+    app.router.routes.extend(hits.routes)
     app.include_router(sites.router)
     app.include_router(ops.router)
     # Any page may read counts; no cookies are involved, so "*" exposes nothing private.

@@ -24,13 +24,13 @@ class State(TypedDict):
     live: LiveCounts
 
 
-def get_live(request: Request) -> LiveCounts:
+async def get_live(request: Request) -> LiveCounts:
     """The live-count service."""
     live: LiveCounts = request.state.live
     return live
 
 
-def get_state(request: Request) -> State:
+async def get_state(request: Request) -> State:
     """All clients, for routes that need more than counting (health)."""
     return State(
         settings=request.state.settings,
@@ -44,7 +44,7 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode()).digest()
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """Refuse unless the bearer token equals VIEWCOUNTER_ADMIN_TOKEN (compared in constant time)."""
     settings: Settings = request.state.settings
     if settings.admin_token is None:
@@ -62,6 +62,7 @@ def require_admin(request: Request) -> None:
         )
 
 
+# All dependencies are `async def`: a plain `def` costs a thread-pool hop per request.
 Live = Annotated[LiveCounts, Depends(get_live)]
 AppState = Annotated[State, Depends(get_state)]
 Admin = Depends(require_admin)

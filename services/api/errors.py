@@ -8,6 +8,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from services.counter import ids
@@ -71,6 +72,9 @@ def _as_api_error(exc: Exception) -> ApiError:
         return ApiError(
             503, "redis_unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}
         )
+    if isinstance(exc, ClientDisconnect):
+        # The client left while sending its body: nobody reads this answer, nothing counted.
+        return ApiError(400, "client_disconnected", "the client went away mid-request", "body")
     if isinstance(exc, repository.DatabaseUnavailable):
         return ApiError(
             503, "database_unavailable", "Postgres is unavailable", headers={"Retry-After": "5"}
@@ -114,6 +118,7 @@ _KNOWN: tuple[type[Exception], ...] = (
     UnknownSite,
     counter_store.CounterUnavailable,
     repository.DatabaseUnavailable,
+    ClientDisconnect,
 )
 
 

@@ -1,15 +1,21 @@
-"""Public counting routes: the hit (JSON or pixel) and the live counts read."""
+"""Public counting routes: the hit (JSON or pixel) and the live counts read.
+
+These are plain Starlette endpoints (added to the FastAPI app as routes): the hit path is the
+hot path, and FastAPI's per-request dependency and parameter machinery cost more than the whole
+counting work. They parse their own input, so the OpenAPI schema lists them by hand (`docs`).
+"""
 
 from __future__ import annotations
 
 import orjson
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from services.api import hit_body
-from services.api.deps import Live
 from services.api.errors import ApiError
 from services.counter import ids
+from services.live import LiveCounts
 
 MAX_PAGES_PER_READ = 100
 # The smallest transparent GIF: 1x1, one palette entry.
@@ -19,17 +25,20 @@ PIXEL_GIF = (
 )
 NO_STORE = {"Cache-Control": "no-store, max-age=0"}
 
-router = APIRouter(prefix="/v1/sites/{site}")
 
 
 def _json(body: object) -> Response:
     return Response(orjson.dumps(body), media_type="application/json", headers=NO_STORE)
 
 
-@router.post("/hits")
-async def post_hit(site: str, request: Request, live: Live) -> Response:
+def _site_and_live(request: Request) -> tuple[str, LiveCounts]:
+    live: LiveCounts = request.state.live
+    return ids.site_id(request.path_params["site"]), live
+
+
+async def post_hit(request: Request) -> Response:
     """Count one page view and answer the live totals."""
-    site = ids.site_id(site)
+    site, live = _site_and_live(request)
     hit = hit_body.parse(request.headers.get("content-type"), await request.body())
     result = await live.hit(site, hit.page)
     return _json(
@@ -43,23 +52,29 @@ async def post_hit(site: str, request: Request, live: Live) -> Response:
     )
 
 
-@router.get("/hit.gif")
-async def pixel_hit(site: str, live: Live, page: str | None = None) -> Response:
+async def pixel_hit(request: Request) -> Response:
     """The same hit for <noscript>: answers a 1x1 GIF that no cache keeps."""
-    site = ids.site_id(site)
+    site, live = _site_and_live(request)
+    page = request.query_params.get("page")
     if page is None:
         raise ApiError(422, "missing_field", "page is required", "page")
     await live.hit(site, ids.page_id(page))
     return Response(PIXEL_GIF, media_type="image/gif", headers=NO_STORE)
 
 
-@router.get("/counts")
-async def get_counts(site: str, request: Request, live: Live) -> Response:
+async def get_counts(request: Request) -> Response:
     """Live totals of the site and up to 100 pages, without counting."""
-    site = ids.site_id(site)
+    site, live = _site_and_live(request)
     raw_pages = request.query_params.getlist("page")
     if len(raw_pages) > MAX_PAGES_PER_READ:
         raise ApiError(422, "invalid_field", f"at most {MAX_PAGES_PER_READ} pages per call", "page")
     pages = list(dict.fromkeys(ids.page_id(p) for p in raw_pages))
     counts = await live.counts(site, pages)
     return _json({"site": site, "site_views": counts.site_views, "pages": counts.pages})
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/sites/{site}/hits", post_hit, methods=["POST"]),
+    Route("/v1/sites/{site}/hit.gif", pixel_hit, methods=["GET"]),
+    Route("/v1/sites/{site}/counts", get_counts, methods=["GET"]),
+]
