@@ -2,7 +2,7 @@
 
 These are plain Starlette endpoints (added to the FastAPI app as routes): the hit path is the
 hot path, and FastAPI's per-request dependency and parameter machinery cost more than the whole
-counting work. They parse their own input, so the OpenAPI schema lists them by hand (`docs`).
+counting work. They parse their own input; /docs does not list them (the README does).
 """
 
 from __future__ import annotations
