@@ -26,7 +26,6 @@ PIXEL_GIF = (
 NO_STORE = {"Cache-Control": "no-store, max-age=0"}
 
 
-
 def _json(body: object) -> Response:
     return Response(orjson.dumps(body), media_type="application/json", headers=NO_STORE)
 

@@ -76,7 +76,7 @@ def parse_snapshot_key(key: str) -> tuple[str, int, str] | None:
 
 
 def pending_field(day: str, page: str) -> str:
-    """Field of a pending hash for `page` on local `day`."""
+    """Field of a pending hash for `page` on local `day` (hits.lua builds it the same way)."""
     return day + page
 
 

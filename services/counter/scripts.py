@@ -24,10 +24,10 @@ def _load(name: str) -> Script:
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 
-HIT = _load("hit")
+HITS = _load("hits")
 COUNTS = _load("counts")
 LOAD_PAGES = _load("load_pages")
 LOAD_SITE = _load("load_site")
 SNAPSHOT = _load("snapshot")
 REHOME = _load("rehome")
-ALL = (HIT, COUNTS, LOAD_PAGES, LOAD_SITE, SNAPSHOT, REHOME)
+ALL = (HITS, COUNTS, LOAD_PAGES, LOAD_SITE, SNAPSHOT, REHOME)

@@ -20,6 +20,9 @@ from redis.backoff import NoBackoff
 from services.counter import keys, scripts
 
 SNAPSHOT_SCAN_COUNT = 5000
+PIPELINES_IN_FLIGHT = 2
+# Bounds how long one script call keeps Redis busy (about a microsecond per hit).
+MAX_HITS_PER_CALL = 256
 
 
 class CounterUnavailable(Exception):
@@ -123,58 +126,95 @@ async def run_scripts(
     return results, fsynced
 
 
-class _Coalescer:
-    """Sends the script calls submitted within one event-loop turn as one pipeline."""
+@dataclass(slots=True)
+class _QueuedHit:
+    site: str
+    page: str
+    day: str
+    future: asyncio.Future[HitResult | None]
 
-    def __init__(self, redis: Redis, script: scripts.Script) -> None:
+
+class _HitBatcher:
+    """Sends the hits taken within one event-loop turn as one script call per site.
+
+    Like a group commit: while PIPELINES_IN_FLIGHT calls are out, hits queue up and leave
+    together when one returns, so under load a call carries many hits and the fixed cost of a
+    round trip (and of redis-py's per-command work) is shared; when idle, a hit leaves at once.
+    """
+
+    def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._script = script
-        self._queue: list[tuple[Sequence[str], asyncio.Future[Any]]] = []
+        self._queue: list[_QueuedHit] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def call(self, argv: Sequence[str]) -> Any:
-        """Run the script with `argv` (KEYS first, counted by the script's caller) and answer."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((argv, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._dispatch)
+    async def hit(self, site: str, page: str, day: str) -> HitResult | None:
+        """Queue one hit and wait for its answer (None: the site is not loaded)."""
+        future: asyncio.Future[HitResult | None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_QueuedHit(site, page, day, future))
+        self._schedule()
         return await future
+
+    def _schedule(self) -> None:
+        if self._queue and not self._scheduled and len(self._tasks) < PIPELINES_IN_FLIGHT:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
 
     def _dispatch(self) -> None:
         self._scheduled = False
         batch, self._queue = self._queue, []
         task = asyncio.create_task(self._send(batch))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._sent)
 
-    async def _send(self, batch: list[tuple[Sequence[str], asyncio.Future[Any]]]) -> None:
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._schedule()
+
+    async def _send(self, batch: list[_QueuedHit]) -> None:
+        groups: dict[str, list[_QueuedHit]] = {}
+        for item in batch:
+            groups.setdefault(item.site, []).append(item)
+        chunks = [
+            items[i : i + MAX_HITS_PER_CALL]
+            for items in groups.values()
+            for i in range(0, len(items), MAX_HITS_PER_CALL)
+        ]
+        calls: list[Call] = []
+        for chunk in chunks:
+            site = chunk[0].site
+            argv: list[str | int] = [keys.site_key(site), keys.pages_key(site)]
+            argv.extend(keys.pending_key(site, shard) for shard in range(keys.PENDING_SHARDS))
+            for item in chunk:
+                argv.extend((keys.shard_of(item.page), item.page, item.day))
+            calls.append((scripts.HITS, 2 + keys.PENDING_SHARDS, argv))
         try:
-            results = await self._execute([argv for argv, _ in batch])
-        except redis_errors.RedisError as exc:
-            failure = _unavailable(exc)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(failure)
+            results, _ = await run_scripts(self._redis, calls)
+        except (TimeoutError, redis_errors.RedisError, OSError) as exc:
+            _fail(batch, _unavailable(exc))
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():  # the request went away; its hit still counted
-                continue
+        for chunk, result in zip(chunks, results, strict=True):
             if isinstance(result, redis_errors.RedisError):
-                future.set_exception(_unavailable(result))
-            else:
-                future.set_result(result)
-
-    async def _execute(self, calls: list[Sequence[str]]) -> list[Any]:
-        results, _ = await run_scripts(self._redis, [(self._script, 3, argv) for argv in calls])
-        return results
+                _fail(chunk, _unavailable(result))
+                continue
+            for i, item in enumerate(chunk):
+                if item.future.done():  # the request went away; its hit still counted
+                    continue
+                if result[0] == 0:
+                    item.future.set_result(None)
+                else:
+                    item.future.set_result(HitResult(result[1 + 2 * i], result[2 + 2 * i]))
 
     async def drain(self) -> None:
-        """Wait for the pipelines in flight."""
+        """Wait for the calls in flight."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _fail(items: list[_QueuedHit], error: CounterUnavailable) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(error)
 
 
 class CounterStore:
@@ -182,7 +222,7 @@ class CounterStore:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._hits = _Coalescer(redis, scripts.HIT)
+        self._hits = _HitBatcher(redis)
 
     async def register_scripts(self) -> None:
         """Load every script so the first calls need no NOSCRIPT recovery."""
@@ -211,17 +251,7 @@ class CounterStore:
 
     async def hit(self, site: str, page: str, day: str) -> HitResult | None:
         """Count one view of `page` on local `day`; None when the site is not loaded."""
-        argv = (
-            keys.site_key(site),
-            keys.pages_key(site),
-            keys.pending_key(site, keys.shard_of(page)),
-            page,
-            keys.pending_field(day, page),
-        )
-        result = await self._hits.call(argv)
-        if result[0] == 0:
-            return None
-        return HitResult(page_views=int(result[1]), site_views=int(result[2]))
+        return await self._hits.hit(site, page, day)
 
     async def counts(self, site: str, pages: Sequence[str]) -> Counts | None:
         """Live totals of `site` and `pages`; None when the site is not loaded."""
