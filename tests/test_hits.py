@@ -155,3 +155,11 @@ async def test_counts_never_go_backwards_when_redis_loses_its_data(
     assert (await hit(api, "a")).json()["page_views"] == 3
     await flusher.flush_once()
     assert (await totals(settings.database_url, site)).pages == {"a": 3, "b": 1}
+
+
+async def test_head_on_the_pixel_does_not_count(api: httpx.AsyncClient, site: str) -> None:
+    head = await api.head(f"/v1/sites/{site}/hit.gif", params={"page": "a"})
+    assert head.status_code == 200
+    assert head.headers["content-type"] == "image/gif"
+    counts = await api.get(f"/v1/sites/{site}/counts", params={"page": "a"})
+    assert counts.json()["pages"] == {"a": 0}

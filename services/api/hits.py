@@ -57,7 +57,9 @@ async def pixel_hit(request: Request) -> Response:
     page = request.query_params.get("page")
     if page is None:
         raise ApiError(422, "missing_field", "page is required", "page")
-    await live.hit(site, ids.page_id(page))
+    page = ids.page_id(page)
+    if request.method != "HEAD":  # link checkers and prefetchers are not page views
+        await live.hit(site, page)
     return Response(PIXEL_GIF, media_type="image/gif", headers=NO_STORE)
 
 
