@@ -54,6 +54,9 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        # FastAPI's OpenTelemetry hooks look at the environment on every request; we export
+        # Prometheus metrics instead, and the hit path cannot afford the lookups.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
     app.router.routes.extend(hits.routes)
