@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import redis.asyncio as aioredis
 
 from services.config import Settings
 from services.counter import store as counter_store
-from services.localservers import free_port
+from services.localservers import RedisProcess, free_port
 from tests.conftest import SITE, make_settings, register_site, running_api
 
 
@@ -134,3 +134,25 @@ async def test_hits_survive_a_script_flush(
     assert (await hit(api)).json()["page_views"] == 2
     counts = await api.get(f"/v1/sites/{site}/counts", params={"page": "a"})
     assert counts.json()["pages"] == {"a": 2}
+
+
+async def test_a_full_redis_answers_503_and_applies_nothing(
+    own_redis: Callable[..., RedisProcess], database_url: str
+) -> None:
+    server = own_redis(appendonly=False)
+    settings = make_settings(server.url, database_url)
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        async with running_api(settings) as client:
+            await register_site(client)
+            assert (await hit(client)).json()["page_views"] == 1
+            used = int((await admin.info("memory"))["used_memory"])
+            await admin.config_set("maxmemory", str(used // 2))  # noeviction: writes refused
+            full = await hit(client, "b")
+            assert full.status_code == 503
+            assert full.json()["error"]["code"] == "redis_unavailable"
+            await admin.config_set("maxmemory", "0")
+            counts = await client.get(f"/v1/sites/{SITE}/counts", params={"page": ["a", "b"]})
+    finally:
+        await admin.aclose()
+    assert counts.json() == {"site": SITE, "site_views": 1, "pages": {"a": 1, "b": 0}}
