@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import orjson
-
 from services.api.errors import ApiError
+from services.api.json_body import json_object
 from services.counter import ids
 
 VISITOR_MAX_CHARS = 128
@@ -45,12 +44,7 @@ def parse(content_type: str | None, raw: bytes) -> HitBody:
         raise ApiError(
             415, "unsupported_media_type", "send JSON as application/json or text/plain", "body"
         )
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "invalid_json", "body must be a UTF-8 JSON object", "body") from None
-    if not isinstance(data, dict):
-        raise ApiError(422, "invalid_field", "body must be a JSON object", "body")
+    data = json_object(raw)
     if "page" not in data:
         raise ApiError(422, "missing_field", "page is required", "page")
     return HitBody(

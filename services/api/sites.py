@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from services.api.deps import Admin, Live
 from services.api.errors import ApiError
+from services.api.json_body import json_object
 from services.counter import ids
 
 DEFAULT_TIMEZONE = "UTC"
@@ -20,14 +21,7 @@ async def put_site(site: str, request: Request, live: Live) -> Response:
     """Create or update a site: body `{"timezone": "Asia/Ho_Chi_Minh"}` (optional)."""
     site = ids.site_id(site)
     raw = await request.body()
-    data: object = {}
-    if raw.strip():
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ApiError(400, "invalid_json", "body must be a JSON object", "body") from None
-    if not isinstance(data, dict):
-        raise ApiError(422, "invalid_field", "body must be a JSON object", "body")
+    data = json_object(raw) if raw.strip() else {}
     timezone = data.get("timezone", DEFAULT_TIMEZONE)
     if not isinstance(timezone, str) or not timezone or len(timezone) > 64:
         raise ApiError(422, "invalid_field", "timezone must be an IANA name", "timezone")
