@@ -1,1 +1,1 @@
-"""Benchmarks (not tests): `python bench/run.py` measures the hit path against a no-op route."""
+"""Benchmarks (not tests): `python bench/run.py` measures the hit path against no-op routes."""
