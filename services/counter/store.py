@@ -101,6 +101,14 @@ async def run_scripts(
     """
 
     async def send(batch: Sequence[Call]) -> tuple[list[Any], bool | None]:
+        if len(batch) == 1 and waitaof_timeout_ms is None:
+            # One call (the usual hit batch: one site): a pipeline's bookkeeping costs more
+            # than the call itself.
+            script, numkeys, argv = batch[0]
+            try:
+                return [await redis.evalsha(script.sha, numkeys, *argv)], None
+            except redis_errors.ResponseError as exc:
+                return [exc], None
         async with redis.pipeline(transaction=False) as pipe:
             for script, numkeys, argv in batch:
                 pipe.evalsha(script.sha, numkeys, *argv)
