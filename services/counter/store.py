@@ -249,13 +249,14 @@ class CounterStore:
         self, script: scripts.Script, key_list: Sequence[str], args: Sequence[Any]
     ) -> Any:
         try:
-            try:
-                return await self.redis.evalsha(script.sha, len(key_list), *key_list, *args)
-            except redis_errors.NoScriptError:
-                await self.redis.script_load(script.source)
-                return await self.redis.evalsha(script.sha, len(key_list), *key_list, *args)
+            results, _ = await run_scripts(
+                self.redis, [(script, len(key_list), [*key_list, *args])]
+            )
         except redis_errors.RedisError as exc:
             raise _unavailable(exc) from exc
+        if isinstance(results[0], redis_errors.RedisError):
+            raise _unavailable(results[0])
+        return results[0]
 
     async def hit(self, site: str, page: str, day: str) -> HitResult | None:
         """Count one view of `page` on local `day`; None when the site is not loaded."""
