@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -72,8 +73,11 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     return status, keep_alive
 
 
+_VISITORS = itertools.count()
+
+
 def _request(host: str, path: str, page: int) -> bytes:
-    body = b'{"page":"news/article-%d"}' % page
+    body = b'{"page":"news/article-%d","visitor":"v%d"}' % (page, next(_VISITORS))
     return (
         b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (path.encode(), host.encode(), len(body), body)

@@ -184,6 +184,9 @@ def api_env(redis: RedisProcess, postgres: PostgresProcess, extra: Sequence[str]
         VIEWCOUNTER_REDIS_URL=redis.url,
         VIEWCOUNTER_DATABASE_URL=postgres.url(DATABASE),
         VIEWCOUNTER_LOG_LEVEL="warning",
+        # One load generator is one client IP: the per-IP limit would refuse almost all of
+        # it. Dedupe stays on (each request carries a new visitor id).
+        VIEWCOUNTER_RATE_LIMIT="0",
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p),
     )
     for item in extra:

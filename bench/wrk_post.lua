@@ -7,6 +7,7 @@ local npages = 1000
 counter = 0   -- globals, so done() can read them from each thread with thread:get()
 ok = 0
 non2xx = 0
+run_id = ""
 local threads = {}
 
 function setup(thread)
@@ -16,13 +17,18 @@ end
 function init(args)
   path = args[1] or path
   npages = tonumber(args[2] or npages)
+  math.randomseed(os.time())
+  run_id = tostring(os.time()) .. "-" .. tostring(math.random(1, 1000000000))
   counter = math.random(0, npages - 1)
   wrk.headers["Content-Type"] = "application/json"
+  -- A browser's agent (wrk's own would be fine too, but the bot check then never runs).
+  wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
 end
 
 function request()
   counter = counter + 1
-  local body = '{"page":"news/article-' .. (counter % npages) .. '"}'
+  -- A new visitor each time: every hit passes the dedupe check (and writes its mark).
+  local body = '{"page":"news/article-' .. (counter % npages) .. '","visitor":"v' .. run_id .. '-' .. counter .. '"}'
   return wrk.format("POST", path, nil, body)
 end
 

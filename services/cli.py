@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_api(settings: Settings, host: str, port: int, workers: int) -> int:
     import uvicorn
 
+    from services.api.app import server_options
+
     if workers < 1:
         return _fail("--workers must be at least 1")
     uvicorn.run(
@@ -92,11 +94,8 @@ def _run_api(settings: Settings, host: str, port: int, workers: int) -> int:
         host=host,
         port=port,
         workers=workers,
-        access_log=False,
         log_level=settings.log_level,
-        proxy_headers=bool(settings.trusted_proxies),
-        forwarded_allow_ips=",".join(settings.trusted_proxies) or "",
-        server_header=False,
+        **server_options(settings),  # type: ignore[arg-type]
     )
     return 0
 

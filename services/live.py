@@ -12,10 +12,11 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.counter import store as counter_store
+from services.counter import visitors
 from services.db import repository
 
 TIMEZONE_CACHE_S = 60.0
@@ -47,23 +48,46 @@ class LiveCounts:
         store: counter_store.CounterStore,
         repo: repository.Repository,
         *,
+        dedupe_window_s: int = 0,
+        rate_limit_per_min: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._repo = repo
+        self._dedupe_window_s = dedupe_window_s
+        self._rate_limit = rate_limit_per_min
         self._clock = clock
+        self._salt: tuple[str, bytes] | None = None
         self._zones: dict[str, tuple[ZoneInfo, float]] = {}
         self._unknown: dict[str, float] = {}
         self._loading: dict[str, asyncio.Task[str]] = {}
 
-    async def hit(self, site: str, page: str) -> counter_store.HitResult:
-        """Count one view of `page` (already validated) and answer the live totals."""
+    async def hit(
+        self, site: str, page: str, *, visitor: str | None, ip: str, user_agent: str
+    ) -> counter_store.HitResult:
+        """Take one view of `page` (already validated): counted unless a repeat or over the
+        client's rate; answers the outcome and the live totals."""
+        now = self._clock()
         tz = await self._zone(site)
-        day = datetime.fromtimestamp(self._clock(), tz).date().isoformat()
-        result = await self._store.hit(site, page, day)
+        salt = await self._daily_salt(now)
+        request = counter_store.HitRequest(
+            site=site,
+            page=page,
+            day=datetime.fromtimestamp(now, tz).date().isoformat(),
+            seen_token=(
+                visitors.seen_token(salt, site, page, visitor, ip, user_agent)
+                if self._dedupe_window_s
+                else "-"
+            ),
+            dedupe_window_s=self._dedupe_window_s,
+            client_token=visitors.client_token(salt, site, ip) if self._rate_limit else "-",
+            minute=int(now // 60),
+            rate_limit=self._rate_limit,
+        )
+        result = await self._store.hit(request)
         if result is None:
             await self.ensure_loaded(site)
-            result = await self._store.hit(site, page, day)
+            result = await self._store.hit(request)
             if result is None:
                 raise counter_store.CounterUnavailable("site totals could not be loaded")
         return result
@@ -112,6 +136,12 @@ class LiveCounts:
                     return load.timezone  # another process finished the load
             await self._store.load_site(site, secrets.token_hex(8), load.total, load.timezone)
             return load.timezone
+
+    async def _daily_salt(self, now: float) -> bytes:
+        day = datetime.fromtimestamp(now, UTC).date().isoformat()
+        if self._salt is None or self._salt[0] != day:
+            self._salt = (day, await self._store.daily_salt(day))
+        return self._salt[1]
 
     async def _zone(self, site: str) -> ZoneInfo:
         now = self._clock()

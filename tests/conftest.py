@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 import uvicorn
 
-from services.api.app import create_app
+from services.api.app import create_app, server_options
 from services.config import Settings
 from services.counter import store as counter_store
 from services.db import migrate, repository
@@ -30,6 +30,11 @@ ADMIN_TOKEN = "test-admin-token-0123456789"
 TEMPLATE_DB = "vc_template"
 SITE = "quan11"
 SITE_TZ = "Asia/Ho_Chi_Minh"
+# httpx's own agent is on the crawler list: tests browse as a browser unless they say so.
+BROWSER_UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0 Safari/537.36"
+)
 _db_numbers = itertools.count()
 
 
@@ -105,6 +110,10 @@ def make_settings(redis_url: str, database_url: str, **overrides: object) -> Set
         "flush_interval": 0.2,
         "redis_timeout": 2.0,
         "statement_timeout": 5.0,
+        # Most tests send many hits from one client: dedupe and rate limits are tested on
+        # their own (test_people.py).
+        "dedupe_window": 0,
+        "rate_limit": 0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -120,7 +129,11 @@ async def running_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The real app under uvicorn on a free port, and a client for it."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        **server_options(settings),  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -130,7 +143,10 @@ async def running_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         await asyncio.sleep(0.01)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits
+        base_url=f"http://127.0.0.1:{port}",
+        timeout=30,
+        limits=limits,
+        headers={"user-agent": BROWSER_UA},
     ) as client:
         try:
             yield client

@@ -94,6 +94,11 @@ async def test_a_reply_late_past_the_timeout_is_503_and_never_read_as_another_an
     assert [a["site_views"] for a in answers] == [3, 4, 5]
 
 
+def request(page: str) -> counter_store.HitRequest:
+    """A hit with dedupe and rate limit off."""
+    return counter_store.HitRequest(SITE, page, "2026-01-01", page, 0, "client", 0, 0)
+
+
 async def test_cancelled_callers_leave_no_reply_behind(settings: Settings) -> None:
     async with running_api(settings) as client:
         await register_site(client)
@@ -101,16 +106,16 @@ async def test_cancelled_callers_leave_no_reply_behind(settings: Settings) -> No
         counter_store.connect(settings.redis_url, max_connections=4, timeout_s=2)
     )
     try:
-        await store.hit(SITE, "warm", "2026-01-01")  # loaded by register_site above
+        await store.hit(request("warm"))  # loaded by register_site above
         tasks = [
-            asyncio.create_task(store.hit(SITE, f"p{i % 7}", "2026-01-01")) for i in range(200)
+            asyncio.create_task(store.hit(request(f"p{i % 7}"))) for i in range(200)
         ]
         await asyncio.sleep(0)
         for task in tasks[::2]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         answered = [t.result() for t in tasks if not t.cancelled()]
-        following = await store.hit(SITE, "after", "2026-01-01")
+        following = await store.hit(request("after"))
         counts = await store.counts(SITE, [f"p{i}" for i in range(7)])
     finally:
         await store.close()

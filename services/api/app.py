@@ -52,7 +52,17 @@ def create_app(settings: Settings) -> FastAPI:
             gc.collect()
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
-            yield State(settings=settings, store=store, repo=repo, live=LiveCounts(store, repo))
+            yield State(
+                settings=settings,
+                store=store,
+                repo=repo,
+                live=LiveCounts(
+                    store,
+                    repo,
+                    dedupe_window_s=settings.dedupe_window,
+                    rate_limit_per_min=settings.rate_limit,
+                ),
+            )
         finally:
             await store.close()
             await pool.close()
@@ -81,6 +91,20 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
+
+
+def server_options(settings: Settings) -> dict[str, object]:
+    """uvicorn options that belong to the app's contract: whose forwarding headers to believe.
+
+    uvicorn by default believes X-Forwarded-For from 127.0.0.1; we believe only the proxies
+    in VIEWCOUNTER_TRUSTED_PROXIES, and otherwise take the client from the socket.
+    """
+    return {
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": ",".join(settings.trusted_proxies) or "",
+        "server_header": False,
+        "access_log": False,
+    }
 
 
 def create_app_from_env() -> FastAPI:

@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from services.api import hit_body
 from services.api.errors import ApiError
-from services.counter import ids
+from services.counter import bots, ids
 from services.live import LiveCounts
 
 MAX_PAGES_PER_READ = 100
@@ -35,20 +35,31 @@ def _site_and_live(request: Request) -> tuple[str, LiveCounts]:
     return ids.site_id(request.path_params["site"]), live
 
 
+async def _take(
+    request: Request, live: LiveCounts, site: str, page: str, visitor: str | None
+) -> tuple[str, int, int]:
+    """(outcome, page views, site views) of one page view from this request's client."""
+    user_agent = request.headers.get("user-agent", "")
+    if bots.is_bot(user_agent):
+        counts = await live.counts(site, [page])
+        return "bot", counts.pages[page], counts.site_views
+    # The socket's peer, or the forwarded client when uvicorn trusted the proxy it came from.
+    ip = request.client.host if request.client else ""
+    result = await live.hit(site, page, visitor=visitor, ip=ip, user_agent=user_agent)
+    return result.outcome, result.page_views, result.site_views
+
+
 async def post_hit(request: Request) -> Response:
-    """Count one page view and answer the live totals."""
+    """Take one page view and answer whether it counted, with the live totals."""
     site, live = _site_and_live(request)
     hit = hit_body.parse(request.headers.get("content-type"), await request.body())
-    result = await live.hit(site, hit.page)
-    return _json(
-        {
-            "site": site,
-            "page": hit.page,
-            "counted": True,
-            "page_views": result.page_views,
-            "site_views": result.site_views,
-        }
-    )
+    outcome, page_views, site_views = await _take(request, live, site, hit.page, hit.visitor)
+    body: dict[str, object] = {"site": site, "page": hit.page, "counted": outcome == "counted"}
+    if outcome != "counted":
+        body["reason"] = outcome
+    body["page_views"] = page_views
+    body["site_views"] = site_views
+    return _json(body)
 
 
 async def pixel_hit(request: Request) -> Response:
@@ -59,7 +70,7 @@ async def pixel_hit(request: Request) -> Response:
         raise ApiError(422, "missing_field", "page is required", "page")
     page = ids.page_id(page)
     if request.method != "HEAD":  # link checkers and prefetchers are not page views
-        await live.hit(site, page)
+        await _take(request, live, site, page, None)
     return Response(PIXEL_GIF, media_type="image/gif", headers=NO_STORE)
 
 

@@ -83,3 +83,18 @@ def pending_field(day: str, page: str) -> str:
 def split_pending_field(field: str) -> tuple[str, str]:
     """(day, page) of a pending hash field."""
     return field[:DAY_CHARS], field[DAY_CHARS:]
+
+
+def seen_key(site: str, token: str) -> str:
+    """Marks one visitor+page as counted for the dedupe window (expires with it)."""
+    return f"{tag(site)}:seen:{token}"
+
+
+def rate_key(site: str, token: str, minute: int) -> str:
+    """Hits of one client in one clock minute (expires after two)."""
+    return f"{tag(site)}:rate:{token}:{minute}"
+
+
+def salt_key(day: str) -> str:
+    """The day's random salt for visitor hashes; expires, never copied to Postgres."""
+    return f"{PREFIX}:salt:{day}"

@@ -8,6 +8,7 @@ fact), and the loop does not pay redis-py's per-command overhead once per reques
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -20,6 +21,7 @@ from redis.backoff import NoBackoff
 from services.counter import keys, scripts
 
 SNAPSHOT_SCAN_COUNT = 5000
+SALT_TTL_S = 2 * 86400
 PIPELINES_IN_FLIGHT = 2
 # Bounds how long one script call keeps Redis busy (about a microsecond per hit).
 MAX_HITS_PER_CALL = 256
@@ -34,11 +36,34 @@ class UnsafeRedis(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class HitResult:
-    """Live totals right after a counted hit."""
+class HitRequest:
+    """One page view to take: the page, its local day, and who it came from (as tokens)."""
 
+    site: str
+    page: str
+    day: str
+    seen_token: str
+    dedupe_window_s: int
+    client_token: str
+    minute: int
+    rate_limit: int
+
+
+OUTCOMES = {1: "counted", 2: "duplicate", 3: "rate_limited"}
+
+
+@dataclass(frozen=True, slots=True)
+class HitResult:
+    """What happened to a hit ("counted", "duplicate", "rate_limited"), and the live totals."""
+
+    outcome: str
     page_views: int
     site_views: int
+
+    @property
+    def counted(self) -> bool:
+        """Whether this hit was added to the totals."""
+        return self.outcome == "counted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +161,7 @@ async def run_scripts(
 
 @dataclass(slots=True)
 class _QueuedHit:
-    site: str
-    page: str
-    day: str
+    request: HitRequest
     future: asyncio.Future[HitResult | None]
 
 
@@ -156,10 +179,10 @@ class _HitBatcher:
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def hit(self, site: str, page: str, day: str) -> HitResult | None:
+    async def hit(self, request: HitRequest) -> HitResult | None:
         """Queue one hit and wait for its answer (None: the site is not loaded)."""
         future: asyncio.Future[HitResult | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_QueuedHit(site, page, day, future))
+        self._queue.append(_QueuedHit(request, future))
         self._schedule()
         return await future
 
@@ -182,7 +205,7 @@ class _HitBatcher:
     async def _send(self, batch: list[_QueuedHit]) -> None:
         groups: dict[str, list[_QueuedHit]] = {}
         for item in batch:
-            groups.setdefault(item.site, []).append(item)
+            groups.setdefault(item.request.site, []).append(item)
         chunks = [
             items[i : i + MAX_HITS_PER_CALL]
             for items in groups.values()
@@ -190,12 +213,16 @@ class _HitBatcher:
         ]
         calls: list[Call] = []
         for chunk in chunks:
-            site = chunk[0].site
-            argv: list[str | int] = [keys.site_key(site), keys.pages_key(site)]
-            argv.extend(keys.pending_key(site, shard) for shard in range(keys.PENDING_SHARDS))
+            site = chunk[0].request.site
+            key_list = [keys.site_key(site), keys.pages_key(site)]
+            key_list.extend(keys.pending_key(site, shard) for shard in range(keys.PENDING_SHARDS))
+            args: list[str | int] = []
             for item in chunk:
-                argv.extend((keys.shard_of(item.page), item.page, item.day))
-            calls.append((scripts.HITS, 2 + keys.PENDING_SHARDS, argv))
+                r = item.request
+                key_list.append(keys.seen_key(site, r.seen_token))
+                key_list.append(keys.rate_key(site, r.client_token, r.minute))
+                args.extend((keys.shard_of(r.page), r.page, r.day, r.dedupe_window_s, r.rate_limit))
+            calls.append((scripts.HITS, len(key_list), [*key_list, *args]))
         try:
             results, _ = await run_scripts(self._redis, calls)
         except (TimeoutError, redis_errors.RedisError, OSError) as exc:
@@ -211,7 +238,8 @@ class _HitBatcher:
                 if result[0] == 0:
                     item.future.set_result(None)
                 else:
-                    item.future.set_result(HitResult(result[1 + 2 * i], result[2 + 2 * i]))
+                    outcome, page_views, site_views = result[1 + 3 * i : 4 + 3 * i]
+                    item.future.set_result(HitResult(OUTCOMES[outcome], page_views, site_views))
 
     async def drain(self) -> None:
         """Wait for the calls in flight."""
@@ -258,9 +286,21 @@ class CounterStore:
             raise _unavailable(results[0])
         return results[0]
 
-    async def hit(self, site: str, page: str, day: str) -> HitResult | None:
-        """Count one view of `page` on local `day`; None when the site is not loaded."""
-        return await self._hits.hit(site, page, day)
+    async def hit(self, request: HitRequest) -> HitResult | None:
+        """Take one page view; None when the site is not loaded (nothing written then)."""
+        return await self._hits.hit(request)
+
+    async def daily_salt(self, day: str) -> bytes:
+        """The shared random salt of `day` for visitor hashes (created by the first asker)."""
+        key = keys.salt_key(day)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, secrets.token_hex(32), nx=True, ex=SALT_TTL_S)
+                pipe.get(key)
+                _, salt = await pipe.execute()
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+        return bytes.fromhex(salt)
 
     async def counts(self, site: str, pages: Sequence[str]) -> Counts | None:
         """Live totals of `site` and `pages`; None when the site is not loaded."""

@@ -1,0 +1,139 @@
+"""Count people, not reloads and bots: dedupe window, bot filter, per-client rate limits."""
+
+from __future__ import annotations
+
+import httpx
+import redis.asyncio as aioredis
+
+from services.counter import keys
+from tests.conftest import SITE, make_settings, register_site, running_api
+
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+HEADLESS = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "HeadlessChrome/131.0 Safari/537.36"
+)
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+
+
+async def hit(
+    client: httpx.AsyncClient, page: str, *, headers: dict[str, str] | None = None, **body: str
+) -> dict[str, object]:
+    response = await client.post(
+        f"/v1/sites/{SITE}/hits", json={"page": page, **body}, headers=headers or {}
+    )
+    assert response.status_code == 200, response.text
+    result: dict[str, object] = response.json()
+    return result
+
+
+async def live(client: httpx.AsyncClient, *pages: str) -> dict[str, object]:
+    response = await client.get(f"/v1/sites/{SITE}/counts", params={"page": list(pages)})
+    result: dict[str, object] = response.json()
+    return result
+
+
+async def test_a_reload_storm_counts_once_per_window(redis_url: str, database_url: str) -> None:
+    settings = make_settings(redis_url, database_url, dedupe_window=1800)
+    async with running_api(settings) as client:
+        await register_site(client)
+        answers = [await hit(client, "a") for _ in range(20)]
+        other_page = await hit(client, "b")
+        other_browser = await hit(client, "a", headers={"user-agent": FIREFOX})
+        counts = await live(client, "a", "b")
+    assert answers[0] == {
+        "site": SITE, "page": "a", "counted": True, "page_views": 1, "site_views": 1,
+    }  # fmt: skip
+    assert all(
+        a == {"site": SITE, "page": "a", "counted": False, "reason": "duplicate",
+              "page_views": 1, "site_views": 1}
+        for a in answers[1:]
+    )  # fmt: skip
+    assert other_page["counted"] is True
+    assert other_browser["counted"] is True  # same IP, another browser: another visitor
+    assert counts == {"site": SITE, "site_views": 3, "pages": {"a": 2, "b": 1}}
+
+
+async def test_the_sites_visitor_id_decides_who_is_a_repeat(
+    redis_url: str, database_url: str
+) -> None:
+    settings = make_settings(redis_url, database_url, dedupe_window=1800)
+    async with running_api(settings) as client:
+        await register_site(client)
+        first = await hit(client, "a", visitor="reader-1")
+        again_other_browser = await hit(
+            client, "a", visitor="reader-1", headers={"user-agent": FIREFOX}
+        )
+        second_reader = await hit(client, "a", visitor="reader-2")
+    assert (first["counted"], again_other_browser["counted"], second_reader["counted"]) == (
+        True, False, True,
+    )  # fmt: skip
+
+
+async def test_dedupe_marks_and_the_salt_expire_and_hold_no_ip(
+    redis_url: str, database_url: str
+) -> None:
+    settings = make_settings(redis_url, database_url, dedupe_window=600)
+    async with running_api(settings) as client:
+        await register_site(client)
+        await hit(client, "a")
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        marks = [k async for k in redis.scan_iter(match=keys.seen_key(SITE, "*"))]
+        ttls = [await redis.ttl(k) for k in marks]
+        values = [await redis.get(k) for k in marks]
+        salts = [k async for k in redis.scan_iter(match=keys.salt_key("*"))]
+        salt_ttl = await redis.ttl(salts[0])
+    finally:
+        await redis.aclose()
+    assert len(marks) == 1
+    assert 0 < ttls[0] <= 600
+    assert "127.0.0.1" not in marks[0] and values == ["1"]
+    assert len(salts) == 1 and 0 < salt_ttl <= 2 * 86400  # the salt expires too
+
+
+async def test_known_bots_are_answered_but_not_counted(api: httpx.AsyncClient) -> None:
+    await register_site(api)
+    await hit(api, "a")
+    for agent in (GOOGLEBOT, HEADLESS, "curl/8.5.0", "python-requests/2.32"):
+        answer = await hit(api, "a", headers={"user-agent": agent})
+        assert answer == {
+            "site": SITE, "page": "a", "counted": False, "reason": "bot",
+            "page_views": 1, "site_views": 1,
+        }  # fmt: skip
+    pixel = await api.get(
+        f"/v1/sites/{SITE}/hit.gif", params={"page": "a"}, headers={"user-agent": GOOGLEBOT}
+    )
+    assert pixel.status_code == 200
+    assert await live(api, "a") == {"site": SITE, "site_views": 1, "pages": {"a": 1}}
+
+
+async def test_a_client_over_its_rate_is_not_counted_and_others_are(
+    redis_url: str, database_url: str
+) -> None:
+    settings = make_settings(redis_url, database_url, rate_limit=5, trusted_proxies="127.0.0.1")
+    async with running_api(settings) as client:
+        await register_site(client)
+        flood = [
+            await hit(client, f"p{i}", headers={"x-forwarded-for": "203.0.113.7"}) for i in range(8)
+        ]
+        other = await hit(client, "p0", headers={"x-forwarded-for": "198.51.100.2"})
+        counts = await live(client)
+    assert [a["counted"] for a in flood] == [True] * 5 + [False] * 3
+    assert {a.get("reason") for a in flood[5:]} == {"rate_limited"}
+    assert other["counted"] is True
+    assert counts["site_views"] == 6
+
+
+async def test_forwarded_for_from_an_untrusted_peer_changes_nothing(
+    redis_url: str, database_url: str
+) -> None:
+    settings = make_settings(redis_url, database_url, rate_limit=3)  # no trusted proxies
+    async with running_api(settings) as client:
+        await register_site(client)
+        answers = [
+            await hit(client, f"p{i}", headers={"x-forwarded-for": f"192.0.2.{i}"})
+            for i in range(5)
+        ]
+    # Every request is the socket's client, whatever it claims to forward for.
+    assert [a["counted"] for a in answers] == [True, True, True, False, False]
