@@ -94,7 +94,8 @@ def _print_banner(host: str, port: int, demo_site: str, env: Mapping[str, str]) 
     base = f"http://{host}:{port}"
     metrics_port = env.get(METRICS_PORT_ENV, str(DEFAULT_METRICS_PORT))
     hit = (
-        f"curl -X POST {base}/v1/sites/{demo_site}/hits "
+        # curl's own agent is on the crawler list: it would be answered `reason: "bot"`.
+        f"curl -A 'Mozilla/5.0' -X POST {base}/v1/sites/{demo_site}/hits "
         "-H 'content-type: application/json' -d '{\"page\":\"hello\"}'"
     )
     lines = [
