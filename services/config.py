@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     flush_interval: float = Field(default=5.0, gt=0, le=3600)
     dedupe_window: int = Field(default=1800, ge=0, le=7 * 86400)
     rate_limit: int = Field(default=600, ge=0)
+    # Distinct page ids a site may have; a hit for a new page beyond it is not counted, so a
+    # flood of random page ids cannot grow Redis and Postgres without bound. 0: no bound.
+    max_pages_per_site: int = Field(default=1_000_000, ge=0)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     metrics_port: int = Field(default=9101, ge=0, le=65535)
     # Seconds the hit path waits for Redis before answering 503.

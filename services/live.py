@@ -50,12 +50,14 @@ class LiveCounts:
         *,
         dedupe_window_s: int = 0,
         rate_limit_per_min: int = 0,
+        max_pages_per_site: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._repo = repo
         self._dedupe_window_s = dedupe_window_s
         self._rate_limit = rate_limit_per_min
+        self._max_pages = max_pages_per_site
         self._clock = clock
         self._salt: tuple[str, bytes] | None = None
         self._zones: dict[str, tuple[ZoneInfo, float]] = {}
@@ -83,6 +85,7 @@ class LiveCounts:
             client_token=visitors.client_token(salt, site, ip) if self._rate_limit else "-",
             minute=int(now // 60),
             rate_limit=self._rate_limit,
+            max_pages=self._max_pages,
         )
         result = await self._store.hit(request)
         if result is None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import redis.asyncio as aioredis
 
 from services.counter import keys
+from services.counter import store as counter_store
 from tests.conftest import SITE, make_settings, register_site, running_api
 
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
@@ -137,3 +140,50 @@ async def test_forwarded_for_from_an_untrusted_peer_changes_nothing(
         ]
     # Every request is the socket's client, whatever it claims to forward for.
     assert [a["counted"] for a in answers] == [True, True, True, False, False]
+
+
+async def test_new_pages_beyond_the_sites_bound_are_not_counted(
+    redis_url: str, database_url: str
+) -> None:
+    settings = make_settings(redis_url, database_url, max_pages_per_site=3)
+    async with running_api(settings) as client:
+        await register_site(client)
+        answers = [await hit(client, f"p{i}") for i in range(5)]
+        known_again = await hit(client, "p0")
+        counts = await live(client, "p0", "p1", "p2", "p3", "p4")
+    assert [a["counted"] for a in answers] == [True, True, True, False, False]
+    assert {a.get("reason") for a in answers[3:]} == {"page_limit"}
+    assert known_again["counted"] is True
+    assert counts["pages"] == {"p0": 2, "p1": 1, "p2": 1, "p3": 0, "p4": 0}
+
+
+async def test_a_flood_of_random_page_ids_leaves_redis_bounded(
+    redis_url: str, database_url: str
+) -> None:
+    bound = 1000
+    settings = make_settings(redis_url, database_url, max_pages_per_site=bound)
+    async with running_api(settings) as client:
+        await register_site(client)
+    store = counter_store.CounterStore(
+        counter_store.connect(redis_url, max_connections=8, timeout_s=5)
+    )
+    try:
+        flood = [
+            counter_store.HitRequest(SITE, f"junk-{i:06d}", "2026-01-01", "-", 0, "-", 0, 0, bound)
+            for i in range(50_000)
+        ]
+        results = []
+        for start in range(0, len(flood), 5000):
+            results += await asyncio.gather(*(store.hit(r) for r in flood[start : start + 5000]))
+        pages = await store.redis.hlen(keys.pages_key(SITE))
+        pending = sum(
+            [await store.redis.hlen(keys.pending_key(SITE, s)) for s in range(keys.PENDING_SHARDS)]
+        )
+        key_count = await store.redis.dbsize()
+    finally:
+        await store.close()
+    outcomes = [r.outcome for r in results if r is not None]
+    assert outcomes.count("counted") == bound
+    assert outcomes.count("page_limit") == len(flood) - bound
+    assert (pages, pending) == (bound, bound)
+    assert key_count < 20  # site, pages, pending shards, the salt, a dedupe mark

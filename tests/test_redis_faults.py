@@ -96,7 +96,7 @@ async def test_a_reply_late_past_the_timeout_is_503_and_never_read_as_another_an
 
 def request(page: str) -> counter_store.HitRequest:
     """A hit with dedupe and rate limit off."""
-    return counter_store.HitRequest(SITE, page, "2026-01-01", page, 0, "client", 0, 0)
+    return counter_store.HitRequest(SITE, page, "2026-01-01", page, 0, "client", 0, 0, 0)
 
 
 async def test_cancelled_callers_leave_no_reply_behind(settings: Settings) -> None:

@@ -61,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
                     repo,
                     dedupe_window_s=settings.dedupe_window,
                     rate_limit_per_min=settings.rate_limit,
+                    max_pages_per_site=settings.max_pages_per_site,
                 ),
             )
         finally:

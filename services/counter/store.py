@@ -47,14 +47,15 @@ class HitRequest:
     client_token: str
     minute: int
     rate_limit: int
+    max_pages: int
 
 
-OUTCOMES = {1: "counted", 2: "duplicate", 3: "rate_limited"}
+OUTCOMES = {1: "counted", 2: "duplicate", 3: "rate_limited", 4: "page_limit"}
 
 
 @dataclass(frozen=True, slots=True)
 class HitResult:
-    """What happened to a hit ("counted", "duplicate", "rate_limited"), and the live totals."""
+    """What happened to a hit (one of OUTCOMES' values), and the live totals."""
 
     outcome: str
     page_views: int
@@ -203,6 +204,14 @@ class _HitBatcher:
         self._schedule()
 
     async def _send(self, batch: list[_QueuedHit]) -> None:
+        try:
+            await self._send_batch(batch)
+        except Exception as exc:
+            # A bug must fail its requests, never leave them waiting forever.
+            _fail(batch, exc)
+            raise
+
+    async def _send_batch(self, batch: list[_QueuedHit]) -> None:
         groups: dict[str, list[_QueuedHit]] = {}
         for item in batch:
             groups.setdefault(item.request.site, []).append(item)
@@ -221,7 +230,16 @@ class _HitBatcher:
                 r = item.request
                 key_list.append(keys.seen_key(site, r.seen_token))
                 key_list.append(keys.rate_key(site, r.client_token, r.minute))
-                args.extend((keys.shard_of(r.page), r.page, r.day, r.dedupe_window_s, r.rate_limit))
+                args.extend(
+                    (
+                        keys.shard_of(r.page),
+                        r.page,
+                        r.day,
+                        r.dedupe_window_s,
+                        r.rate_limit,
+                        r.max_pages,
+                    )
+                )
             calls.append((scripts.HITS, len(key_list), [*key_list, *args]))
         try:
             results, _ = await run_scripts(self._redis, calls)
@@ -247,7 +265,7 @@ class _HitBatcher:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _fail(items: list[_QueuedHit], error: CounterUnavailable) -> None:
+def _fail(items: list[_QueuedHit], error: Exception) -> None:
     for item in items:
         if not item.future.done():
             item.future.set_exception(error)
