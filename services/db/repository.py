@@ -102,7 +102,13 @@ def connect_pool(
 async def _translated() -> AsyncIterator[None]:
     try:
         yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,  # a connection left mid-operation by a dead server
+        OSError,
+        TimeoutError,
+    ) as exc:
         raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -193,10 +199,12 @@ class Repository:
                     await _write_rows(conn, rows)
                     if not await still_current():
                         raise GenerationChanged(batch_id)
+            except GenerationChanged:
+                raise  # rolled back cleanly; the connection is fine
             except BaseException:
-                # Cancelled or failed mid-transaction: do not hand this connection back in
-                # an unknown state.
-                if not conn.is_closed() and conn.is_in_transaction():
+                # Cancelled or failed mid-transaction, or the server went away: never hand
+                # this connection back to the pool in an unknown state.
+                if not conn.is_closed():
                     conn.terminate()
                 raise
         return Applied()

@@ -241,6 +241,12 @@ class Flusher:
             FLUSH_FAILURES.inc()
             log.warning("flush failed, will retry: %s", exc, extra={"error": str(exc)})
             return False
+        except Exception as exc:
+            # A bug or an error we did not foresee: the snapshot stays in Redis and the next
+            # pass retries it; the loop (and the hits it moves) must not die of it.
+            FLUSH_FAILURES.inc()
+            log.exception("flush failed unexpectedly, will retry", extra={"error": str(exc)})
+            return False
         if report.batches:
             log.debug("flush pass", extra={"batches": report.batches, "hits": report.hits})
         return True
