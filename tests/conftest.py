@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -54,14 +55,20 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresProc
     server.stop()
 
 
-async def create_migrated_template(server: PostgresProcess) -> None:
-    """Create TEMPLATE_DB on `server` with every migration applied."""
+async def create_database(server: PostgresProcess, name: str, template: str | None = None) -> str:
+    """CREATE DATABASE `name` on `server` (a copy of `template` when given); its URL."""
     conn = await asyncpg.connect(server.url())
     try:
-        await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+        copy = f" TEMPLATE {template}" if template else ""
+        await conn.execute(f"CREATE DATABASE {name}{copy}")
     finally:
         await conn.close()
-    conn = await asyncpg.connect(server.url(TEMPLATE_DB))
+    return server.url(name)
+
+
+async def create_migrated_template(server: PostgresProcess) -> None:
+    """Create TEMPLATE_DB on `server` with every migration applied."""
+    conn = await asyncpg.connect(await create_database(server, TEMPLATE_DB))
     try:
         await migrate.migrate(conn)
     finally:
@@ -70,13 +77,16 @@ async def create_migrated_template(server: PostgresProcess) -> None:
 
 async def copy_template(server: PostgresProcess) -> str:
     """A new database copied from the migrated template; its URL."""
-    name = f"t{next(_db_numbers)}"
-    conn = await asyncpg.connect(server.url())
+    return await create_database(server, f"t{next(_db_numbers)}", TEMPLATE_DB)
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether a process with `pid` exists (a zombie counts)."""
     try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
-    finally:
-        await conn.close()
-    return server.url(name)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from services import localservers
+from tests.conftest import pid_exists
 
 
 @pytest.fixture
@@ -21,14 +22,6 @@ def redis_server(tmp_path: Path) -> Iterator[localservers.RedisProcess]:
 
 def _client(server: localservers.RedisProcess) -> redis.Redis:
     return redis.Redis.from_url(server.url, socket_timeout=5)
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_free_port_can_be_bound() -> None:
@@ -66,7 +59,7 @@ def test_redis_keeps_acknowledged_writes_across_sigkill(
 
     redis_server.kill()
     assert redis_server.pid is None
-    assert old_pid is not None and not _pid_exists(old_pid)
+    assert old_pid is not None and not pid_exists(old_pid)
     # Redis write()s the AOF before it replies, so a process crash (not an OS crash) under
     # appendfsync everysec loses nothing that was acknowledged.
     redis_server.start()
@@ -105,7 +98,7 @@ def test_exit_stops_the_server(tmp_path: Path) -> None:
         pid = server.pid
         assert pid is not None
     assert server.pid is None
-    assert not _pid_exists(pid)
+    assert not pid_exists(pid)
 
 
 def test_postgres_keeps_committed_rows_across_sigkill(tmp_path: Path) -> None:
@@ -124,7 +117,7 @@ def test_postgres_keeps_committed_rows_across_sigkill(tmp_path: Path) -> None:
 
         server.kill()
         assert server.pid is None
-        assert postmaster is not None and not _pid_exists(postmaster)
+        assert postmaster is not None and not pid_exists(postmaster)
         server.start()  # crash recovery from the WAL, same port, stale postmaster.pid
 
         assert server.psql("SELECT sum(n) FROM totals", "viewcounter").strip() == "3"

@@ -12,17 +12,9 @@ import asyncpg
 
 from services.db import migrate
 from services.localservers import PostgresProcess
+from tests.conftest import create_database
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-async def fresh_database(pg_server: PostgresProcess, name: str) -> str:
-    conn = await asyncpg.connect(pg_server.url())
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    return pg_server.url(name)
 
 
 def test_migrations_are_numbered_without_gaps() -> None:
@@ -31,7 +23,7 @@ def test_migrations_are_numbered_without_gaps() -> None:
 
 
 async def test_concurrent_migrators_apply_each_step_once(pg_server: PostgresProcess) -> None:
-    url = await fresh_database(pg_server, "mig_concurrent")
+    url = await create_database(pg_server, "mig_concurrent")
     conns = [await asyncpg.connect(url) for _ in range(4)]
     try:
         results = await asyncio.gather(*(migrate.migrate(c) for c in conns))
@@ -47,7 +39,7 @@ async def test_concurrent_migrators_apply_each_step_once(pg_server: PostgresProc
 async def test_cli_migrate_then_sites_add_is_idempotent(
     pg_server: PostgresProcess, redis_url: str
 ) -> None:
-    url = await fresh_database(pg_server, "mig_cli")
+    url = await create_database(pg_server, "mig_cli")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIEWCOUNTER_")}
     env.update(VIEWCOUNTER_REDIS_URL=redis_url, VIEWCOUNTER_DATABASE_URL=url)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 
 from services import up
+from tests.conftest import pid_exists
 
 # Stands in for `python -m services.cli ...`: records its argv and env, then behaves per FAKE_*.
 FAKE_CLI = """
@@ -66,14 +66,6 @@ def _refuses_connections(url: str) -> bool:
     return False
 
 
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_child_crash_stops_the_stack_including_local_databases(
     record: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -100,7 +92,7 @@ def test_child_crash_stops_the_stack_including_local_databases(
     assert _refuses_connections(env[up.REDIS_URL_ENV])
     assert _refuses_connections(env[up.DATABASE_URL_ENV])
     flusher_pid = calls[3]["pid"]
-    assert not _pid_exists(flusher_pid)
+    assert not pid_exists(flusher_pid)
 
 
 def test_sigterm_stops_children_and_kills_those_past_the_grace_period(
@@ -124,7 +116,7 @@ def test_sigterm_stops_children_and_kills_those_past_the_grace_period(
         up.ADMIN_TOKEN_ENV: "a-token-that-is-long-enough",
     }
     for call in calls[2:]:
-        assert not _pid_exists(call["pid"])
+        assert not pid_exists(call["pid"])
     assert not (tmp_path / "data" / "redis").exists()
 
 
