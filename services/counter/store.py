@@ -61,11 +61,6 @@ class HitResult:
     page_views: int
     site_views: int
 
-    @property
-    def counted(self) -> bool:
-        """Whether this hit was added to the totals."""
-        return self.outcome == "counted"
-
 
 @dataclass(frozen=True, slots=True)
 class Counts:
