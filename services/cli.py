@@ -13,7 +13,7 @@ import asyncpg
 
 from services import logs
 from services.config import ConfigError, Settings, load_settings
-from services.counter import ids
+from services.counter import ids, siteconfig
 from services.counter import store as counter_store
 from services.db import migrate as db_migrate
 from services.db import repository
@@ -31,9 +31,18 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations")
     sites = sub.add_parser("sites", help="manage sites")
     sites_sub = sites.add_subparsers(dest="sites_command", required=True)
-    add = sites_sub.add_parser("add", help="register a site (idempotent)")
+    add = sites_sub.add_parser(
+        "add", help="register a site, or change the given settings of one (idempotent)"
+    )
     add.add_argument("site")
-    add.add_argument("--timezone", default="UTC", help="IANA time zone, e.g. Asia/Ho_Chi_Minh")
+    add.add_argument("--timezone", help="IANA time zone, e.g. Asia/Ho_Chi_Minh (new sites: UTC)")
+    add.add_argument(
+        "--allowed-origin",
+        action="append",
+        dest="allowed_origins",
+        metavar="ORIGIN",
+        help="a web origin allowed to send hits, e.g. https://example.com (repeatable)",
+    )
     up = sub.add_parser("up", help="run the whole stack locally (starts Redis and Postgres)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
@@ -72,12 +81,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
     if args.command == "sites":
+        changes: dict[str, object] = {}
         try:
             site = ids.site_id(args.site)
-            zone(args.timezone)
-        except (ids.InvalidId, InvalidTimezone) as exc:
-            return _fail(f"{getattr(exc, 'field', 'timezone')}: {exc}")
-        return asyncio.run(_add_site(settings, site, args.timezone))
+            if args.timezone is not None:
+                changes["timezone"] = args.timezone
+                zone(args.timezone)
+            if args.allowed_origins is not None:
+                changes["allowed_origins"] = list(siteconfig.origins(args.allowed_origins))
+        except (ids.InvalidId, siteconfig.InvalidSetting) as exc:
+            return _fail(f"{exc.field}: {exc}")
+        except InvalidTimezone as exc:
+            return _fail(f"timezone: {exc}")
+        return asyncio.run(_add_site(settings, site, changes))
     return _fail(f"unknown command {args.command}")
 
 
@@ -113,7 +129,7 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
-async def _add_site(settings: Settings, site: str, timezone: str) -> int:
+async def _add_site(settings: Settings, site: str, changes: dict[str, object]) -> int:
     store = counter_store.CounterStore(
         counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5)
     )
@@ -122,13 +138,13 @@ async def _add_site(settings: Settings, site: str, timezone: str) -> int:
     )
     try:
         live = LiveCounts(store, repository.Repository(pool))
-        created = await live.register(site, timezone)
+        config, created = await live.register(site, changes)
     except (counter_store.CounterUnavailable, repository.DatabaseUnavailable) as exc:
         return _fail(str(exc))
     finally:
         await store.close()
         await pool.close()
-    print(f"site {site} {'created' if created else 'updated'} (time zone {timezone})")
+    print(f"site {site} {'created' if created else 'updated'}: {config.to_json()}")
     return 0
 
 

@@ -11,15 +11,20 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.counter import store as counter_store
 from services.counter import visitors
+from services.counter.siteconfig import SiteConfig
 from services.db import repository
 
-TIMEZONE_CACHE_S = 60.0
+# How long a process uses a site's settings before reading them again: a change made through
+# another process reaches this one within this time.
+SITE_CONFIG_CACHE_S = 10.0
 UNKNOWN_SITE_CACHE_S = 5.0
 CACHE_MAX_SITES = 10_000
 
@@ -38,6 +43,13 @@ def zone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise InvalidTimezone(f"unknown time zone {name!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Site:
+    config: SiteConfig
+    zone: ZoneInfo
+    until: float
 
 
 class LiveCounts:
@@ -60,32 +72,41 @@ class LiveCounts:
         self._max_pages = max_pages_per_site
         self._clock = clock
         self._salt: tuple[str, bytes] | None = None
-        self._zones: dict[str, tuple[ZoneInfo, float]] = {}
+        self._sites: dict[str, _Site] = {}
         self._unknown: dict[str, float] = {}
-        self._loading: dict[str, asyncio.Task[str]] = {}
+        self._loading: dict[str, asyncio.Task[SiteConfig]] = {}
 
     async def hit(
         self, site: str, page: str, *, visitor: str | None, ip: str, user_agent: str
     ) -> counter_store.HitResult:
-        """Take one view of `page` (already validated): counted unless a repeat or over the
-        client's rate; answers the outcome and the live totals."""
+        """Take one view of `page` (already validated): counted unless a repeat, over the
+        client's rate or a page the site does not count; answers the outcome and the live
+        totals."""
         now = self._clock()
-        tz = await self._zone(site)
+        cached = await self._site(site)
+        config = cached.config
+        max_pages = self._max_pages if config.max_pages is None else config.max_pages
+        if not config.restricts_pages or config.matches_pattern(page):
+            page_rule = max_pages
+        elif config.registered_pages_only:
+            page_rule = counter_store.ONLY_KNOWN_PAGES
+        else:
+            counts = await self.counts(site, [page])
+            return counter_store.HitResult("unknown_page", counts.pages[page], counts.site_views)
+        window = self._dedupe_window_s if config.dedupe_window is None else config.dedupe_window
         salt = await self._daily_salt(now)
+        visitor_token = visitors.visitor_token(salt, site, visitor, ip, user_agent)
         request = counter_store.HitRequest(
             site=site,
             page=page,
-            day=datetime.fromtimestamp(now, tz).date().isoformat(),
-            seen_token=(
-                visitors.seen_token(salt, site, page, visitor, ip, user_agent)
-                if self._dedupe_window_s
-                else "-"
-            ),
-            dedupe_window_s=self._dedupe_window_s,
+            day=datetime.fromtimestamp(now, cached.zone).date().isoformat(),
+            seen_token=visitors.seen_token(salt, visitor_token, page) if window else "-",
+            dedupe_window_s=window,
             client_token=visitors.client_token(salt, site, ip) if self._rate_limit else "-",
             minute=int(now // 60),
             rate_limit=self._rate_limit,
-            max_pages=self._max_pages,
+            page_rule=page_rule,
+            visitor_token=visitor_token,
         )
         result = await self._store.hit(request)
         if result is None:
@@ -96,27 +117,47 @@ class LiveCounts:
         return result
 
     async def counts(self, site: str, pages: Sequence[str]) -> counter_store.Counts:
-        """Live totals of `site` and `pages` without counting."""
+        """Live totals of `site` and `pages`, and today's distinct visitors, without counting."""
         self._refuse_known_unknown(site)
-        result = await self._store.counts(site, pages)
+        day = await self.today(site)
+        result = await self._store.counts(site, day, pages)
         if result is None:
             await self.ensure_loaded(site)
-            result = await self._store.counts(site, pages)
+            result = await self._store.counts(site, day, pages)
             if result is None:
                 raise counter_store.CounterUnavailable("site totals could not be loaded")
         return result
 
-    async def register(self, site: str, timezone: str) -> bool:
-        """Create or update a site in Postgres and Redis; True when it was created."""
-        zone(timezone)
-        created = await self._repo.upsert_site(site, timezone)
-        self._unknown.pop(site, None)
-        self._zones.pop(site, None)
-        await self._store.set_timezone(site, timezone)
-        await self.ensure_loaded(site)
-        return created
+    async def today(self, site: str) -> str:
+        """The site's local date now (YYYY-MM-DD)."""
+        cached = await self._site(site)
+        return datetime.fromtimestamp(self._clock(), cached.zone).date().isoformat()
 
-    async def ensure_loaded(self, site: str) -> str:
+    async def site_config(self, site: str) -> SiteConfig:
+        """The site's settings (cached for SITE_CONFIG_CACHE_S); UnknownSite if unregistered."""
+        return (await self._site(site)).config
+
+    async def register(self, site: str, changes: Mapping[str, Any]) -> tuple[SiteConfig, bool]:
+        """Create a site or change its settings, in Postgres then Redis; the settings now,
+        and whether the site was created. Raises siteconfig.InvalidSetting, InvalidTimezone."""
+        if "timezone" in changes and changes["timezone"] is not None:
+            zone(changes["timezone"])
+        config, created = await self._repo.put_site(site, changes)
+        self._unknown.pop(site, None)
+        self._sites.pop(site, None)
+        await self._store.set_config(site, config)
+        await self.ensure_loaded(site)
+        return config, created
+
+    async def register_pages(self, site: str, pages: Sequence[str]) -> list[str]:
+        """Make pages known to a site (for sites that count only registered pages); the
+        pages that were new. UnknownSite when the site is not registered."""
+        config = await self.site_config(site)
+        new = await self._repo.register_pages(site, pages)
+        await self._store.set_config(site, config, new)
+        return new
+
+    async def ensure_loaded(self, site: str) -> SiteConfig:
         """Copy the site's totals from Postgres into Redis unless they are there; its time zone.
 
         Concurrent callers in this process share one load; other processes serialise on the
@@ -129,16 +170,16 @@ class LiveCounts:
             task.add_done_callback(lambda _: self._loading.pop(site, None))
         return await asyncio.shield(task)
 
-    async def _load(self, site: str) -> str:
+    async def _load(self, site: str) -> SiteConfig:
         async with self._repo.site_load(site) as load:
             if load is None:
                 self._remember_unknown(site)
                 raise UnknownSite(site)
             async for chunk in load.page_totals():
                 if not await self._store.load_pages(site, chunk):
-                    return load.timezone  # another process finished the load
-            await self._store.load_site(site, secrets.token_hex(8), load.total, load.timezone)
-            return load.timezone
+                    return load.config  # another process finished the load
+            await self._store.load_site(site, secrets.token_hex(8), load.total, load.config)
+            return load.config
 
     async def _daily_salt(self, now: float) -> bytes:
         day = datetime.fromtimestamp(now, UTC).date().isoformat()
@@ -146,23 +187,24 @@ class LiveCounts:
             self._salt = (day, await self._store.daily_salt(day))
         return self._salt[1]
 
-    async def _zone(self, site: str) -> ZoneInfo:
+    async def _site(self, site: str) -> _Site:
         now = self._clock()
-        cached = self._zones.get(site)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        cached = self._sites.get(site)
+        if cached is not None and cached.until > now:
+            return cached
         self._refuse_known_unknown(site)
-        name = await self._store.site_timezone(site)
-        if name is None:
-            name = await self.ensure_loaded(site)
+        config = await self._store.site_config(site)
+        if config is None:
+            config = await self.ensure_loaded(site)
         try:
-            tz = zone(name)
+            tz = zone(config.timezone)
         except InvalidTimezone:
             tz = ZoneInfo("UTC")  # only a hand-edited row can get here; count, don't fail
-        if len(self._zones) >= CACHE_MAX_SITES:
-            self._zones.clear()
-        self._zones[site] = (tz, now + TIMEZONE_CACHE_S)
-        return tz
+        if len(self._sites) >= CACHE_MAX_SITES:
+            self._sites.clear()
+        cached = _Site(config, tz, now + SITE_CONFIG_CACHE_S)
+        self._sites[site] = cached
+        return cached
 
     def _refuse_known_unknown(self, site: str) -> None:
         until = self._unknown.get(site)

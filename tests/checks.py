@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -23,9 +25,7 @@ async def totals(database_url: str, site: str) -> Totals:
     conn = await asyncpg.connect(database_url)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            site_views = await conn.fetchval(
-                "SELECT views FROM site_views WHERE site = $1", site
-            )
+            site_views = await conn.fetchval("SELECT views FROM site_views WHERE site = $1", site)
             pages = {
                 r["page"]: r["views"]
                 for r in await conn.fetch(
@@ -54,3 +54,14 @@ def assert_consistent(t: Totals) -> None:
     assert t.site_views == sum(t.pages.values())
     assert t.pages == {p: v for p, v in t.page_daily_sum.items()}
     assert t.site_daily_sum == t.site_views
+
+
+def views(counts_body: dict[str, object]) -> dict[str, object]:
+    """The view totals of a `counts` answer (site, site_views, pages), without visitors."""
+    return {k: counts_body[k] for k in ("site", "site_views", "pages")}
+
+
+def days_around_now(timezone: str) -> set[str]:
+    """Today's date in `timezone`, and tomorrow's (a test may run across midnight)."""
+    now = datetime.now(ZoneInfo(timezone))
+    return {now.date().isoformat(), (now + timedelta(days=1)).date().isoformat()}

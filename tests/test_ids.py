@@ -274,6 +274,13 @@ def test_other_keys_do_not_parse_as_snapshot(key: str) -> None:
     assert keys.parse_snapshot_key(key) is None
 
 
+@pytest.mark.parametrize("page", ["}:snap:1:b", "x}:pend:1", "}:pend:1", ":snap:1:b"])
+def test_no_page_id_makes_a_visitor_sketch_look_like_flusher_work(page: str) -> None:
+    key = keys.page_visitors_key("quan11", "2026-01-01", page)
+    assert keys.parse_snapshot_key(key) is None
+    assert keys.parse_pending_key(key) is None
+
+
 @pytest.mark.parametrize(
     "page",
     [

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from services.counter import keys
 from services.counter import store as counter_store
+from tests.checks import views
 from tests.conftest import SITE, make_settings, register_site, running_api
 
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
@@ -54,7 +55,8 @@ async def test_a_reload_storm_counts_once_per_window(redis_url: str, database_ur
     )  # fmt: skip
     assert other_page["counted"] is True
     assert other_browser["counted"] is True  # same IP, another browser: another visitor
-    assert counts == {"site": SITE, "site_views": 3, "pages": {"a": 2, "b": 1}}
+    assert views(counts) == {"site": SITE, "site_views": 3, "pages": {"a": 2, "b": 1}}
+    assert (counts["site_visitors"], counts["page_visitors"]) == (2, {"a": 2, "b": 1})
 
 
 async def test_the_sites_visitor_id_decides_who_is_a_repeat(
@@ -108,7 +110,7 @@ async def test_known_bots_are_answered_but_not_counted(api: httpx.AsyncClient) -
         f"/v1/sites/{SITE}/hit.gif", params={"page": "a"}, headers={"user-agent": GOOGLEBOT}
     )
     assert pixel.status_code == 200
-    assert await live(api, "a") == {"site": SITE, "site_views": 1, "pages": {"a": 1}}
+    assert views(await live(api, "a")) == {"site": SITE, "site_views": 1, "pages": {"a": 1}}
 
 
 async def test_a_client_over_its_rate_is_not_counted_and_others_are(
@@ -160,21 +162,30 @@ async def test_new_pages_beyond_the_sites_bound_are_not_counted(
 async def test_a_flood_of_random_page_ids_leaves_redis_bounded(
     redis_url: str, database_url: str
 ) -> None:
+    """A million random page ids through the counter core: only the site's bound of pages
+    (and their sketches) ever reaches Redis; memory grows by kilobytes, not by the flood."""
     bound = 1000
+    flood_size = 1_000_000
     settings = make_settings(redis_url, database_url, max_pages_per_site=bound)
     async with running_api(settings) as client:
         await register_site(client)
     store = counter_store.CounterStore(
-        counter_store.connect(redis_url, max_connections=8, timeout_s=5)
+        counter_store.connect(redis_url, max_connections=8, timeout_s=30)
     )
+    outcomes: dict[str, int] = {}
     try:
-        flood = [
-            counter_store.HitRequest(SITE, f"junk-{i:06d}", "2026-01-01", "-", 0, "-", 0, 0, bound)
-            for i in range(50_000)
-        ]
-        results = []
-        for start in range(0, len(flood), 5000):
-            results += await asyncio.gather(*(store.hit(r) for r in flood[start : start + 5000]))
+        used_before = (await store.memory()).used_bytes
+        for start in range(0, flood_size, 10_000):
+            chunk = [
+                counter_store.HitRequest(
+                    SITE, f"junk-{i:07d}", "2026-01-01", "-", 0, "-", 0, 0, bound, f"v{i}"
+                )
+                for i in range(start, start + 10_000)
+            ]
+            for result in await asyncio.gather(*(store.hit(r) for r in chunk)):
+                assert result is not None
+                outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
+        used_after = (await store.memory()).used_bytes
         pages = await store.redis.hlen(keys.pages_key(SITE))
         pending = sum(
             [await store.redis.hlen(keys.pending_key(SITE, s)) for s in range(keys.PENDING_SHARDS)]
@@ -182,8 +193,10 @@ async def test_a_flood_of_random_page_ids_leaves_redis_bounded(
         key_count = await store.redis.dbsize()
     finally:
         await store.close()
-    outcomes = [r.outcome for r in results if r is not None]
-    assert outcomes.count("counted") == bound
-    assert outcomes.count("page_limit") == len(flood) - bound
+    assert outcomes == {"counted": bound, "page_limit": flood_size - bound}
     assert (pages, pending) == (bound, bound)
-    assert key_count < 20  # site, pages, pending shards, the salt, a dedupe mark
+    # site, pages, pending shards, the salt, the site's sketch, one sketch per counted page
+    assert key_count <= 20 + bound
+    growth = used_after - used_before
+    print(f"redis memory after {flood_size} random page ids, bound {bound}: +{growth} bytes")
+    assert growth < bound * 512 + 1_000_000

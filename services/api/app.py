@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 
 from services.api import errors, hits, ops, sites
 from services.api.body_limit import BodyLimit
 from services.api.deps import State
+from services.api.site_cors import SiteCors
 from services.config import Settings, load_settings
 from services.counter import store as counter_store
 from services.db import repository
@@ -82,14 +82,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.router.routes.extend(hits.routes)
     app.include_router(sites.router)
     app.include_router(ops.router)
-    # Any page may read counts; no cookies are involved, so "*" exposes nothing private.
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=["*"],
-        allow_methods=["GET", "POST"],
-        allow_headers=["content-type"],
-        max_age=86400,
-    )
+    # Which web pages may send hits and read counts: each site's allowed origins.
+    app.add_middleware(SiteCors)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 

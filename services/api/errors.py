@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from services.counter import ids
+from services.counter import ids, siteconfig
 from services.counter import store as counter_store
 from services.db import repository
 from services.live import InvalidTimezone, UnknownSite
@@ -64,6 +64,8 @@ def _as_api_error(exc: Exception) -> ApiError:
         return exc
     if isinstance(exc, ids.InvalidId):
         return ApiError(422, "invalid_field", f"{exc.field} {exc.message}", exc.field)
+    if isinstance(exc, siteconfig.InvalidSetting):
+        return ApiError(422, "invalid_field", str(exc), exc.field)
     if isinstance(exc, InvalidTimezone):
         return ApiError(422, "invalid_field", str(exc), "timezone")
     if isinstance(exc, UnknownSite):
@@ -114,6 +116,7 @@ async def _handle_validation(request: Request, exc: Exception) -> Response:
 _KNOWN: tuple[type[Exception], ...] = (
     ApiError,
     ids.InvalidId,
+    siteconfig.InvalidSetting,
     InvalidTimezone,
     UnknownSite,
     counter_store.CounterUnavailable,

@@ -82,7 +82,16 @@ async def get_counts(request: Request) -> Response:
         raise ApiError(422, "invalid_field", f"at most {MAX_PAGES_PER_READ} pages per call", "page")
     pages = list(dict.fromkeys(ids.page_id(p) for p in raw_pages))
     counts = await live.counts(site, pages)
-    return _json({"site": site, "site_views": counts.site_views, "pages": counts.pages})
+    return _json(
+        {
+            "site": site,
+            "site_views": counts.site_views,
+            "pages": counts.pages,
+            "day": await live.today(site),
+            "site_visitors": counts.site_visitors,
+            "page_visitors": counts.page_visitors or {},
+        }
+    )
 
 
 routes: list[BaseRoute] = [

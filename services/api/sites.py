@@ -1,33 +1,109 @@
-"""Admin routes for sites."""
+"""Admin routes for sites: settings and registered pages (bearer token required)."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import orjson
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from services.api.deps import Admin, Live
 from services.api.errors import ApiError
 from services.api.json_body import json_object
-from services.counter import ids
+from services.counter import ids, siteconfig
 
-DEFAULT_TIMEZONE = "UTC"
+MAX_PAGES_PER_REGISTRATION = 1000
 
 router = APIRouter(prefix="/v1/sites/{site}", dependencies=[Admin])
 
 
-@router.put("")
+class SiteSettingsIn(BaseModel):
+    """Body of PUT /v1/sites/{site}: every field optional; omitted fields keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timezone: str | None = Field(None, description="IANA time zone; new sites: UTC")
+    dedupe_window: Annotated[int, Field(ge=0, le=siteconfig.MAX_DEDUPE_WINDOW_S)] | None = Field(
+        None, description="seconds; null: VIEWCOUNTER_DEDUPE_WINDOW"
+    )
+    max_pages: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="distinct pages counted; 0: no bound; null: the service default"
+    )
+    registered_pages_only: bool = False
+    page_patterns: list[str] = Field(
+        default_factory=list, max_length=siteconfig.MAX_PATTERNS, description="glob patterns"
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list, max_length=siteconfig.MAX_ORIGINS, description="empty: any"
+    )
+
+
+class PagesIn(BaseModel):
+    """Body of POST /v1/sites/{site}/pages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pages: list[str] = Field(max_length=MAX_PAGES_PER_REGISTRATION)
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+@router.put("", openapi_extra=_body_schema(SiteSettingsIn))
 async def put_site(site: str, request: Request, live: Live) -> Response:
-    """Create or update a site: body `{"timezone": "Asia/Ho_Chi_Minh"}` (optional)."""
+    """Create a site or change its settings; answers all of its settings."""
     site = ids.site_id(site)
     raw = await request.body()
     data = json_object(raw) if raw.strip() else {}
-    timezone = data.get("timezone", DEFAULT_TIMEZONE)
-    if not isinstance(timezone, str) or not timezone or len(timezone) > 64:
-        raise ApiError(422, "invalid_field", "timezone must be an IANA name", "timezone")
-    created = await live.register(site, timezone)
-    return Response(
-        orjson.dumps({"site": site, "timezone": timezone, "created": created}),
-        status_code=201 if created else 200,
-        media_type="application/json",
-    )
+    unknown = sorted(set(data) - set(SiteSettingsIn.model_fields))
+    if unknown:
+        raise ApiError(422, "unknown_field", f"{unknown[0]} is not a site setting", unknown[0])
+    if "timezone" in data:
+        timezone = data["timezone"]
+        if not isinstance(timezone, str) or not timezone or len(timezone) > 64:
+            raise ApiError(422, "invalid_field", "timezone must be an IANA name", "timezone")
+    config, created = await live.register(site, data)
+    return _json({"site": site, **config.as_dict(), "created": created}, 201 if created else 200)
+
+
+@router.get("")
+async def get_site(site: str, live: Live) -> Response:
+    """A site's settings."""
+    site = ids.site_id(site)
+    config = await live.site_config(site)
+    return _json({"site": site, **config.as_dict()})
+
+
+@router.post("/pages", openapi_extra=_body_schema(PagesIn))
+async def register_pages(site: str, request: Request, live: Live) -> Response:
+    """Register pages, for sites that count only registered pages; answers the new ones."""
+    site = ids.site_id(site)
+    data = json_object(await request.body())
+    pages = data.get("pages")
+    if (
+        not isinstance(pages, list)
+        or not pages
+        or len(pages) > MAX_PAGES_PER_REGISTRATION
+        or not all(isinstance(p, str) for p in pages)
+    ):
+        raise ApiError(
+            422,
+            "invalid_field",
+            f"pages must be a list of 1 to {MAX_PAGES_PER_REGISTRATION} page ids",
+            "pages",
+        )
+    unique = list(dict.fromkeys(ids.page_id(p) for p in pages))
+    new = await live.register_pages(site, unique)
+    return _json({"site": site, "registered": new, "known": len(unique) - len(new)})

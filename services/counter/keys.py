@@ -19,6 +19,11 @@ DAY_CHARS = 10
 SITE_GEN = "gen"  # present once the live totals were loaded from Postgres
 SITE_VIEWS = "views"  # live total shown in the footer: Postgres views + baseline + pending
 SITE_TZ = "tz"
+SITE_CONFIG = "cfg"  # the site's settings as JSON (siteconfig.SiteConfig)
+
+# Unique-visitor HyperLogLogs live this long after their last change: long enough for the
+# flusher to read a day's final estimate after the day ends, even after a long outage.
+VISITORS_TTL_S = 3 * 86400
 
 
 def tag(site: str) -> str:
@@ -51,26 +56,41 @@ def snapshot_key(site: str, shard: int, batch_id: str) -> str:
     return f"{tag(site)}:snap:{shard}:{batch_id}"
 
 
-ALL_SITE_KEYS_PATTERN = f"{{{PREFIX}:*}}:*"
+# What the flusher scans for: pending shards and snapshots ("pend" and "snap" both fit the
+# character classes); parse_pending_key / parse_snapshot_key tell them apart exactly.
+WORK_KEYS_PATTERN = f"{{{PREFIX}:*}}:[ps][en][na][dp]:*"
+
+
+def _split(key: str, kind: str) -> tuple[str, str] | None:
+    """(site, rest) of a `{vc:SITE}:KIND:REST` key. A site id never holds "}", so the first
+    one ends it; a page id in the rest (visitor sketches) cannot fake another kind of key."""
+    head = f"{{{PREFIX}:"
+    if not key.startswith(head):
+        return None
+    site, _, tail = key[len(head) :].partition("}")
+    marker = f":{kind}:"
+    if not site or not tail.startswith(marker):
+        return None
+    return site, tail[len(marker) :]
 
 
 def parse_pending_key(key: str) -> str | None:
     """The site of a pending shard key, or None when `key` is not one."""
-    head = f"{{{PREFIX}:"
-    if not key.startswith(head):
+    parts = _split(key, "pend")
+    if parts is None:
         return None
-    site, sep, rest = key[len(head) :].partition("}:pend:")
-    return site if sep and rest.isascii() and rest.isdigit() else None
+    site, shard = parts
+    return site if shard.isascii() and shard.isdigit() else None
 
 
 def parse_snapshot_key(key: str) -> tuple[str, int, str] | None:
     """(site, shard, batch id) of a snapshot key, or None when `key` is not one."""
-    head = f"{{{PREFIX}:"
-    if not key.startswith(head):
+    parts = _split(key, "snap")
+    if parts is None:
         return None
-    site, sep, rest = key[len(head) :].partition("}:snap:")
-    shard, sep2, batch_id = rest.partition(":")
-    if not (sep and sep2 and shard.isascii() and shard.isdigit() and batch_id):
+    site, rest = parts
+    shard, sep, batch_id = rest.partition(":")
+    if not (sep and shard.isascii() and shard.isdigit() and batch_id):
         return None
     return site, int(shard), batch_id
 
@@ -93,6 +113,16 @@ def seen_key(site: str, token: str) -> str:
 def rate_key(site: str, token: str, minute: int) -> str:
     """Hits of one client in one clock minute (expires after two)."""
     return f"{tag(site)}:rate:{token}:{minute}"
+
+
+def site_visitors_key(site: str, day: str) -> str:
+    """HyperLogLog of the site's distinct visitors on local `day`."""
+    return f"{tag(site)}:uv:{day}"
+
+
+def page_visitors_key(site: str, day: str, page: str) -> str:
+    """HyperLogLog of one page's distinct visitors on local `day`."""
+    return f"{tag(site)}:uvp:{day}:{page}"
 
 
 def salt_key(day: str) -> str:

@@ -19,12 +19,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from services.counter import keys, scripts
+from services.counter.siteconfig import SiteConfig
 
 SNAPSHOT_SCAN_COUNT = 5000
 SALT_TTL_S = 2 * 86400
 PIPELINES_IN_FLIGHT = 2
 # Bounds how long one script call keeps Redis busy (about a microsecond per hit).
 MAX_HITS_PER_CALL = 256
+VISITOR_READ_CHUNK = 1000
 
 
 class CounterUnavailable(Exception):
@@ -47,10 +49,12 @@ class HitRequest:
     client_token: str
     minute: int
     rate_limit: int
-    max_pages: int
+    page_rule: int  # 0 any page, n > 0 at most n pages, ONLY_KNOWN_PAGES only pages it has
+    visitor_token: str
 
 
-OUTCOMES = {1: "counted", 2: "duplicate", 3: "rate_limited", 4: "page_limit"}
+ONLY_KNOWN_PAGES = -1
+OUTCOMES = {1: "counted", 2: "duplicate", 3: "rate_limited", 4: "page_limit", 5: "unknown_page"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,21 @@ class Counts:
 
     site_views: int
     pages: dict[str, int]
+    site_visitors: int = 0  # distinct visitors of the site on the day asked
+    page_visitors: dict[str, int] | None = None  # distinct visitors of each page that day
+
+
+@dataclass(frozen=True, slots=True)
+class RedisMemory:
+    """Redis' memory use against its bound (`max_bytes` 0: no bound set)."""
+
+    used_bytes: int
+    max_bytes: int
+
+    @property
+    def ratio(self) -> float | None:
+        """Used / bound, or None when Redis has no bound."""
+        return self.used_bytes / self.max_bytes if self.max_bytes else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +242,14 @@ class _HitBatcher:
             args: list[str | int] = []
             for item in chunk:
                 r = item.request
-                key_list.append(keys.seen_key(site, r.seen_token))
-                key_list.append(keys.rate_key(site, r.client_token, r.minute))
+                key_list.extend(
+                    (
+                        keys.seen_key(site, r.seen_token),
+                        keys.rate_key(site, r.client_token, r.minute),
+                        keys.site_visitors_key(site, r.day),
+                        keys.page_visitors_key(site, r.day, r.page),
+                    )
+                )
                 args.extend(
                     (
                         keys.shard_of(r.page),
@@ -232,7 +257,8 @@ class _HitBatcher:
                         r.day,
                         r.dedupe_window_s,
                         r.rate_limit,
-                        r.max_pages,
+                        r.page_rule,
+                        r.visitor_token,
                     )
                 )
             calls.append((scripts.HITS, len(key_list), [*key_list, *args]))
@@ -315,34 +341,69 @@ class CounterStore:
             raise _unavailable(exc) from exc
         return bytes.fromhex(salt)
 
-    async def counts(self, site: str, pages: Sequence[str]) -> Counts | None:
-        """Live totals of `site` and `pages`; None when the site is not loaded."""
-        result = await self._eval(
-            scripts.COUNTS, (keys.site_key(site), keys.pages_key(site)), pages
-        )
+    async def counts(self, site: str, day: str, pages: Sequence[str]) -> Counts | None:
+        """Live totals of `site` and `pages`, and their distinct visitors on local `day`;
+        None when the site is not loaded."""
+        key_list = [keys.site_key(site), keys.pages_key(site), keys.site_visitors_key(site, day)]
+        key_list.extend(keys.page_visitors_key(site, day, page) for page in pages)
+        result = await self._eval(scripts.COUNTS, key_list, pages)
         if result[0] == 0:
             return None
         return Counts(
             site_views=int(result[1]),
-            pages={page: int(v) for page, v in zip(pages, result[2:], strict=True)},
+            pages={page: int(v) for page, v in zip(pages, result[3::2], strict=True)},
+            site_visitors=int(result[2]),
+            page_visitors={page: int(v) for page, v in zip(pages, result[4::2], strict=True)},
         )
 
-    async def site_timezone(self, site: str) -> str | None:
-        """The time zone the site was loaded with, or None when it is not loaded."""
+    async def site_config(self, site: str) -> SiteConfig | None:
+        """The settings the site was loaded with, or None when it is not loaded."""
         try:
-            values = await self.redis.hmget(keys.site_key(site), [keys.SITE_GEN, keys.SITE_TZ])
+            gen, tz, cfg = await self.redis.hmget(
+                keys.site_key(site), [keys.SITE_GEN, keys.SITE_TZ, keys.SITE_CONFIG]
+            )
         except redis_errors.RedisError as exc:
             raise _unavailable(exc) from exc
-        gen, tz = values
-        return cast(str, tz) if gen is not None and tz is not None else None
+        if gen is None or tz is None:
+            return None
+        return SiteConfig.from_json(cast(str | None, cfg), cast(str, tz))
 
-    async def set_timezone(self, site: str, tz: str) -> None:
-        """Record a changed time zone for a loaded site (a no-op when it is not loaded)."""
+    async def set_config(
+        self, site: str, config: SiteConfig, new_pages: Sequence[str] = ()
+    ) -> bool:
+        """Record changed settings (and newly registered pages) of a loaded site; False (and
+        nothing written) when it is not loaded: its next load brings them from Postgres."""
+        loaded = await self._eval(
+            scripts.SET_CONFIG,
+            (keys.site_key(site), keys.pages_key(site)),
+            (config.timezone, config.to_json(), *new_pages),
+        )
+        return bool(loaded)
+
+    async def visitor_estimates(
+        self, site_days: Sequence[tuple[str, str]], page_days: Sequence[tuple[str, str, str]]
+    ) -> tuple[list[int], list[int]]:
+        """Distinct-visitor estimates of (site, day) and (site, page, day) buckets, in order."""
+        key_list = [keys.site_visitors_key(site, day) for site, day in site_days]
+        key_list += [keys.page_visitors_key(site, day, page) for site, page, day in page_days]
+        values: list[int] = []
         try:
-            if await self.redis.hexists(keys.site_key(site), keys.SITE_GEN):
-                await self.redis.hset(keys.site_key(site), keys.SITE_TZ, tz)
+            for start in range(0, len(key_list), VISITOR_READ_CHUNK):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key in key_list[start : start + VISITOR_READ_CHUNK]:
+                        pipe.pfcount(key)
+                    values.extend(int(v) for v in await pipe.execute())
         except redis_errors.RedisError as exc:
             raise _unavailable(exc) from exc
+        return values[: len(site_days)], values[len(site_days) :]
+
+    async def memory(self) -> RedisMemory:
+        """Redis' used memory and its maxmemory bound."""
+        try:
+            info = await self.redis.info("memory")
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+        return RedisMemory(int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
 
     async def load_pages(self, site: str, totals: Sequence[tuple[str, int]]) -> bool:
         """Write page totals of an unloaded site; False when the site got loaded meanwhile."""
@@ -354,10 +415,15 @@ class CounterStore:
         )
         return bool(loaded)
 
-    async def load_site(self, site: str, generation: str, site_total: int, tz: str) -> bool:
-        """Mark the site loaded with its total; False when another loader finished first."""
+    async def load_site(
+        self, site: str, generation: str, site_total: int, config: SiteConfig
+    ) -> bool:
+        """Mark the site loaded with its total and settings; False when another loader
+        finished first."""
         loaded = await self._eval(
-            scripts.LOAD_SITE, (keys.site_key(site),), (generation, site_total, tz)
+            scripts.LOAD_SITE,
+            (keys.site_key(site),),
+            (generation, site_total, config.timezone, config.to_json()),
         )
         return bool(loaded)
 
@@ -414,7 +480,7 @@ class CounterStore:
         sites: set[str] = set()
         batches: dict[str, list[str]] = {}
         try:
-            async for key in self.redis.scan_iter(match=keys.ALL_SITE_KEYS_PATTERN, count=1000):
+            async for key in self.redis.scan_iter(match=keys.WORK_KEYS_PATTERN, count=1000):
                 pending_site = keys.parse_pending_key(key)
                 if pending_site is not None:
                     sites.add(pending_site)

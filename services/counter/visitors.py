@@ -19,10 +19,15 @@ def _token(salt: bytes, *parts: str) -> str:
     return hashlib.blake2b(message, key=salt, digest_size=TOKEN_BYTES).hexdigest()
 
 
-def seen_token(salt: bytes, site: str, page: str, visitor: str | None, ip: str, ua: str) -> str:
-    """Token of one visitor viewing one page of one site, for the dedupe window."""
+def visitor_token(salt: bytes, site: str, visitor: str | None, ip: str, ua: str) -> str:
+    """Token of one visitor of one site for the day: what unique-visitor counts count."""
     who = f"v:{visitor}" if visitor else f"c:{ip}\x00{ua[:USER_AGENT_MAX_CHARS]}"
-    return _token(salt, site, who, page)
+    return _token(salt, site, who)
+
+
+def seen_token(salt: bytes, visitor: str, page: str) -> str:
+    """Token of one visitor (a `visitor_token`) viewing one page, for the dedupe window."""
+    return _token(salt, visitor, page)
 
 
 def client_token(salt: bytes, site: str, ip: str) -> str:

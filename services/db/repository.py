@@ -6,7 +6,7 @@ asyncpg and OS errors become `DatabaseUnavailable` here, so callers deal with on
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -15,6 +15,8 @@ from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+
+from services.counter.siteconfig import SiteConfig
 
 Conn = asyncpg.Connection | PoolConnectionProxy
 ROWS_PER_STATEMENT = 20_000
@@ -38,19 +40,17 @@ class GenerationChanged(Exception):
     """Redis lost a site's live totals while its batch was in hand; the batch was rolled back."""
 
 
-@dataclass(frozen=True)
-class Site:
-    """A registered site."""
-
-    site: str
-    timezone: str
-
-
 @dataclass
 class BatchRows:
-    """Deltas of one batch, aggregated: per (site, page, day), with derived page/site sums."""
+    """Deltas of one batch, aggregated: per (site, page, day), with derived page/site sums.
+
+    `page_visitors` and `site_visitors` are distinct-visitor estimates (absolute, not deltas)
+    of the (site, page, day) and (site, day) buckets the batch touches.
+    """
 
     daily: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    page_visitors: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    site_visitors: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, site: str, page: str, day: str, hits: int) -> None:
         """Add `hits` for `page` of `site` on local `day` (YYYY-MM-DD)."""
@@ -115,11 +115,11 @@ async def _translated() -> AsyncIterator[None]:
 class SiteLoad:
     """Totals of one site read under its row lock, for copying into Redis."""
 
-    def __init__(self, conn: Conn, site: str, total: int, timezone: str) -> None:
+    def __init__(self, conn: Conn, site: str, total: int, config: SiteConfig) -> None:
         self._conn = conn
         self.site = site
         self.total = total
-        self.timezone = timezone
+        self.config = config
 
     async def page_totals(self) -> AsyncIterator[list[tuple[str, int]]]:
         """Page totals in chunks (a site can have many pages)."""
@@ -145,18 +145,40 @@ class Repository:
         async with _translated(), self.pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
 
-    async def upsert_site(self, site: str, timezone: str) -> bool:
-        """Create or update a site; True when it was created."""
-        async with _translated(), self.pool.acquire() as conn, conn.transaction():
-            created: bool = await conn.fetchval(Q["upsert_site"], site, timezone)
-            await conn.execute(Q["ensure_site_views"], site)
-            return created
+    async def put_site(self, site: str, changes: Mapping[str, Any]) -> tuple[SiteConfig, bool]:
+        """Create a site, or change the given settings of an existing one (the others keep
+        their values); the resulting config and whether the site was created.
 
-    async def get_site(self, site: str) -> Site | None:
-        """The site, or None when it is not registered."""
+        Raises siteconfig.InvalidSetting when the merged settings are not acceptable.
+        """
+        async with _translated(), self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(Q["lock_site_settings"], site)
+            current = _config(row) if row is not None else SiteConfig()
+            config = SiteConfig.from_values({**current.as_dict(), **changes})
+            created: bool = await conn.fetchval(
+                Q["upsert_site"],
+                site,
+                config.timezone,
+                config.dedupe_window,
+                config.max_pages,
+                config.registered_pages_only,
+                list(config.page_patterns),
+                list(config.allowed_origins),
+            )
+            await conn.execute(Q["ensure_site_views"], site)
+            return config, created
+
+    async def get_site(self, site: str) -> SiteConfig | None:
+        """The site's settings, or None when it is not registered."""
         async with _translated(), self.pool.acquire() as conn:
             row = await conn.fetchrow(Q["get_site"], site)
-        return Site(row["site"], row["timezone"]) if row else None
+        return _config(row) if row else None
+
+    async def register_pages(self, site: str, pages: Sequence[str]) -> list[str]:
+        """Add pages (with no views yet) to a site; the ones that were new."""
+        async with _translated(), self.pool.acquire() as conn:
+            rows = await conn.fetch(Q["register_pages"], site, list(pages))
+        return [row["page"] for row in rows]
 
     @asynccontextmanager
     async def site_load(self, site: str) -> AsyncIterator[SiteLoad | None]:
@@ -167,7 +189,7 @@ class Repository:
         """
         async with _translated(), self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(Q["lock_site_totals"], site)
-            yield None if row is None else SiteLoad(conn, site, row["total"], row["timezone"])
+            yield None if row is None else SiteLoad(conn, site, row["total"], _config(row))
 
     async def batch_keys(self, batch_id: str) -> list[str] | None:
         """Snapshot keys the ledger recorded for `batch_id`, or None when it was never applied."""
@@ -210,6 +232,17 @@ class Repository:
         return Applied()
 
 
+def _config(row: asyncpg.Record) -> SiteConfig:
+    return SiteConfig(
+        timezone=row["timezone"],
+        dedupe_window=row["dedupe_window"],
+        max_pages=row["max_pages"],
+        registered_pages_only=row["registered_pages_only"],
+        page_patterns=tuple(row["page_patterns"]),
+        allowed_origins=tuple(row["allowed_origins"]),
+    )
+
+
 async def _write_rows(conn: Conn, rows: BatchRows) -> None:
     pages: dict[tuple[str, str], int] = {}
     site_days: dict[tuple[str, str], int] = {}
@@ -235,6 +268,7 @@ async def _write_rows(conn: Conn, rows: BatchRows) -> None:
             [p for (_, p, _), _ in chunk],
             [date.fromisoformat(d) for (_, _, d), _ in chunk],
             [n for _, n in chunk],
+            [rows.page_visitors.get(k, 0) for k, _ in chunk],
         )
     site_day_items = sorted(site_days.items())
     await conn.execute(
@@ -242,6 +276,7 @@ async def _write_rows(conn: Conn, rows: BatchRows) -> None:
         [s for (s, _), _ in site_day_items],
         [date.fromisoformat(d) for (_, d), _ in site_day_items],
         [n for _, n in site_day_items],
+        [rows.site_visitors.get(k, 0) for k, _ in site_day_items],
     )
     # Last, and in site order: these row locks are what a concurrent loader waits on.
     for site, hits in sorted(sites.items()):

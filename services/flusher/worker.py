@@ -152,6 +152,13 @@ class Flusher:
                 rows.add(site, page, day, hits)
         if not rows.daily:
             return  # keys already gone: whoever deleted them had committed their batch
+        # Distinct visitors are estimates, not deltas: read them now (they include every hit
+        # of this batch) and let Postgres keep the larger of old and new.
+        page_days = list(rows.daily)
+        site_days = sorted({(site, day) for site, _, day in page_days})
+        site_estimates, page_estimates = await self._store.visitor_estimates(site_days, page_days)
+        rows.site_visitors = dict(zip(site_days, site_estimates, strict=True))
+        rows.page_visitors = dict(zip(page_days, page_estimates, strict=True))
         sites = sorted({site for site, _, _ in rows.daily})
         if generations is None:
             generations = {site: await self._store.generation(site) for site in sites}

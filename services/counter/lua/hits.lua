@@ -1,50 +1,60 @@
 -- Take page views of one site: every hit the api took while its previous call was out, in
 -- one call. Atomic so that each page's live total, the site's live total, the pending deltas
--- (what the flusher will move to Postgres), the dedupe marks and the rate counters can never
--- disagree; one call per site per batch keeps a round trip's fixed cost off each hit.
--- KEYS[1]      site hash   ({vc:SITE}:site)   fields: gen, views, tz
+-- (what the flusher will move to Postgres), the unique-visitor sketches, the dedupe marks and
+-- the rate counters can never disagree; one call per site per batch keeps a round trip's
+-- fixed cost off each hit.
+-- KEYS[1]      site hash   ({vc:SITE}:site)   fields: gen, views, tz, cfg
 -- KEYS[2]      pages hash  ({vc:SITE}:pages)  page -> live total
 -- KEYS[3..10]  pending shards 0..7 ({vc:SITE}:pend:k), day..page -> delta not yet in Postgres
--- then for hit j (1-based): KEYS[9 + 2j] its dedupe mark ({vc:SITE}:seen:TOKEN),
---                           KEYS[10 + 2j] its client's rate counter ({vc:SITE}:rate:TOKEN:MIN)
--- ARGV  per hit, 6 values: pending shard index (0-based), page id, local day,
+-- then for hit j (1-based), at b = 10 + 4(j-1):
+--   KEYS[b+1] its dedupe mark            ({vc:SITE}:seen:TOKEN)
+--   KEYS[b+2] its client's rate counter  ({vc:SITE}:rate:TOKEN:MIN)
+--   KEYS[b+3] the site's visitors of the day  ({vc:SITE}:uv:DAY, HyperLogLog)
+--   KEYS[b+4] the page's visitors of the day  ({vc:SITE}:uvp:DAY:PAGE, HyperLogLog)
+-- ARGV  per hit, 7 values: pending shard index (0-based), page id, local day,
 --       dedupe window in seconds (0: off), hits allowed per client per minute (0: off),
---       distinct pages the site may have (0: no bound)
+--       page rule (0: any page; n > 0: at most n distinct pages; -1: only pages the site
+--       has already), visitor token (what the visitor sketches count)
 -- Returns {1, outcome_1, page_views_1, site_views_1, ...} in hit order, where outcome is
 -- 1 counted, 2 duplicate (same visitor and page inside the window), 3 rate limited,
--- 4 page limit (a new page on a site that has its maximum of pages); or {0}
+-- 4 page limit (a new page on a site that has its maximum of pages), 5 unknown page (a new
+-- page on a site that counts only its registered pages); or {0}
 -- when the site's live totals are not loaded (unknown site, or Redis lost its data): then
 -- nothing was written, and the caller loads the totals from Postgres first so that counts
 -- shown never go backwards.
--- Keys that expire are only dedupe marks and rate counters: never anything unflushed.
+-- Keys that expire are only dedupe marks, rate counters and visitor sketches: never anything
+-- unflushed (the flusher reads a sketch's estimate when it moves that day's views).
 if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
   return {0}
 end
 local out = {1}
-local shards = 8
-for j = 1, #ARGV / 6 do
-  local a = (j - 1) * 6
+local visitors_ttl = 259200
+for j = 1, #ARGV / 7 do
+  local a = (j - 1) * 7
+  local b = 10 + (j - 1) * 4
   local page = ARGV[a + 2]
   local window = tonumber(ARGV[a + 4])
   local limit = tonumber(ARGV[a + 5])
-  local max_pages = tonumber(ARGV[a + 6])
-  local seen = KEYS[2 + shards + 2 * j - 1]
-  local rate = KEYS[2 + shards + 2 * j]
+  local rule = tonumber(ARGV[a + 6])
   local outcome = 1
   if limit > 0 then
-    local n = redis.call('INCR', rate)
+    local n = redis.call('INCR', KEYS[b + 2])
     if n == 1 then
-      redis.call('EXPIRE', rate, 120)
+      redis.call('EXPIRE', KEYS[b + 2], 120)
     end
     if n > limit then
       outcome = 3
     end
   end
-  if outcome == 1 and max_pages > 0 and redis.call('HEXISTS', KEYS[2], page) == 0
-      and redis.call('HLEN', KEYS[2]) >= max_pages then
-    outcome = 4
+  if outcome == 1 and rule ~= 0 and redis.call('HEXISTS', KEYS[2], page) == 0 then
+    if rule < 0 then
+      outcome = 5
+    elseif redis.call('HLEN', KEYS[2]) >= rule then
+      outcome = 4
+    end
   end
-  if outcome == 1 and window > 0 and not redis.call('SET', seen, '1', 'NX', 'EX', window) then
+  if outcome == 1 and window > 0
+      and not redis.call('SET', KEYS[b + 1], '1', 'NX', 'EX', window) then
     outcome = 2
   end
   if outcome == 1 then
@@ -52,6 +62,11 @@ for j = 1, #ARGV / 6 do
     out[#out + 1] = redis.call('HINCRBY', KEYS[2], page, 1)
     out[#out + 1] = redis.call('HINCRBY', KEYS[1], 'views', 1)
     redis.call('HINCRBY', KEYS[3 + tonumber(ARGV[a + 1])], ARGV[a + 3] .. page, 1)
+    for k = b + 3, b + 4 do
+      if redis.call('PFADD', KEYS[k], ARGV[a + 7]) == 1 then
+        redis.call('EXPIRE', KEYS[k], visitors_ttl, 'NX')
+      end
+    end
   else
     out[#out + 1] = outcome
     out[#out + 1] = tonumber(redis.call('HGET', KEYS[2], page) or '0')

@@ -1,10 +1,11 @@
--- Finish loading a site: set its live total and time zone, then mark it loaded with a fresh
--- generation. Atomic with the "loaded" check so two loaders cannot both finish.
+-- Finish loading a site: set its live total, time zone and settings, then mark it loaded
+-- with a fresh generation. Atomic with the "loaded" check so two loaders cannot both finish.
 -- KEYS[1] site hash
--- ARGV[1] generation token, ARGV[2] site total (views + baseline), ARGV[3] time zone
+-- ARGV[1] generation token, ARGV[2] site total (views + baseline), ARGV[3] time zone,
+-- ARGV[4] settings (JSON)
 -- Returns 1 when this call loaded the site, 0 when it was loaded already.
 if redis.call('HEXISTS', KEYS[1], 'gen') == 1 then
   return 0
 end
-redis.call('HSET', KEYS[1], 'views', ARGV[2], 'tz', ARGV[3], 'gen', ARGV[1])
+redis.call('HSET', KEYS[1], 'views', ARGV[2], 'tz', ARGV[3], 'cfg', ARGV[4], 'gen', ARGV[1])
 return 1
