@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     # (WAITAOF) before it is written to Postgres, so a Redis crash cannot replay it.
     snapshot_fsync: Literal["wait", "none"] = "wait"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Server-Sent Events streams (GET /v1/sites/{site}/stream) one api process keeps open.
+    stream_max_connections: int = Field(default=500, ge=0, le=100_000)
 
     @field_validator("admin_token")
     @classmethod

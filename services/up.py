@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import os
 import secrets
 import signal
@@ -11,8 +13,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from io import BytesIO
 from pathlib import Path
 from types import FrameType
+from typing import BinaryIO
 
 from services import localservers
 
@@ -24,6 +28,11 @@ DEFAULT_METRICS_PORT = 9101
 DATABASE_NAME = "viewcounter"
 CHILD_GRACE_S = 30.0
 POLL_INTERVAL_S = 0.2
+# examples/ beside the package (a source checkout): the demo page, served on the api port + 1.
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+# What examples/*.html say, as written for the default `viewcounter up`; replaced when served.
+DEMO_API_BASE = "http://127.0.0.1:8000"
+DEMO_SITE = "demo"
 
 
 class _StopRequested(Exception):
@@ -90,7 +99,86 @@ def _supervise(children: Mapping[str, subprocess.Popen[bytes]], stop: threading.
     return 0
 
 
-def _print_banner(host: str, port: int, demo_site: str, env: Mapping[str, str]) -> None:
+def demo_html(text: str, api_base: str, site: str) -> str:
+    """An examples/ page pointed at the api on `api_base` and the site `site`."""
+    return (
+        text.replace(DEMO_API_BASE, api_base)
+        .replace(f'data-site="{DEMO_SITE}"', f'data-site="{site}"')
+        .replace(f"/v1/sites/{DEMO_SITE}/", f"/v1/sites/{site}/")
+    )
+
+
+def demo_csp(api_base: str) -> str:
+    """A strict Content-Security-Policy that still lets the counter work: no inline code."""
+    return (
+        f"default-src 'none'; script-src {api_base}; connect-src {api_base}; "
+        f"img-src 'self' {api_base}; style-src 'self'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+
+
+class _DemoHandler(http.server.SimpleHTTPRequestHandler):
+    """Files of examples/; HTML pages rewritten for this api and site, under a strict CSP."""
+
+    api_base = DEMO_API_BASE
+    site = DEMO_SITE
+
+    def send_head(self) -> BinaryIO | BytesIO | None:
+        path = Path(self.translate_path(self.path))
+        if path.is_dir():
+            path = path / "index.html"
+        if path.suffix != ".html" or not path.is_file():
+            return super().send_head()
+        body = demo_html(path.read_text("utf-8"), self.api_base, self.site).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Security-Policy", demo_csp(self.api_base))
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        return None
+
+    def list_directory(self, path: str | os.PathLike[str]) -> BytesIO | None:
+        self.send_error(404, "File not found")  # no directory listings
+        return None
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # the api and flusher logs are what `up` shows
+
+
+@contextlib.contextmanager
+def serve_examples(
+    host: str, port: int, api_base: str, site: str, directory: Path = EXAMPLES_DIR
+) -> Iterator[str | None]:
+    """Serve `directory` on host:port (any free port if that one is taken) in a thread; yields
+    its URL, or None when there is no such directory (an install without the source tree)."""
+    if not directory.is_dir():
+        yield None
+        return
+    handler = functools.partial(
+        type("DemoHandler", (_DemoHandler,), {"api_base": api_base, "site": site}),
+        directory=str(directory),
+    )
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError:
+        server = http.server.ThreadingHTTPServer((host, 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="demo-page", daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _print_banner(
+    host: str, port: int, demo_site: str, env: Mapping[str, str], demo_url: str | None = None
+) -> None:
     base = f"http://{host}:{port}"
     metrics_port = env.get(METRICS_PORT_ENV, str(DEFAULT_METRICS_PORT))
     hit = (
@@ -104,6 +192,7 @@ def _print_banner(host: str, port: int, demo_site: str, env: Mapping[str, str]) 
         f"  api:              {base}",
         f"  record a view:    {hit}",
         f"  api metrics:      {base}/metrics",
+        f"  demo page:        {demo_url or '(no examples/ directory here)'}",
         f"  flusher metrics:  http://127.0.0.1:{metrics_port}/metrics",
         f"  redis:            {env[REDIS_URL_ENV]}",
         f"  postgres:         {env[DATABASE_URL_ENV]}",
@@ -159,8 +248,11 @@ def run_up(*, host: str, port: int, data_dir: Path, demo_site: str = "demo") -> 
                 children[name] = subprocess.Popen(
                     _cli_command(*args), env=env, stdin=subprocess.DEVNULL, start_new_session=True
                 )
-            _print_banner(host, port, demo_site, env)
-            code = _supervise(children, stop)
+            browse_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
+            api_base = f"http://{browse_host}:{port}"
+            with serve_examples(host, port + 1, api_base, demo_site) as demo_url:
+                _print_banner(host, port, demo_site, env, demo_url)
+                code = _supervise(children, stop)
         except _StopRequested:
             code = 0
         except RuntimeError as exc:
