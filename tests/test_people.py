@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import redis.asyncio as aioredis
 
 from services.counter import keys
 from services.counter import store as counter_store
+from services.db import repository
+from services.flusher.worker import Flusher
+from services.live import LiveCounts
 from tests.checks import views
 from tests.conftest import SITE, make_settings, register_site, running_api
 
@@ -200,3 +204,44 @@ async def test_a_flood_of_random_page_ids_leaves_redis_bounded(
     growth = used_after - used_before
     print(f"redis memory after {flood_size} random page ids, bound {bound}: +{growth} bytes")
     assert growth < bound * 512 + 1_000_000
+
+
+async def test_ten_thousand_visitors_are_counted_within_two_percent(
+    redis_url: str, database_url: str
+) -> None:
+    settings = make_settings(redis_url, database_url)
+    async with running_api(settings) as client:
+        await register_site(client)
+    store = counter_store.CounterStore(
+        counter_store.connect(redis_url, max_connections=8, timeout_s=10)
+    )
+    pool = await repository.connect_pool(database_url, statement_timeout_s=10)
+    try:
+        live_counts = LiveCounts(store, repository.Repository(pool))
+        # A fixed salt makes the visitor tokens, and so the estimate, the same on every run.
+        now = datetime.now(UTC)
+        for day in (now, now + timedelta(days=1)):  # the run may cross midnight UTC
+            await store.redis.set(keys.salt_key(day.date().isoformat()), "ab" * 32)
+        people = 10_000
+        for start in range(0, people, 1000):
+            await asyncio.gather(
+                *(
+                    live_counts.hit(SITE, f"p{i % 10}", visitor=f"reader-{i}", ip="", user_agent="")
+                    for i in range(start, start + 1000)
+                )
+            )
+        counts = await live_counts.counts(SITE, [f"p{n}" for n in range(10)])
+        await Flusher(store, repository.Repository(pool), interval_s=1).flush_once()
+        stored = await pool.fetchval(
+            "SELECT sum(visitors) FROM site_views_daily WHERE site = $1", SITE
+        )
+    finally:
+        await pool.close()
+        await store.close()
+    error = counts.site_visitors / people - 1
+    print(f"HyperLogLog estimate of {people} visitors: {counts.site_visitors} ({error:+.2%})")
+    assert abs(error) <= 0.02
+    assert counts.site_views == people
+    assert counts.page_visitors is not None
+    assert all(abs(v / 1000 - 1) <= 0.02 for v in counts.page_visitors.values())
+    assert stored == counts.site_visitors

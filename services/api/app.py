@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.api import errors, hits, ops, sites
+from services.api import errors, hits, ops, public_schema, sites, widget
 from services.api.body_limit import BodyLimit
 from services.api.deps import State
 from services.api.site_cors import SiteCors
@@ -79,7 +79,9 @@ def create_app(settings: Settings) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
+    public_schema.install(app)
     app.router.routes.extend(hits.routes)
+    app.router.routes.extend(widget.routes(settings))
     app.include_router(sites.router)
     app.include_router(ops.router)
     # Which web pages may send hits and read counts: each site's allowed origins.

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import Match
 
 from services.counter import ids, siteconfig
 from services.counter import store as counter_store
@@ -93,12 +94,22 @@ async def _handle(request: Request, exc: Exception) -> Response:
 async def _handle_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
     return error_response(
-        exc.status_code,
-        codes.get(exc.status_code, "http_error"),
-        str(exc.detail),
-        headers=dict(exc.headers or {}),
+        exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), headers=headers
     )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods))
 
 
 async def _handle_validation(request: Request, exc: Exception) -> Response:

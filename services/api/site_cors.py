@@ -75,6 +75,10 @@ class SiteCors:
             )
             await response(scope, receive, send)
             return
+        if "origin" not in headers:
+            # Referer-only requests (a pixel) get no CORS headers: nobody reads them.
+            await self.app(scope, receive, send)
+            return
         allow = {"Access-Control-Allow-Origin": headers["origin"] if allowed_list else "*"}
         if allowed_list:
             allow["Vary"] = "Origin"
@@ -89,10 +93,6 @@ class SiteCors:
                 },
             )
             await preflight(scope, receive, send)
-            return
-        if "origin" not in headers:
-            # Referer-only requests (a pixel) get no CORS headers: nobody reads them.
-            await self.app(scope, receive, send)
             return
 
         async def send_with_cors(message: Message) -> None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from services.api import public_schema
 from services.api.deps import Admin, Live
 from services.api.errors import ApiError
 from services.api.json_body import json_object
@@ -16,15 +17,13 @@ from services.counter import ids, siteconfig
 
 MAX_PAGES_PER_REGISTRATION = 1000
 
-router = APIRouter(prefix="/v1/sites/{site}", dependencies=[Admin])
-
 
 class SiteSettingsIn(BaseModel):
     """Body of PUT /v1/sites/{site}: every field optional; omitted fields keep their value."""
 
     model_config = ConfigDict(extra="forbid")
 
-    timezone: str | None = Field(None, description="IANA time zone; new sites: UTC")
+    timezone: str = Field("UTC", max_length=64, description="IANA time zone")
     dedupe_window: Annotated[int, Field(ge=0, le=siteconfig.MAX_DEDUPE_WINDOW_S)] | None = Field(
         None, description="seconds; null: VIEWCOUNTER_DEDUPE_WINDOW"
     )
@@ -48,6 +47,14 @@ class PagesIn(BaseModel):
     pages: list[str] = Field(max_length=MAX_PAGES_PER_REGISTRATION)
 
 
+router = APIRouter(
+    prefix="/v1/sites/{site}",
+    dependencies=[Admin],
+    tags=["admin"],
+    responses=public_schema.error_responses(400, 401, 403, 404, 413, 415, 422, 503),
+)
+
+
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {
         "requestBody": {
@@ -61,7 +68,11 @@ def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-@router.put("", openapi_extra=_body_schema(SiteSettingsIn))
+@router.put(
+    "",
+    openapi_extra=_body_schema(SiteSettingsIn),
+    responses={201: {"description": "the site was created"}},
+)
 async def put_site(site: str, request: Request, live: Live) -> Response:
     """Create a site or change its settings; answers all of its settings."""
     site = ids.site_id(site)

@@ -89,8 +89,8 @@ class SiteConfig:
             registered_pages_only=_bool(
                 values.get("registered_pages_only", False), "registered_pages_only"
             ),
-            page_patterns=page_patterns(values.get("page_patterns") or []),
-            allowed_origins=origins(values.get("allowed_origins") or []),
+            page_patterns=page_patterns(values.get("page_patterns", [])),
+            allowed_origins=origins(values.get("allowed_origins", [])),
         )
 
     @property

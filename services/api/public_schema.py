@@ -1,0 +1,194 @@
+"""OpenAPI entries for the public counting routes.
+
+Those routes are plain Starlette endpoints (see hits.py), so FastAPI cannot describe them by
+itself; their request and answer shapes are declared here as pydantic models and merged into
+the app's OpenAPI document, which /docs shows and the fuzz tests generate requests from.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, Field
+
+from services.counter import ids
+
+SITE_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+Reason = Literal["duplicate", "bot", "rate_limited", "page_limit", "unknown_page"]
+
+
+class HitIn(BaseModel):
+    """One page view. Also accepted as text/plain (what sendBeacon sends)."""
+
+    page: str = Field(
+        min_length=1, description=f"page id: up to {ids.PAGE_ID_MAX_BYTES} UTF-8 bytes"
+    )
+    visitor: str | None = Field(
+        None, max_length=128, description="the site's own visitor id, if it has one"
+    )
+    url: str | None = Field(None, max_length=2048)
+    referrer: str | None = Field(None, max_length=2048)
+
+
+class HitOut(BaseModel):
+    """Whether the view counted, and the live totals."""
+
+    site: str
+    page: str
+    counted: bool
+    reason: Reason | None = Field(None, description="only when not counted")
+    page_views: int
+    site_views: int
+
+
+class CountsOut(BaseModel):
+    """Live totals, and distinct visitors of the site's current local day."""
+
+    site: str
+    site_views: int
+    pages: dict[str, int]
+    day: str = Field(description="the site's local date the visitor numbers are for")
+    site_visitors: int
+    page_visitors: dict[str, int]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx and 5xx answer."""
+
+    error: ErrorDetail
+
+
+MODELS: tuple[type[BaseModel], ...] = (HitIn, HitOut, CountsOut, ErrorOut)
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, each with the ErrorOut body (for FastAPI)."""
+    return {int(k): v for k, v in _errors(*statuses).items()}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    descriptions = {
+        400: "malformed body",
+        401: "missing or wrong admin token",
+        403: "forbidden: origin not allowed for the site, or admin routes disabled",
+        404: "unknown site",
+        413: "body too large",
+        415: "unsupported content type",
+        422: "invalid field (named in error.field)",
+        503: "Redis unavailable: nothing applied, retry later",
+    }
+    return {
+        str(s): {
+            "description": descriptions[s],
+            "content": {"application/json": {"schema": _ref(ErrorOut)}},
+        }
+        for s in statuses
+    }
+
+
+SITE_PARAM = {
+    "name": "site",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": SITE_PATTERN, "maxLength": ids.SITE_ID_MAX_CHARS},
+}
+
+
+def _page_param(*, many: bool) -> dict[str, Any]:
+    page = {"type": "string", "minLength": 1}
+    return {
+        "name": "page",
+        "in": "query",
+        "required": not many,
+        "schema": {"type": "array", "items": page, "maxItems": 100} if many else page,
+        "style": "form",
+        "explode": True,
+    }
+
+
+PATHS: dict[str, Any] = {
+    "/v1/sites/{site}/hits": {
+        "post": {
+            "summary": "Count one page view",
+            "operationId": "post_hit",
+            "tags": ["counting"],
+            "parameters": [SITE_PARAM],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _ref(HitIn)},
+                    "text/plain": {"schema": _ref(HitIn)},
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "counted, or why not",
+                    "content": {"application/json": {"schema": _ref(HitOut)}},
+                },
+                **_errors(400, 403, 404, 413, 415, 422, 503),
+            },
+        }
+    },
+    "/v1/sites/{site}/hit.gif": {
+        "get": {
+            "summary": "Count one page view, answering a 1x1 GIF (for <noscript>)",
+            "operationId": "pixel_hit",
+            "tags": ["counting"],
+            "parameters": [SITE_PARAM, _page_param(many=False)],
+            "responses": {
+                "200": {
+                    "description": "a transparent GIF, never cached",
+                    "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                **_errors(403, 404, 422, 503),
+            },
+        }
+    },
+    "/v1/sites/{site}/counts": {
+        "get": {
+            "summary": "Live totals of the site and up to 100 pages, without counting",
+            "operationId": "get_counts",
+            "tags": ["counting"],
+            "parameters": [SITE_PARAM, _page_param(many=True)],
+            "responses": {
+                "200": {
+                    "description": "live totals",
+                    "content": {"application/json": {"schema": _ref(CountsOut)}},
+                },
+                **_errors(403, 404, 422, 503),
+            },
+        }
+    },
+}
+
+
+def install(app: FastAPI) -> None:
+    """Make `app.openapi()` include the public routes next to FastAPI's own."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, routes=app.routes, summary=app.summary
+            )
+            schema["paths"] = {**PATHS, **schema.get("paths", {})}
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in MODELS:
+                definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(definition.pop("$defs", {}))
+                components[model.__name__] = definition
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
