@@ -154,16 +154,14 @@ async def test_demo_page_shows_the_counts_and_a_reload_adds_one_view(
     site_total = legacy_total + 5
     with up.serve_examples("127.0.0.1", free_port(), api_base(api), site) as url:
         assert url is not None
-        async with browsing(browser, viewport={"width": 1200, "height": 900}) as context:
+        async with browsing(browser, viewport={"width": 1200, "height": 800}) as context:
             demo = await open_page(context, url)
             assert await demo.text("[data-viewcounter=page]") == "564"
             footer = "[data-viewcounter=site]"
             boxes = await demo.page.locator(f"{footer} .vc-digit").all_inner_texts()
             assert boxes == list("37409357")
             assert await demo.page.get_attribute(footer, "aria-label") == "37.409.357"
-            listed = [
-                await demo.text(f'[data-viewcounter-page="{page}"]') for page in DEMO_LIST
-            ]
+            listed = [await demo.text(f'[data-viewcounter-page="{page}"]') for page in DEMO_LIST]
             assert listed == ["1.203", "2", "0", "0"]
             ARTIFACTS.mkdir(exist_ok=True)
             await demo.page.screenshot(path=ARTIFACTS / "demo.png", full_page=True)
@@ -226,9 +224,7 @@ async def test_numbers_are_formatted_for_the_pages_locale(
         ]
     )
     body += '<span id="page" data-viewcounter="page">–</span>'
-    url = host.add(
-        "/so-lieu", embed_page(api_base(api), body, script_attrs='data-page="so-lieu"')
-    )
+    url = host.add("/so-lieu", embed_page(api_base(api), body, script_attrs='data-page="so-lieu"'))
     async with browsing(browser, locale="en-US") as context:
         page = await open_page(context, url)
         texts = {
@@ -429,3 +425,20 @@ async def test_page_id_defaults_to_the_canonical_path_normalised(
         5,
         {"/a": 3, "/tin-tuc/phạm-văn-đồng": 1, "123": 1, "/b/c": 0},
     )
+
+
+async def test_a_template_that_includes_the_script_twice_counts_one_view(
+    api: httpx.AsyncClient, site: str, browser: Browser, host: HostPages
+) -> None:
+    base = api_base(api)
+    once = embed_page(base, '<b data-viewcounter="page">–</b>', script_attrs='data-page="twice"')
+    again = f'<script async src="{base}/v1/counter.js" data-site="{site}" data-page="twice">'
+    twice = once.replace("</head>", again + "</script></head>")
+    url = host.add("/twice", twice)
+    async with browsing(browser) as context:
+        page = await open_page(context, url)
+        await page.page.wait_for_load_state("load")
+        shown = await page.value("[data-viewcounter=page]")
+        hits = [u for u in page.requests if u.endswith("/hits")]
+    assert (shown, len(hits)) == ("1", 1)
+    assert await page_and_site(api, "twice") == (1, 1)

@@ -28,7 +28,7 @@ HOSTILE_LABELS = [
     '<script>alert("x")</script>',
     '"><svg onload=alert(1)>',
     "a & b ]]> <![CDATA[ x",
-    "it's \"quoted\"",
+    'it\'s "quoted"',
     "Số lượt xem",
     "&amp; &#x3C; &lt;",
 ]
