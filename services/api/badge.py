@@ -8,6 +8,7 @@ scripts, for a badge opened directly rather than through <img>.
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 from xml.sax.saxutils import escape
 
@@ -80,14 +81,16 @@ def render(label: str, value: str) -> str:
     label_w = round(text_width(label) + 2 * PADDING_PX)
     value_w = round(text_width(value) + 2 * PADDING_PX)
     total_w = label_w + value_w
+    # Unique per content: badges inlined into one HTML page share one id space.
+    clip = "vc" + hashlib.sha256(f"{label}\0{value}".encode()).hexdigest()[:10]
     title = escape(f"{label}: {value}")
     aria = escape(f"{label}: {value}", _ATTR_ENTITIES)
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{HEIGHT_PX}" '
         f'role="img" aria-label="{aria}">'
         f"<title>{title}</title>"
-        f'<clipPath id="r"><rect width="{total_w}" height="{HEIGHT_PX}" rx="3"/></clipPath>'
-        f'<g clip-path="url(#r)">'
+        f'<clipPath id="{clip}"><rect width="{total_w}" height="{HEIGHT_PX}" rx="3"/></clipPath>'
+        f'<g clip-path="url(#{clip})">'
         f'<rect width="{label_w}" height="{HEIGHT_PX}" fill="{LABEL_COLOR}"/>'
         f'<rect x="{label_w}" width="{value_w}" height="{HEIGHT_PX}" fill="{VALUE_COLOR}"/>'
         f"</g>"
