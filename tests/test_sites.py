@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 import httpx
 import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.config import Settings
 from services.counter import keys
@@ -265,3 +266,31 @@ async def test_unique_visitors_are_flushed_to_postgres_once(
     assert (live["site_visitors"], live["page_visitors"]) == (7, {"a": 7, "b": 5})
     assert tuple(site_row) == (live["day"], 18, 7)
     assert [tuple(r) for r in page_rows] == [("a", 12, 7), ("b", 6, 5)]
+
+
+async def test_readiness_and_metrics_warn_before_redis_is_full(
+    api: httpx.AsyncClient, site: str, settings: Settings
+) -> None:
+    admin = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        used = int((await admin.info("memory"))["used_memory"])
+        bound = int(used / 0.84)  # 84 % used: above the warning line, still taking writes
+        await admin.config_set("maxmemory", str(bound))
+        near_full = await api.get("/readyz")
+        metrics = (await api.get("/metrics")).text
+    finally:
+        await admin.config_set("maxmemory", "0")
+        await admin.aclose()
+    relaxed = await api.get("/readyz")
+    assert near_full.status_code == 200
+    assert near_full.json()["status"] == "warning"
+    assert near_full.json()["checks"]["redis_memory"].startswith("warning: Redis uses 8")
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+    }
+    assert samples["viewcounter_redis_memory_max_bytes"] == bound
+    assert 0.8 * bound < samples["viewcounter_redis_memory_used_bytes"] < bound
+    assert relaxed.json()["status"] == "ok"
+    assert relaxed.json()["checks"]["redis_memory"].startswith("ok")
