@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from services.counter import keys
 from services.counter import store as counter_store
@@ -101,8 +102,17 @@ async def test_dedupe_marks_and_the_salt_expire_and_hold_no_ip(
     assert len(salts) == 1 and 0 < salt_ttl <= 2 * 86400  # the salt expires too
 
 
+def hits_metric(outcome: str) -> float:
+    """viewcounter_hits_total for SITE and `outcome` in this process (the api under test)."""
+    return (
+        REGISTRY.get_sample_value("viewcounter_hits_total", {"site": SITE, "outcome": outcome})
+        or 0.0
+    )
+
+
 async def test_known_bots_are_answered_but_not_counted(api: httpx.AsyncClient) -> None:
     await register_site(api)
+    bots_before, counted_before = hits_metric("bot"), hits_metric("counted")
     await hit(api, "a")
     for agent in (GOOGLEBOT, HEADLESS, "curl/8.5.0", "python-requests/2.32"):
         answer = await hit(api, "a", headers={"user-agent": agent})
@@ -115,6 +125,8 @@ async def test_known_bots_are_answered_but_not_counted(api: httpx.AsyncClient) -
     )
     assert pixel.status_code == 200
     assert views(await live(api, "a")) == {"site": SITE, "site_views": 1, "pages": {"a": 1}}
+    # Ops see bots apart from counted views.
+    assert (hits_metric("bot") - bots_before, hits_metric("counted") - counted_before) == (5, 1)
 
 
 async def test_a_client_over_its_rate_is_not_counted_and_others_are(
