@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     flush_interval: float = Field(default=5.0, gt=0, le=3600)
     dedupe_window: int = Field(default=1800, ge=0, le=7 * 86400)
     rate_limit: int = Field(default=600, ge=0)
+    # Admin requests per client IP per clock minute (answered 429 beyond it); 0: no limit.
+    admin_rate_limit: int = Field(default=120, ge=0)
     # Distinct page ids a site may have; a hit for a new page beyond it is not counted, so a
     # flood of random page ids cannot grow Redis and Postgres without bound. 0: no bound.
     max_pages_per_site: int = Field(default=1_000_000, ge=0)

@@ -157,6 +157,24 @@ class LiveCounts:
         await self._store.set_config(site, config, new)
         return new
 
+    async def admin_retry_after(self, ip: str, limit: int) -> int | None:
+        """Count an admin request from `ip`; seconds to wait when it is over `limit` per clock
+        minute, else None. Open when Redis is down: admin and report routes that do not need
+        Redis keep working, and the ones that do answer 503 by themselves."""
+        if not limit:
+            return None
+        now = self._clock()
+        try:
+            salt = await self._daily_salt(now)
+            count = await self._store.count_admin_request(
+                visitors.client_token(salt, "admin", ip), int(now // 60)
+            )
+        except counter_store.CounterUnavailable:
+            return None
+        if count <= limit:
+            return None
+        return max(1, 60 - int(now % 60))
+
     async def ensure_loaded(self, site: str) -> SiteConfig:
         """Copy the site's totals from Postgres into Redis unless they are there; its time zone.
 

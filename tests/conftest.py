@@ -124,6 +124,7 @@ def make_settings(redis_url: str, database_url: str, **overrides: object) -> Set
         # their own (test_people.py).
         "dedupe_window": 0,
         "rate_limit": 0,
+        "admin_rate_limit": 0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import asyncpg
 import httpx
 import redis.asyncio as aioredis
@@ -294,3 +297,33 @@ async def test_readiness_and_metrics_warn_before_redis_is_full(
     assert 0.8 * bound < samples["viewcounter_redis_memory_used_bytes"] < bound
     assert relaxed.json()["status"] == "ok"
     assert relaxed.json()["checks"]["redis_memory"].startswith("ok")
+
+
+async def test_admin_routes_answer_429_past_the_clients_rate(
+    redis_url: str, database_url: str
+) -> None:
+    settings = make_settings(
+        redis_url, database_url, admin_rate_limit=3, trusted_proxies=["127.0.0.1"]
+    )
+    # The limit counts per clock minute: start well inside one, so all requests share it.
+    into_minute = time.time() % 60
+    if into_minute > 50:
+        await asyncio.sleep(61 - into_minute)
+    me = {"x-forwarded-for": "198.51.100.7"}
+    async with running_api(settings) as client:
+        answers = [
+            await client.put(f"/v1/sites/{SITE}", json={}, headers={**ADMIN, **me}),
+            await client.get(f"/v1/sites/{SITE}", headers=me),  # no token: counted too
+            await client.get(f"/v1/sites/{SITE}", headers={**ADMIN, **me}),
+            await client.get(f"/v1/sites/{SITE}", headers={**ADMIN, **me}),
+        ]
+        other_client = await client.get(
+            f"/v1/sites/{SITE}", headers={**ADMIN, "x-forwarded-for": "198.51.100.8"}
+        )
+        hit_path = await hit(client, "a", headers=me)
+    assert [a.status_code for a in answers] == [201, 401, 200, 429]
+    refused = answers[3]
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert other_client.status_code == 200
+    assert hit_path.json()["counted"] is True

@@ -47,6 +47,18 @@ def _digest(value: str) -> bytes:
 async def require_admin(request: Request) -> None:
     """Refuse unless the bearer token equals VIEWCOUNTER_ADMIN_TOKEN (compared in constant time)."""
     settings: Settings = request.state.settings
+    live: LiveCounts = request.state.live
+    # Before the token check, so guessing tokens is as slow as anything else.
+    retry_after = await live.admin_retry_after(
+        request.client.host if request.client else "", settings.admin_rate_limit
+    )
+    if retry_after is not None:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"more than {settings.admin_rate_limit} admin requests a minute from this client",
+            headers={"Retry-After": str(retry_after)},
+        )
     if settings.admin_token is None:
         raise ApiError(403, "admin_disabled", "admin routes are off: no admin token is set")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")

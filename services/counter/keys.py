@@ -125,6 +125,11 @@ def page_visitors_key(site: str, day: str, page: str) -> str:
     return f"{tag(site)}:uvp:{day}:{page}"
 
 
+def admin_rate_key(token: str, minute: int) -> str:
+    """Admin requests of one client in one clock minute (expires after two)."""
+    return f"{PREFIX}:arate:{token}:{minute}"
+
+
 def salt_key(day: str) -> str:
     """The day's random salt for visitor hashes; expires, never copied to Postgres."""
     return f"{PREFIX}:salt:{day}"

@@ -329,6 +329,18 @@ class CounterStore:
         """Take one page view; None when the site is not loaded (nothing written then)."""
         return await self._hits.hit(request)
 
+    async def count_admin_request(self, token: str, minute: int) -> int:
+        """Count one admin request of a client in a clock minute; the count so far."""
+        key = keys.admin_rate_key(token, minute)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, 120)
+                count, _ = await pipe.execute()
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+        return int(count)
+
     async def daily_salt(self, day: str) -> bytes:
         """The shared random salt of `day` for visitor hashes (created by the first asker)."""
         key = keys.salt_key(day)
