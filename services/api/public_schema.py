@@ -174,6 +174,83 @@ PATHS: dict[str, Any] = {
 }
 
 
+def _optional_query(
+    name: str, description: str, max_length: int | None = None, min_length: int = 1
+) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "minLength": min_length}
+    if max_length is not None:
+        schema["maxLength"] = max_length
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+PATHS.update(
+    {
+        "/v1/counter.js": {
+            "get": {
+                "summary": "The embeddable widget script",
+                "operationId": "counter_js",
+                "tags": ["website"],
+                "parameters": [
+                    _optional_query(
+                        "v",
+                        "version hash: cached for a year when current; any other value: "
+                        "ten minutes",
+                        min_length=0,
+                    )
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the script",
+                        "content": {"text/javascript": {"schema": {"type": "string"}}},
+                    },
+                    "304": {"description": "not modified (If-None-Match)"},
+                },
+            }
+        },
+        "/v1/sites/{site}/badge.svg": {
+            "get": {
+                "summary": "An SVG badge of a page's (or the site's) live total; never counts",
+                "operationId": "badge",
+                "tags": ["website"],
+                "parameters": [
+                    SITE_PARAM,
+                    _optional_query("page", "page id; without it, the site's total"),
+                    _optional_query("label", "badge label (default: views)", 40),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the badge",
+                        "content": {"image/svg+xml": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(403, 404, 422, 503),
+                },
+            }
+        },
+        "/v1/sites/{site}/stream": {
+            "get": {
+                "summary": "Server-Sent Events: live totals, at most once a second",
+                "operationId": "stream",
+                "tags": ["website"],
+                "parameters": [SITE_PARAM, _optional_query("page", "page id")],
+                "responses": {
+                    "200": {
+                        "description": "events named `counts`; the stream ends after 15-20 s",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(403, 404, 422, 503),
+                },
+            }
+        },
+    }
+)
+
+
 def install(app: FastAPI) -> None:
     """Make `app.openapi()` include the public routes next to FastAPI's own."""
 
