@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     database_url: str = Field(min_length=1)
     admin_token: SecretStr | None = None
     flush_interval: float = Field(default=5.0, gt=0, le=3600)
+    # Seconds a flusher's claim on a site lasts unless renewed (every pass renews it); the
+    # sites of a flusher that died are taken over by another within about this time.
+    flush_lease: float = Field(default=15.0, gt=0, le=3600)
     dedupe_window: int = Field(default=1800, ge=0, le=7 * 86400)
     rate_limit: int = Field(default=600, ge=0)
     # Admin requests per client IP per clock minute (answered 429 beyond it); 0: no limit.

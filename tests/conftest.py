@@ -195,9 +195,11 @@ async def flusher_for(settings: Settings) -> AsyncIterator[Flusher]:
         counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5)
     )
     pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
+    flusher = Flusher(store, repository.Repository(pool), interval_s=settings.flush_interval)
     try:
-        yield Flusher(store, repository.Repository(pool), interval_s=settings.flush_interval)
+        yield flusher
     finally:
+        await flusher.release_leases()  # as a flusher that stops cleanly does
         await pool.close()
         await store.close()
 

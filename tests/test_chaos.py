@@ -40,6 +40,8 @@ def flusher_env(settings: Settings) -> dict[str, str]:
         VIEWCOUNTER_REDIS_URL=settings.redis_url,
         VIEWCOUNTER_DATABASE_URL=settings.database_url,
         VIEWCOUNTER_FLUSH_INTERVAL=str(settings.flush_interval),
+        # A killed flusher's sites are free again this soon (the default is 15 s).
+        VIEWCOUNTER_FLUSH_LEASE="1",
         VIEWCOUNTER_METRICS_PORT=str(free_port()),
         VIEWCOUNTER_LOG_LEVEL="warning",
     )

@@ -17,7 +17,7 @@ from services.counter import store as counter_store
 from services.db import repository
 from services.flusher.worker import Flusher, FlushReport, batch_id
 from tests.checks import Totals, assert_consistent, totals
-from tests.conftest import flusher_for
+from tests.conftest import ADMIN_TOKEN, flusher_for
 
 
 async def send_hits(
@@ -79,7 +79,7 @@ async def test_a_dead_flushers_snapshot_is_applied_once(
     await send_hits(api, site, ["a", "b", "a"], counted)
     # A flusher froze the pending deltas and died before Postgres saw them.
     dead = flusher_store(settings)
-    snapshots, _ = await dead.snapshot([site], batch_id("deadbeef", 1, 0.0), None)
+    snapshots, _ = await dead.snapshot({site: batch_id("deadbeef", 1, 0.0)}, None)
     await dead.close()
     assert snapshots[0].keys
     await send_hits(api, site, ["b"], counted)
@@ -118,8 +118,10 @@ async def test_a_batch_committed_but_not_deleted_is_not_counted_twice(
         await pool.close()
         await store.close()
     assert len(await leftover_snapshots(settings)) == len({keys.shard_of(p) for p in counted})
+    assert (await flusher.flush_once()).batches == 0  # the dead flusher's lease still holds
+    await leases_run_out(settings)
 
-    await flusher.flush_once()  # start-up pass: finds the snapshot, the ledger has its batch
+    await flusher.flush_once()  # takes the site over: the ledger has the batch already
     expect(await totals(settings.database_url, site), counted)
     assert await leftover_snapshots(settings) == []
     assert (await totals(settings.database_url, site)).batches == 1
@@ -135,7 +137,7 @@ async def test_a_takeover_of_a_half_frozen_batch_loses_nothing(
     await send_hits(api, site, [first, second, second], counted)
     batch = batch_id("slowpoke", 1, 0.0)
     store = flusher_store(settings)
-    snapshots, _ = await store.snapshot([site], batch, None)
+    snapshots, _ = await store.snapshot({site: batch}, None)
     await store.close()
     assert len(snapshots[0].keys) == 2
     first_key = keys.snapshot_key(site, keys.shard_of(first), batch)
@@ -203,9 +205,108 @@ async def test_two_flushers_at_once_count_exactly(
     assert await leftover_snapshots(settings) == []
 
 
+async def leases_run_out(settings: Settings) -> None:
+    """What time does to the leases of a flusher that died: they expire."""
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        for key in [k async for k in client.scan_iter(match="{vc:*}:lease")]:
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
 async def leftover_snapshots(settings: Settings) -> list[str]:
     client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:
         return [k async for k in client.scan_iter(match="{vc:*}:snap:*")]
+    finally:
+        await client.aclose()
+
+
+async def test_a_site_is_flushed_by_the_flusher_holding_its_lease(
+    api: httpx.AsyncClient, site: str, settings: Settings
+) -> None:
+    counted: Counter[str] = Counter()
+    await send_hits(api, site, ["a", "b"], counted)
+    async with flusher_for(settings) as one, flusher_for(settings) as two:
+        first = await one.flush_once()
+        await send_hits(api, site, ["a"], counted)
+        # `two` finds work but the site is `one`'s: it leaves the work (and the snapshot) be.
+        second = await two.flush_once()
+        pending_after_two = await pending_keys(settings)
+        third = await one.flush_once()
+    assert (first.hits, second.hits, third.hits) == (2, 0, 1)
+    assert pending_after_two != []
+    expect(await totals(settings.database_url, site), counted)
+
+
+async def test_a_dead_flushers_sites_are_taken_over_when_its_lease_runs_out(
+    api: httpx.AsyncClient, site: str, settings: Settings
+) -> None:
+    counted: Counter[str] = Counter()
+    await send_hits(api, site, ["a", "b", "c"], counted)
+    store = flusher_store(settings, CrashBeforeDelete)
+    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
+    dying = Flusher(store, repository.Repository(pool), interval_s=0.1, lease_s=3)
+    try:
+        with pytest.raises(SystemExit):
+            await dying.flush_once()  # committed, then died before deleting its snapshot
+    finally:
+        await pool.close()
+        await store.close()
+    await send_hits(api, site, ["a"], counted)
+    async with flusher_for(settings) as heir:
+        attempts = [await heir.flush_once()]
+        while not attempts[-1].hits:  # the lease runs out within 3 s; then it is the heir's
+            await asyncio.sleep(0.05)
+            attempts.append(await heir.flush_once())
+            assert len(attempts) < 1000
+    assert attempts[0].hits == 0  # not before the lease ran out
+    assert attempts[-1].hits == 1  # the new hit; the dead flusher's batch was in the ledger
+    expect(await totals(settings.database_url, site), counted)
+    assert await leftover_snapshots(settings) == []
+
+
+async def test_a_site_refilled_meanwhile_drops_only_its_own_batch(
+    api: httpx.AsyncClient, site: str, settings: Settings
+) -> None:
+    other = "other"
+    put = await api.put(
+        f"/v1/sites/{other}", json={}, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert put.status_code == 201
+    kept: Counter[str] = Counter()
+    await send_hits(api, other, ["x", "y"], kept)
+    await send_hits(api, site, ["a"], Counter())
+
+    class SiteReloadedMeanwhile(repository.Repository):
+        """`site` (only) was lost and reloaded in Redis while its batch was in hand."""
+
+        async def apply_batch(self, *args: Any, **kwargs: Any) -> Any:
+            rows: repository.BatchRows = args[2]
+            if any(s == site for s, _, _ in rows.daily):
+                client = aioredis.Redis.from_url(settings.redis_url)
+                await client.hset(keys.site_key(site), keys.SITE_GEN, "reloaded")
+                await client.aclose()
+            return await super().apply_batch(*args, **kwargs)
+
+    store = flusher_store(settings)
+    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
+    try:
+        flusher = Flusher(store, SiteReloadedMeanwhile(pool), interval_s=1)
+        report = await flusher.flush_once()
+        await flusher.release_leases()
+    finally:
+        await pool.close()
+        await store.close()
+    assert (report.batches, report.hits, report.discarded_hits) == (1, 2, 1)
+    expect(await totals(settings.database_url, other), kept)
+    assert (await totals(settings.database_url, site)).site_views == 0
+
+
+async def pending_keys(settings: Settings) -> list[str]:
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        return [k async for k in client.scan_iter(match="{vc:*}:pend:*")]
     finally:
         await client.aclose()

@@ -83,6 +83,11 @@ def parse_pending_key(key: str) -> str | None:
     return site if shard.isascii() and shard.isdigit() else None
 
 
+def lease_key(site: str) -> str:
+    """Which flusher flushes the site now (its token, with a time to live)."""
+    return f"{tag(site)}:lease"
+
+
 def parse_snapshot_key(key: str) -> tuple[str, int, str] | None:
     """(site, shard, batch id) of a snapshot key, or None when `key` is not one."""
     parts = _split(key, "snap")

@@ -31,4 +31,16 @@ LOAD_SITE = _load("load_site")
 SNAPSHOT = _load("snapshot")
 REHOME = _load("rehome")
 SET_CONFIG = _load("set_config")
-ALL = (HITS, COUNTS, LOAD_PAGES, LOAD_SITE, SNAPSHOT, REHOME, SET_CONFIG)
+LEASE = _load("lease")
+RELEASE = _load("release")
+ALL = (
+    HITS,
+    COUNTS,
+    LOAD_PAGES,
+    LOAD_SITE,
+    SNAPSHOT,
+    REHOME,
+    SET_CONFIG,
+    LEASE,
+    RELEASE,
+)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -448,17 +448,19 @@ class CounterStore:
         return cast(str | None, gen)
 
     async def snapshot(
-        self, sites: Sequence[str], batch_id: str, fsync_timeout_ms: int | None
+        self, batches: Mapping[str, str], fsync_timeout_ms: int | None
     ) -> tuple[list[Snapshot], bool | None]:
-        """Freeze the non-empty pending shards of `sites` under `batch_id`.
+        """Freeze the non-empty pending shards of each site in `batches` (site -> batch id)
+        under its batch id, in one pipeline.
 
-        With `fsync_timeout_ms`, also wait (WAITAOF) until the move is in Redis' AOF on disk,
-        so a Redis crash cannot roll it back after the batch reached Postgres; the second
+        With `fsync_timeout_ms`, also wait (WAITAOF) until the moves are in Redis' AOF on disk,
+        so a Redis crash cannot roll them back after a batch reached Postgres; the second
         value says whether that was confirmed (None: the server cannot confirm it).
         """
+        sites = list(batches)
         calls: list[Call] = []
         targets: list[list[str]] = []
-        for site in sites:
+        for site, batch_id in batches.items():
             site_targets = [
                 keys.snapshot_key(site, shard, batch_id) for shard in range(keys.PENDING_SHARDS)
             ]
@@ -478,6 +480,30 @@ class CounterStore:
             moved = [site_targets[i] for i in result[1:]]
             snapshots.append(Snapshot(site=site, generation=result[0], keys=moved))
         return snapshots, fsynced
+
+    async def take_leases(self, sites: Sequence[str], owner: str, lease_ms: int) -> set[str]:
+        """Take or renew the flush lease of each site; the sites whose lease `owner` holds."""
+        calls: list[Call] = [
+            (scripts.LEASE, 1, [keys.lease_key(s), owner, lease_ms]) for s in sites
+        ]
+        results = await self._run(calls)
+        return {site for site, result in zip(sites, results, strict=True) if result[0] == 1}
+
+    async def release_leases(self, sites: Sequence[str], owner: str) -> None:
+        """Give up the flush leases `owner` holds among `sites`."""
+        await self._run([(scripts.RELEASE, 1, [keys.lease_key(s), owner]) for s in sites])
+
+    async def _run(self, calls: Sequence[Call]) -> list[Any]:
+        if not calls:
+            return []
+        try:
+            results, _ = await run_scripts(self.redis, calls)
+        except redis_errors.RedisError as exc:
+            raise _unavailable(exc) from exc
+        for result in results:
+            if isinstance(result, Exception):
+                raise _unavailable(result)
+        return results
 
     async def read_snapshot(self, key: str) -> AsyncIterator[tuple[str, int]]:
         """(pending field, hits) pairs of a frozen snapshot, read in chunks."""

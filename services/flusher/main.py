@@ -71,6 +71,7 @@ async def serve(settings: Settings) -> int:
         repository.Repository(pool),
         interval_s=settings.flush_interval,
         wait_fsync=settings.snapshot_fsync == "wait",
+        lease_s=settings.flush_lease,
     )
     server = _QuietServer(
         uvicorn.Config(

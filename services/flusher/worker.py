@@ -3,13 +3,18 @@
 One pass (`flush_once`):
 1. find the sites with pending deltas, and snapshots left by a crashed (or concurrent)
    flusher;
-2. finish the leftover batches: a batch whose id is in the ledger is only deleted;
-3. freeze the pending shards under a new batch id (RENAME, atomic), wait until Redis has
-   that on disk (WAITAOF), apply the deltas and insert the batch id into the ledger in one
-   Postgres transaction, and only after COMMIT delete the snapshot.
+2. take or renew the flush lease of each of those sites: a site is flushed by one flusher at
+   a time, and the sites of a flusher that died are free once its leases run out;
+3. finish the leftover batches of the sites it holds: a batch whose id is in the ledger is
+   only deleted;
+4. freeze the pending shards of each site it holds under a new batch id per site (RENAME,
+   atomic), wait until Redis has that on disk (WAITAOF), apply each site's deltas and insert
+   its batch id into the ledger in one Postgres transaction, and only after COMMIT delete the
+   snapshot.
 A crash at any point leaves either the pending hash or a snapshot in Redis, and the ledger
-decides whether that snapshot still needs applying. The ledger, not a lock, is what makes
-two flushers at once safe.
+decides whether that snapshot still needs applying. The ledger, not the lease, is what makes
+the counts exact: a flusher that stalls past its lease (a long pause) and then carries on
+cannot apply a batch twice; the lease only keeps flushers from doing the same work.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from services.db import repository
 log = logging.getLogger("viewcounter.flusher")
 
 FSYNC_WAIT_MS = 2000
-STALE_BATCH_MIN_S = 60.0
 MAX_BACKOFF_S = 60.0
+DEFAULT_LEASE_S = 15.0
 
 FLUSHED_HITS = Counter("viewcounter_flushed_hits_total", "Hits committed to Postgres")
 FLUSHED_BATCHES = Counter("viewcounter_flushed_batches_total", "Batches committed to Postgres")
@@ -65,15 +70,6 @@ def batch_id(owner: str, seq: int, now_s: float) -> str:
     return f"{int(now_s * 1000):013d}-{owner}-{seq}"
 
 
-def batch_owner_and_age(batch: str, now_s: float) -> tuple[str, float]:
-    """(owner, age in seconds) of a batch id; an unparsable id counts as old and foreign."""
-    stamp, _, rest = batch.partition("-")
-    owner = rest.partition("-")[0]
-    if not stamp.isdigit():
-        return "", float("inf")
-    return owner, now_s - int(stamp) / 1000
-
-
 class Flusher:
     """Runs flush passes; `flush_once` is public so tests drive the real body."""
 
@@ -84,6 +80,7 @@ class Flusher:
         *,
         interval_s: float,
         wait_fsync: bool = True,
+        lease_s: float = DEFAULT_LEASE_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -93,11 +90,9 @@ class Flusher:
         self._clock = clock
         self.owner = secrets.token_hex(4)
         self._seq = 0
-        self._first_pass = True
         self._warned_no_fsync = False
-        # Another flusher's batch is taken over only when it is this old (or at start-up):
-        # taking over a live one is safe, only wasted work.
-        self.stale_after_s = max(STALE_BATCH_MIN_S, 10 * interval_s)
+        self._lease_ms = max(1, int(lease_s * 1000))
+        self._leased: set[str] = set()  # sites whose lease this flusher took (to release)
         self.last_success: float | None = None
 
     def _new_batch_id(self) -> str:
@@ -108,16 +103,24 @@ class Flusher:
         """One pass: finish leftover batches, then move all pending deltas to Postgres."""
         report = FlushReport()
         sites, leftovers = await self._store.find_work()
-        now = self._clock()
+        leftover_sites = {
+            batch: {parsed[0] for k in batch_keys if (parsed := keys.parse_snapshot_key(k))}
+            for batch, batch_keys in leftovers.items()
+        }
+        wanted = set(sites).union(*leftover_sites.values())
+        held = await self._store.take_leases(sorted(wanted), self.owner, self._lease_ms)
+        self._leased |= held
         for batch, batch_keys in sorted(leftovers.items()):
-            owner, age = batch_owner_and_age(batch, now)
-            if self._first_pass or owner == self.owner or age >= self.stale_after_s:
+            # Ours, or left by a flusher whose lease ran out (dead, or stalled: then the
+            # ledger keeps a late apply of its from counting twice).
+            if leftover_sites[batch] <= held:
                 await self._finish(batch, sorted(batch_keys), None, report)
-        self._first_pass = False
-        if sites:
-            batch = self._new_batch_id()
+        # One batch (one transaction) per site: a site whose Redis data was lost and refilled
+        # meanwhile drops only its own batch, never another site's.
+        batches = {site: self._new_batch_id() for site in sorted(set(sites) & held)}
+        if batches:
             timeout = FSYNC_WAIT_MS if self._wait_fsync else None
-            snapshots, fsynced = await self._store.snapshot(sorted(sites), batch, timeout)
+            snapshots, fsynced = await self._store.snapshot(batches, timeout)
             if fsynced is False:
                 raise FlushDeferred("Redis did not confirm the snapshot on disk in time")
             if fsynced is None and self._wait_fsync and not self._warned_no_fsync:
@@ -126,10 +129,11 @@ class Flusher:
                     "redis cannot confirm fsync (AOF off or Redis < 7.2): a Redis crash "
                     "right after a flush may replay up to one second of hits"
                 )
-            batch_keys = [k for snap in snapshots for k in snap.keys]
-            if batch_keys:
-                generations = {snap.site: snap.generation for snap in snapshots if snap.keys}
-                await self._finish(batch, batch_keys, generations, report)
+            for snap in snapshots:
+                if snap.keys:
+                    await self._finish(
+                        batches[snap.site], snap.keys, {snap.site: snap.generation}, report
+                    )
         self.last_success = self._clock()
         LAST_SUCCESS.set(self.last_success)
         return report
@@ -236,6 +240,15 @@ class Flusher:
             await asyncio.wait_for(self._pass_ok(), grace_s)
         except TimeoutError:
             log.error("final flush did not finish within %.0f s; its snapshot stays", grace_s)
+        await self.release_leases()
+
+    async def release_leases(self) -> None:
+        """Give up this flusher's leases, so that others take its sites over at once."""
+        leased, self._leased = sorted(self._leased), set()
+        try:
+            await self._store.release_leases(leased, self.owner)
+        except counter_store.CounterUnavailable as exc:
+            log.warning("leases not released (they run out by themselves): %s", exc)
 
     async def _pass_ok(self) -> bool:
         try:
