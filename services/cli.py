@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
-from services import logs
+from services import logs, reports_cli
 from services.config import ConfigError, Settings, load_settings
 from services.counter import ids, siteconfig
 from services.counter import store as counter_store
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="a web origin allowed to send hits, e.g. https://example.com (repeatable)",
     )
+    reports_cli.add_parsers(sub)  # import, report
     up = sub.add_parser("up", help="run the whole stack locally (starts Redis and Postgres)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except InvalidTimezone as exc:
             return _fail(f"timezone: {exc}")
         return asyncio.run(_add_site(settings, site, changes))
-    return _fail(f"unknown command {args.command}")
+    return reports_cli.run(settings, args)  # import, report
 
 
 def _run_api(settings: Settings, host: str, port: int, workers: int) -> int:

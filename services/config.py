@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Server-Sent Events streams (GET /v1/sites/{site}/stream) one api process keeps open.
     stream_max_connections: int = Field(default=500, ge=0, le=100_000)
+    # Bearer token for the report routes and the dashboard (the admin token works there too).
+    report_token: SecretStr | None = Field(default=None, min_length=MIN_ADMIN_TOKEN_CHARS)
 
     @field_validator("admin_token")
     @classmethod

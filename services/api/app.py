@@ -9,7 +9,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.api import errors, hits, ops, public_schema, sites, widget
+from services.api import (
+    dashboard,
+    errors,
+    hits,
+    imports,
+    ops,
+    public_schema,
+    reports,
+    sites,
+    widget,
+)
 from services.api.body_limit import BodyLimit
 from services.api.deps import State
 from services.api.site_cors import SiteCors
@@ -84,9 +94,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.router.routes.extend(widget.routes(settings))
     app.include_router(sites.router)
     app.include_router(ops.router)
+    app.include_router(imports.router)
+    app.include_router(reports.router)
+    app.router.routes.extend(dashboard.routes)
     # Which web pages may send hits and read counts: each site's allowed origins.
     app.add_middleware(SiteCors)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, unlimited=imports.IMPORT_PATH)
     return app
 
 

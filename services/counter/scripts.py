@@ -33,6 +33,7 @@ REHOME = _load("rehome")
 SET_CONFIG = _load("set_config")
 LEASE = _load("lease")
 RELEASE = _load("release")
+APPLY_BASELINE = _load("apply_baseline")
 ALL = (
     HITS,
     COUNTS,
@@ -43,4 +44,5 @@ ALL = (
     SET_CONFIG,
     LEASE,
     RELEASE,
+    APPLY_BASELINE,
 )

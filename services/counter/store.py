@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -98,12 +99,28 @@ class Snapshot:
     keys: list[str]
 
 
-def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
+Client = Redis | RedisCluster
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def connect(url: str, *, max_connections: int, timeout_s: float) -> Client:
     """A client whose pool waits (bounded) for a free connection and never retries by itself.
 
     A retried script after a timeout may run twice (the first may have run): so no retries,
-    and a failure is answered as 503 instead.
+    and a failure is answered as 503 instead. A redis+cluster:// (rediss+cluster://) URL gives
+    a Redis Cluster client (`max_connections` per node; it follows MOVED/ASK redirections,
+    which are safe: a redirected command did not run).
     """
+    if url.startswith(CLUSTER_SCHEMES):
+        return RedisCluster.from_url(
+            url.replace("+cluster", "", 1),
+            max_connections=max_connections,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=30,
+        )
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -130,45 +147,59 @@ def _unavailable(exc: BaseException) -> CounterUnavailable:
 Call = tuple[scripts.Script, int, Sequence[Any]]
 
 
-async def run_scripts(
-    redis: Redis, calls: Sequence[Call], waitaof_timeout_ms: int | None = None
+async def _one_script(redis: Client, call: Call) -> Any:
+    script, numkeys, argv = call
+    try:
+        return await redis.evalsha(script.sha, numkeys, *argv)
+    except redis_errors.ResponseError as exc:
+        return exc
+
+
+async def _send_scripts(
+    redis: Client, batch: Sequence[Call], waitaof_timeout_ms: int | None
 ) -> tuple[list[Any], bool | None]:
-    """Run script calls in one pipeline; per-call errors come back as exception values.
+    if len(batch) == 1 and waitaof_timeout_ms is None:
+        # One call (the usual hit batch: one site): a pipeline's bookkeeping costs more than
+        # the call itself.
+        return [await _one_script(redis, batch[0])], None
+    if isinstance(redis, RedisCluster):
+        # redis-py's Cluster pipelines refuse EVALSHA: the calls (one per site, each on its
+        # slot's node) go out concurrently instead. WAITAOF needs one connection: CounterStore
+        # sends it through a node's own client.
+        if waitaof_timeout_ms is not None:
+            raise ValueError("WAITAOF cannot follow a Cluster client's calls")
+        return list(await asyncio.gather(*(_one_script(redis, call) for call in batch))), None
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, numkeys, argv in batch:
+            pipe.evalsha(script.sha, numkeys, *argv)
+        if waitaof_timeout_ms is not None:
+            pipe.execute_command("WAITAOF", 1, 0, waitaof_timeout_ms)
+        out: list[Any] = await pipe.execute(raise_on_error=False)
+    if waitaof_timeout_ms is None:
+        return out, None
+    fsync = out.pop()
+    if isinstance(fsync, Exception):
+        return out, None
+    return out, int(fsync[0]) >= 1
+
+
+async def run_scripts(
+    redis: Client, calls: Sequence[Call], waitaof_timeout_ms: int | None = None
+) -> tuple[list[Any], bool | None]:
+    """Run script calls in one pipeline (on a Cluster: concurrently, each on its node);
+    per-call errors come back as exception values.
 
     With `waitaof_timeout_ms`, WAITAOF follows on the same connection, and the second value
     says whether the writes were fsynced to Redis' AOF in time: True, False (timed out), or
     None when the server cannot say (AOF off, or a Redis older than 7.2).
     """
-
-    async def send(batch: Sequence[Call]) -> tuple[list[Any], bool | None]:
-        if len(batch) == 1 and waitaof_timeout_ms is None:
-            # One call (the usual hit batch: one site): a pipeline's bookkeeping costs more
-            # than the call itself.
-            script, numkeys, argv = batch[0]
-            try:
-                return [await redis.evalsha(script.sha, numkeys, *argv)], None
-            except redis_errors.ResponseError as exc:
-                return [exc], None
-        async with redis.pipeline(transaction=False) as pipe:
-            for script, numkeys, argv in batch:
-                pipe.evalsha(script.sha, numkeys, *argv)
-            if waitaof_timeout_ms is not None:
-                pipe.execute_command("WAITAOF", 1, 0, waitaof_timeout_ms)
-            out: list[Any] = await pipe.execute(raise_on_error=False)
-        if waitaof_timeout_ms is None:
-            return out, None
-        fsync = out.pop()
-        if isinstance(fsync, Exception):
-            return out, None
-        return out, int(fsync[0]) >= 1
-
-    results, fsynced = await send(calls)
+    results, fsynced = await _send_scripts(redis, calls, waitaof_timeout_ms)
     missing = [i for i, r in enumerate(results) if isinstance(r, redis_errors.NoScriptError)]
     if missing:
         # NOSCRIPT means the call did not run (SCRIPT FLUSH, failover): safe to send again.
         for script in {calls[i][0] for i in missing}:
             await redis.script_load(script.source)
-        again, fsynced = await send([calls[i] for i in missing])
+        again, fsynced = await _send_scripts(redis, [calls[i] for i in missing], waitaof_timeout_ms)
         for i, result in zip(missing, again, strict=True):
             results[i] = result
     return results, fsynced
@@ -188,7 +219,7 @@ class _HitBatcher:
     round trip (and of redis-py's per-command work) is shared; when idle, a hit leaves at once.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
         self._queue: list[_QueuedHit] = []
         self._scheduled = False
@@ -295,9 +326,10 @@ def _fail(items: list[_QueuedHit], error: Exception) -> None:
 class CounterStore:
     """Counting state in Redis, exposed as typed methods; wraps Redis errors as ours."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self.redis = redis
         self._hits = _HitBatcher(redis)
+        self._node_clients: dict[str, Redis] = {}
 
     async def register_scripts(self) -> None:
         """Load every script so the first calls need no NOSCRIPT recovery."""
@@ -310,7 +342,23 @@ class CounterStore:
     async def close(self) -> None:
         """Finish pipelines in flight, then close the client."""
         await self._hits.drain()
+        for client in self._node_clients.values():
+            await client.aclose()
         await self.redis.aclose()
+
+    def _node_client(self, key: str) -> Redis:
+        """A plain client of the Cluster node holding `key`: commands that must share one
+        connection (a write, then WAITAOF for it) go through it."""
+        assert isinstance(self.redis, RedisCluster)
+        node = self.redis.get_node_from_key(key)
+        if node is None:
+            raise CounterUnavailable(f"no Redis Cluster node holds {key}'s slot")
+        client = self._node_clients.get(node.name)
+        if client is None:
+            options = {k: v for k, v in node.connection_kwargs.items() if k != "host"}
+            client = Redis(host=node.host, **{**options, "port": node.port})
+            self._node_clients[node.name] = client
+        return client
 
     async def _eval(
         self, script: scripts.Script, key_list: Sequence[str], args: Sequence[Any]
@@ -333,10 +381,10 @@ class CounterStore:
         """Count one admin request of a client in a clock minute; the count so far."""
         key = keys.admin_rate_key(token, minute)
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, 0, nx=True, ex=120)  # the expiry exists before any count
                 pipe.incr(key)
-                pipe.expire(key, 120)
-                count, _ = await pipe.execute()
+                _, count = await pipe.execute()
         except redis_errors.RedisError as exc:
             raise _unavailable(exc) from exc
         return int(count)
@@ -410,12 +458,20 @@ class CounterStore:
         return values[: len(site_days)], values[len(site_days) :]
 
     async def memory(self) -> RedisMemory:
-        """Redis' used memory and its maxmemory bound."""
+        """Redis' used memory and its maxmemory bound (of a Cluster: the fullest primary)."""
         try:
-            info = await self.redis.info("memory")
+            if isinstance(self.redis, RedisCluster):
+                per_node = await self.redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+                infos = list(per_node.values())
+            else:
+                infos = [await self.redis.info("memory")]
         except redis_errors.RedisError as exc:
             raise _unavailable(exc) from exc
-        return RedisMemory(int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
+        readings = [
+            RedisMemory(int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
+            for info in infos
+        ]
+        return max(readings, key=lambda m: (m.ratio or 0.0, m.used_bytes))
 
     async def load_pages(self, site: str, totals: Sequence[tuple[str, int]]) -> bool:
         """Write page totals of an unloaded site; False when the site got loaded meanwhile."""
@@ -470,7 +526,10 @@ class CounterStore:
             calls.append((scripts.SNAPSHOT, len(argv), argv))
             targets.append(site_targets)
         try:
-            results, fsynced = await run_scripts(self.redis, calls, fsync_timeout_ms)
+            if isinstance(self.redis, RedisCluster) and fsync_timeout_ms is not None:
+                results, fsynced = await self._snapshot_per_node(sites, calls, fsync_timeout_ms)
+            else:
+                results, fsynced = await run_scripts(self.redis, calls, fsync_timeout_ms)
         except redis_errors.RedisError as exc:
             raise _unavailable(exc) from exc
         snapshots = []
@@ -480,6 +539,28 @@ class CounterStore:
             moved = [site_targets[i] for i in result[1:]]
             snapshots.append(Snapshot(site=site, generation=result[0], keys=moved))
         return snapshots, fsynced
+
+    async def _snapshot_per_node(
+        self, sites: Sequence[str], calls: Sequence[Call], fsync_timeout_ms: int
+    ) -> tuple[list[Any], bool | None]:
+        # WAITAOF waits for the writes of its own connection: on a Cluster, each node's
+        # snapshots and their WAITAOF go down one connection to that node.
+        groups: dict[int, tuple[Redis, list[int]]] = {}
+        for i, site in enumerate(sites):
+            client = self._node_client(keys.site_key(site))
+            groups.setdefault(id(client), (client, []))[1].append(i)
+        results: list[Any] = [None] * len(calls)
+        confirmations: list[bool | None] = []
+        for client, indexes in groups.values():
+            node_results, fsynced = await run_scripts(
+                client, [calls[i] for i in indexes], fsync_timeout_ms
+            )
+            for i, result in zip(indexes, node_results, strict=True):
+                results[i] = result
+            confirmations.append(fsynced)
+        if False in confirmations:
+            return results, False
+        return results, None if None in confirmations else True
 
     async def take_leases(self, sites: Sequence[str], owner: str, lease_ms: int) -> set[str]:
         """Take or renew the flush lease of each site; the sites whose lease `owner` holds."""
@@ -552,17 +633,24 @@ class CounterStore:
         Managed services that forbid CONFIG GET are given the benefit of the doubt.
         """
         try:
-            conf = await self.redis.config_get("maxmemory-policy")
+            if isinstance(self.redis, RedisCluster):
+                per_node = await self.redis.config_get(
+                    "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES
+                )
+                confs: list[Any] = list(per_node.values())
+            else:
+                confs = [await self.redis.config_get("maxmemory-policy")]
         except redis_errors.ResponseError:
             return
         except redis_errors.RedisError as exc:
             raise _unavailable(exc) from exc
-        policy = conf.get("maxmemory-policy") or "noeviction"
-        if policy.startswith("allkeys-"):
-            raise UnsafeRedis(
-                f"Redis maxmemory-policy is {policy}: it would evict unflushed counts; "
-                "set it to noeviction"
-            )
+        for conf in confs:
+            policy = conf.get("maxmemory-policy") or "noeviction"
+            if policy.startswith("allkeys-"):
+                raise UnsafeRedis(
+                    f"Redis maxmemory-policy is {policy}: it would evict unflushed counts; "
+                    "set it to noeviction"
+                )
 
     async def ping(self) -> None:
         """Raise CounterUnavailable unless Redis answers."""
@@ -570,3 +658,24 @@ class CounterStore:
             await self.redis.ping()
         except redis_errors.RedisError as exc:
             raise _unavailable(exc) from exc
+
+    async def apply_baseline(
+        self,
+        site: str,
+        generation: str,
+        change_id: int,
+        chunk: int,
+        site_delta: int,
+        page_deltas: Sequence[tuple[str, int]],
+    ) -> int:
+        """Add one chunk of a committed baseline change to the live totals, if the site is
+        still loaded under `generation` and the chunk is newer than the last one applied:
+        1 applied, 2 applied before, 0 not this generation (a load since included it)."""
+        flat: list[str | int] = [generation, change_id, chunk, site_delta]
+        for page, delta in page_deltas:
+            flat.extend((page, delta))
+        return int(
+            await self._eval(
+                scripts.APPLY_BASELINE, (keys.site_key(site), keys.pages_key(site)), flat
+            )
+        )

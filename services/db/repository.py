@@ -6,7 +6,7 @@ asyncpg and OS errors become `DatabaseUnavailable` here, so callers deal with on
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -285,3 +285,256 @@ async def _write_rows(conn: Conn, rows: BatchRows) -> None:
 
 def _chunks(items: list[Any]) -> list[list[Any]]:
     return [items[i : i + ROWS_PER_STATEMENT] for i in range(0, len(items), ROWS_PER_STATEMENT)]
+
+
+# --- Baselines (legacy counts) and reports: issue 6 ----------------------------------------
+
+OUTBOX_CHUNK_PAGES = 1000
+OUTBOX_FETCH_ROWS = 20
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """A CSV row (1-based line number) that was not imported, the field at fault and why."""
+
+    line: int
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """What a baseline change did in Postgres (committed when returned)."""
+
+    change_id: int | None  # None: nothing changed
+    rows_accepted: int
+    pages_changed: int
+    pages_new: int
+    site_baseline_old: int
+    site_baseline_new: int
+    rejected_count: int
+    rejected: list[RejectedRow]
+
+
+@dataclass(frozen=True)
+class OutboxChunk:
+    """Baseline deltas of one change still to add to Redis' live totals of a site."""
+
+    change_id: int
+    chunk: int
+    generation: str
+    site_delta: int
+    pages: list[str]
+    deltas: list[int]
+
+
+class UnknownSiteRow(Exception):
+    """The site has no row in sites/site_views."""
+
+
+class Baselines:
+    """Baseline changes: set page and site baselines from rows, audited, with an outbox for
+    the Redis side (see services/baselines.py for the protocol)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def apply(
+        self,
+        site: str,
+        rows: AsyncIterable[tuple[int, str, int]],
+        *,
+        site_total: int | None,
+        source: str,
+        changed_by: str,
+        default_max_pages: int,
+        generation: Callable[[], Awaitable[str | None]],
+        report_rows: int,
+    ) -> BaselineResult:
+        """Set baselines to the (line, page, views) `rows` (streamed in with COPY) and the
+        site's baseline to `site_total` (None: unchanged), in one transaction.
+
+        Rows naming a page twice, or new pages beyond the site's page bound, are rejected.
+        `generation` (the site's Redis load generation, None: not loaded) is asked under the
+        site_views row lock; deltas are queued in baseline_outbox for it. Raises
+        UnknownSiteRow; whatever `rows` or `generation` raise rolls everything back.
+        """
+        async with _translated(), self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    return await self._apply(
+                        conn,
+                        site,
+                        rows,
+                        site_total=site_total,
+                        source=source,
+                        changed_by=changed_by,
+                        default_max_pages=default_max_pages,
+                        generation=generation,
+                        report_rows=report_rows,
+                    )
+            except BaseException:
+                # COPY may have been cut mid-stream: never hand the connection back then.
+                if not conn.is_closed():
+                    conn.terminate()
+                raise
+
+    async def _apply(
+        self,
+        conn: Conn,
+        site: str,
+        rows: AsyncIterable[tuple[int, str, int]],
+        *,
+        site_total: int | None,
+        source: str,
+        changed_by: str,
+        default_max_pages: int,
+        generation: Callable[[], Awaitable[str | None]],
+        report_rows: int,
+    ) -> BaselineResult:
+        await conn.execute(Q["baseline_site_lock"], site)
+        current = await conn.fetchrow(Q["baseline_site"], site)
+        if current is None:
+            raise UnknownSiteRow(site)
+        await conn.execute(Q["import_create_tables"])
+        await conn.copy_records_to_table(
+            "import_rows", records=rows, columns=("line", "page", "views")
+        )
+        await conn.execute(Q["import_reject_duplicates"])
+        bound = default_max_pages if current["max_pages"] is None else current["max_pages"]
+        if bound > 0:
+            existing: int = await conn.fetchval(Q["count_site_pages"], site)
+            await conn.execute(Q["import_reject_over_bound"], site, max(bound - existing, 0))
+        await conn.execute(Q["import_find_changes"], site)
+        counts = _one(await conn.fetchrow(Q["import_counts"]))
+        rejected = [
+            RejectedRow(r["line"], r["field"], r["reason"])
+            for r in await conn.fetch(Q["import_rejected_rows"], report_rows)
+        ]
+        if counts["changed"]:
+            await conn.execute(Q["import_apply_pages"], site)
+        # Last, like a flush: a load of this site waits here until we commit, and the
+        # generation read below cannot change before the commit.
+        old_site: int = await conn.fetchval(Q["lock_site_baseline"], site)
+        new_site = old_site if site_total is None else site_total
+        change_id: int | None = None
+        if counts["changed"] or new_site != old_site:
+            gen = await generation()
+            change = _one(
+                await conn.fetchrow(
+                    Q["insert_baseline_change"],
+                    site,
+                    source,
+                    changed_by,
+                    counts["changed"],
+                    new_site - old_site,
+                )
+            )
+            change_id = change["change_id"]
+            at = change["changed_at"]
+            if counts["changed"]:
+                await conn.execute(Q["import_audit_pages"], change_id, site, changed_by, at)
+            if new_site != old_site:
+                await conn.execute(Q["set_site_baseline"], site, new_site)
+                await conn.execute(
+                    Q["audit_site_baseline"], change_id, site, old_site, new_site, changed_by, at
+                )
+            if gen is not None:
+                if new_site != old_site:
+                    await conn.execute(
+                        Q["outbox_site_delta"], change_id, site, gen, new_site - old_site
+                    )
+                if counts["changed"]:
+                    await conn.execute(
+                        Q["outbox_page_deltas"], change_id, site, gen, OUTBOX_CHUNK_PAGES
+                    )
+        return BaselineResult(
+            change_id=change_id,
+            rows_accepted=counts["accepted"],
+            pages_changed=counts["changed"],
+            pages_new=counts["new_pages"],
+            site_baseline_old=old_site,
+            site_baseline_new=new_site,
+            rejected_count=counts["rejected"],
+            rejected=rejected,
+        )
+
+    async def outbox(self, site: str) -> AsyncIterator[OutboxChunk]:
+        """The site's queued Redis deltas, oldest change first, chunk by chunk."""
+        after = (0, -1)
+        while True:
+            async with _translated(), self.pool.acquire() as conn:
+                found = await conn.fetch(Q["outbox_next"], site, *after, OUTBOX_FETCH_ROWS)
+            for r in found:
+                yield OutboxChunk(
+                    r["change_id"],
+                    r["chunk"],
+                    r["generation"],
+                    r["site_delta"],
+                    list(r["pages"]),
+                    list(r["deltas"]),
+                )
+            if len(found) < OUTBOX_FETCH_ROWS:
+                return
+            after = (found[-1]["change_id"], found[-1]["chunk"])
+
+    async def outbox_done(self, change_id: int, chunk: int) -> None:
+        """Drop a chunk that Redis has (or no longer needs)."""
+        async with _translated(), self.pool.acquire() as conn:
+            await conn.execute(Q["outbox_delete"], change_id, chunk)
+
+    async def outbox_size(self, site: str) -> int:
+        """Chunks of the site still queued for Redis."""
+        async with _translated(), self.pool.acquire() as conn:
+            n: int = await conn.fetchval(Q["outbox_count"], site)
+            return n
+
+
+def _one(row: asyncpg.Record | None) -> asyncpg.Record:
+    if row is None:
+        raise DatabaseUnavailable("a query that always answers one row answered none")
+    return row
+
+
+@dataclass(frozen=True)
+class SiteTotals:
+    """A site's counted views and baseline in Postgres, and its time zone."""
+
+    views: int
+    baseline: int
+    timezone: str
+
+
+class Reports:
+    """Report queries: Postgres only, days being the site's local days."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def totals(self, site: str) -> SiteTotals | None:
+        """The site's totals and time zone; None for an unknown site."""
+        async with _translated(), self.pool.acquire() as conn:
+            row = await conn.fetchrow(Q["report_totals"], site)
+        return None if row is None else SiteTotals(row["views"], row["baseline"], row["timezone"])
+
+    async def top_pages(
+        self, site: str, first: date, last: date, limit: int
+    ) -> tuple[list[tuple[str, int]], int]:
+        """The `limit` most viewed pages between two local days (inclusive), and the site's
+        views in that range."""
+        async with _translated(), self.pool.acquire() as conn:
+            rows = await conn.fetch(Q["report_top_pages"], site, first, last, limit)
+            total: int = await conn.fetchval(Q["report_range_total"], site, first, last)
+        return [(r["page"], r["views"]) for r in rows], total
+
+    async def daily(
+        self, site: str, first: date, last: date, page: str | None
+    ) -> list[tuple[date, int, int]]:
+        """(day, views, visitors) for each local day of the range, zeros included; the
+        site's, or one page's."""
+        async with _translated(), self.pool.acquire() as conn:
+            if page is None:
+                rows = await conn.fetch(Q["report_site_daily"], site, first, last)
+            else:
+                rows = await conn.fetch(Q["report_page_daily"], site, page, first, last)
+        return [(r["day"], r["views"], r["visitors"]) for r in rows]

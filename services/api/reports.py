@@ -1,0 +1,160 @@
+"""Report routes: top pages and views per day from Postgres, as JSON or CSV; the live totals
+for the dashboard. Bearer VIEWCOUNTER_REPORT_TOKEN or VIEWCOUNTER_ADMIN_TOKEN."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
+
+from services import reports
+from services.api import public_schema
+from services.api.deps import Live
+from services.api.errors import ApiError
+from services.config import Settings
+from services.counter import ids
+from services.counter import store as counter_store
+from services.db import repository
+from services.live import LiveCounts
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+async def require_reader(request: Request) -> None:
+    """Refuse unless the bearer token is the report token or the admin token (compared in
+    constant time on hashes); rate limited per client like the admin routes."""
+    settings: Settings = request.state.settings
+    live: LiveCounts = request.state.live
+    retry_after = await live.admin_retry_after(
+        request.client.host if request.client else "", settings.admin_rate_limit
+    )
+    if retry_after is not None:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"more than {settings.admin_rate_limit} admin requests a minute from this client",
+            headers={"Retry-After": str(retry_after)},
+        )
+    tokens = [t.get_secret_value() for t in (settings.report_token, settings.admin_token) if t]
+    if not tokens:
+        raise ApiError(403, "admin_disabled", "reports are off: no report or admin token is set")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    given_digest = _digest(given)
+    # Compare with every token, always, so the time taken does not say which one matched.
+    matched = [secrets.compare_digest(given_digest, _digest(t)) for t in tokens]
+    if scheme.lower() != "bearer" or not any(matched):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a valid report or admin bearer token is required",
+            "authorization",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+Reader = Depends(require_reader)
+
+
+async def get_reporter(request: Request) -> reports.Reporter:
+    """A Reporter on the app's Postgres pool."""
+    repo: repository.Repository = request.state.repo
+    return reports.Reporter(repository.Reports(repo.pool))
+
+
+ReporterDep = Annotated[reports.Reporter, Depends(get_reporter)]
+
+router = APIRouter(
+    prefix="/v1/sites/{site}/reports",
+    dependencies=[Reader],
+    tags=["reports"],
+    responses=public_schema.error_responses(401, 403, 404, 422, 503),
+)
+
+_CSV_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {}, "application/json": {}}}
+}
+
+
+def _answer(report: reports.TopReport | reports.DailyReport, fmt: str, name: str) -> Response:
+    headers = {"Cache-Control": "no-store"}
+    if fmt == "csv":
+        r = report.range
+        headers["Content-Disposition"] = (
+            f'attachment; filename="{r.site}-{name}-{r.first.isoformat()}-{r.last.isoformat()}.csv"'
+        )
+        return Response(
+            reports.to_csv(report.header(), report.rows()),
+            media_type="text/csv; charset=utf-8",
+            headers=headers,
+        )
+    return Response(orjson.dumps(report.as_dict()), media_type="application/json", headers=headers)
+
+
+@router.get("/top", responses=_CSV_ANSWER)
+async def top(
+    site: str,
+    reporter: ReporterDep,
+    from_: Annotated[str | None, Query(alias="from", description="YYYY-MM-DD, local")] = None,
+    to: Annotated[str | None, Query(description="YYYY-MM-DD, local; default today")] = None,
+    limit: Annotated[str | None, Query(description="1-1000, default 10")] = None,
+    format: Annotated[str | None, Query(description="json (default) or csv")] = None,
+) -> Response:
+    """The most viewed pages between two local days of the site (inclusive)."""
+    site = ids.site_id(site)
+    report = await reporter.top(
+        site,
+        reports.parse_day(from_, "from"),
+        reports.parse_day(to, "to"),
+        reports.parse_limit(limit),
+    )
+    return _answer(report, reports.parse_format(format), "top")
+
+
+@router.get("/daily", responses=_CSV_ANSWER)
+async def daily(
+    site: str,
+    reporter: ReporterDep,
+    from_: Annotated[str | None, Query(alias="from", description="YYYY-MM-DD, local")] = None,
+    to: Annotated[str | None, Query(description="YYYY-MM-DD, local; default today")] = None,
+    page: Annotated[str | None, Query(description="a page id; default: the whole site")] = None,
+    format: Annotated[str | None, Query(description="json (default) or csv")] = None,
+) -> Response:
+    """Views and distinct visitors per local day, of the site or of one page."""
+    site = ids.site_id(site)
+    page_id = None if page is None else ids.page_id(page)
+    fmt = reports.parse_format(format)
+    report = await reporter.daily(
+        site, reports.parse_day(from_, "from"), reports.parse_day(to, "to"), page_id
+    )
+    return _answer(report, fmt, "daily")
+
+
+@router.get("/totals")
+async def totals(site: str, live: Live, request: Request) -> Response:
+    """The live site total (Redis, null when Redis is unavailable) and the Postgres parts."""
+    site = ids.site_id(site)
+    repo: repository.Repository = request.state.repo
+    stored = await repository.Reports(repo.pool).totals(site)
+    if stored is None:
+        raise ApiError(404, "unknown_site", "no such site; register it first", "site")
+    live_total: int | None
+    try:
+        live_total = (await live.counts(site, [])).site_views
+    except counter_store.CounterUnavailable:
+        live_total = None
+    body = {
+        "site": site,
+        "timezone": stored.timezone,
+        "live_views": live_total,
+        "views": stored.views,
+        "baseline": stored.baseline,
+    }
+    return Response(
+        orjson.dumps(body), media_type="application/json", headers={"Cache-Control": "no-store"}
+    )
