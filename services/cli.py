@@ -99,22 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_api(settings: Settings, host: str, port: int, workers: int) -> int:
-    import uvicorn
-
-    from services.api.app import server_options
-
     if workers < 1:
         return _fail("--workers must be at least 1")
-    uvicorn.run(
-        "services.api.app:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level,
-        **server_options(settings),  # type: ignore[arg-type]
-    )
-    return 0
+    from services.api import serve
+
+    return serve.run(settings, host, port, workers)
 
 
 async def _migrate(settings: Settings) -> int:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services import logs
 from services.api import (
     dashboard,
     errors,
@@ -23,6 +24,7 @@ from services.api import (
 from services.api.body_limit import BodyLimit
 from services.api.deps import State
 from services.api.site_cors import SiteCors
+from services.api.telemetry import RequestTelemetry
 from services.config import Settings, load_settings
 from services.counter import store as counter_store
 from services.db import repository
@@ -100,6 +102,8 @@ def create_app(settings: Settings) -> FastAPI:
     # Which web pages may send hits and read counts: each site's allowed origins.
     app.add_middleware(SiteCors)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, unlimited=imports.IMPORT_PATH)
+    # Outermost: times and sees every answer, request ids in every log line.
+    app.add_middleware(RequestTelemetry, routes=app.router.routes)
     return app
 
 
@@ -118,5 +122,8 @@ def server_options(settings: Settings) -> dict[str, object]:
 
 
 def create_app_from_env() -> FastAPI:
-    """Factory for uvicorn workers: each worker reads the environment once."""
-    return create_app(load_settings())
+    """Factory for uvicorn workers: each worker reads the environment once (and, being a
+    process of its own, sets up its JSON logs)."""
+    settings = load_settings()
+    logs.setup(settings.log_level)
+    return create_app(settings)

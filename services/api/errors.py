@@ -12,6 +12,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Match
 
+from services import metrics
 from services.counter import ids, siteconfig
 from services.counter import store as counter_store
 from services.db import repository
@@ -87,6 +88,7 @@ def _as_api_error(exc: Exception) -> ApiError:
 
 
 async def _handle(request: Request, exc: Exception) -> Response:
+    metrics.count_backend_error(exc)
     err = _as_api_error(exc)
     return error_response(err.status, err.code, err.message, err.field, err.headers)
 

@@ -8,11 +8,11 @@ counting work. They parse their own input; /docs does not list them (the README 
 from __future__ import annotations
 
 import orjson
-from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from services import metrics
 from services.api import hit_body
 from services.api.errors import ApiError
 from services.counter import bots, ids
@@ -25,14 +25,6 @@ PIXEL_GIF = (
     b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 )
 NO_STORE = {"Cache-Control": "no-store, max-age=0"}
-# Sites are registered by an admin (an unknown site is refused before this), so the label
-# values stay bounded; pages never become labels.
-HITS = Counter(
-    "viewcounter_hits_total",
-    "Page views taken, by site and outcome (counted, duplicate, bot, rate_limited, "
-    "page_limit, unknown_page)",
-    ["site", "outcome"],
-)
 
 
 def _json(body: object) -> Response:
@@ -51,12 +43,12 @@ async def _take(
     user_agent = request.headers.get("user-agent", "")
     if bots.is_bot(user_agent):
         counts = await live.counts(site, [page])
-        HITS.labels(site, "bot").inc()
+        metrics.count_hit(site, "bot")
         return "bot", counts.pages[page], counts.site_views
     # The socket's peer, or the forwarded client when uvicorn trusted the proxy it came from.
     ip = request.client.host if request.client else ""
     result = await live.hit(site, page, visitor=visitor, ip=ip, user_agent=user_agent)
-    HITS.labels(site, result.outcome).inc()
+    metrics.count_hit(site, result.outcome)
     return result.outcome, result.page_views, result.site_views
 
 

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from services import health, metrics
 from services.api.deps import AppState
 from services.counter import store as counter_store
-from services.db import repository
 
 # Readiness warns (and ops should act) once Redis uses this share of its maxmemory: with
 # noeviction, Redis refuses every hit when it is full.
 REDIS_MEMORY_WARN_RATIO = 0.8
-
-REDIS_USED = Gauge("viewcounter_redis_memory_used_bytes", "Memory Redis uses (INFO used_memory)")
-REDIS_MAX = Gauge(
-    "viewcounter_redis_memory_max_bytes", "Redis' maxmemory bound; 0 when none is set"
-)
 
 router = APIRouter()
 
@@ -42,44 +36,43 @@ def memory_check(memory: counter_store.RedisMemory) -> str:
 
 @router.get(
     "/readyz",
-    responses={503: {"description": "Redis or Postgres unreachable (same body shape)"}},
+    responses={503: {"description": "Redis or Postgres unreachable, or schema behind"}},
 )
 async def readyz(state: AppState) -> Response:
-    """Redis and Postgres both answer (hits need Redis only; admin and reports need Postgres).
+    """Redis and Postgres answer and every migration is applied (hits need Redis only; admin
+    and reports need Postgres).
 
-    Answers 503 when either is unreachable, and 200 with status "warning" when Redis is near
-    its memory bound (the api still counts; ops must act before it is full).
+    Answers 503 naming what is wrong otherwise, and 200 with status "warning" when Redis is
+    near its memory bound (the api still counts; ops must act before it is full).
     """
-    checks = {"redis": "ok", "redis_memory": "unknown", "postgres": "ok"}
-    try:
-        await state["store"].ping()
-        memory = await state["store"].memory()
-        REDIS_USED.set(memory.used_bytes)
-        REDIS_MAX.set(memory.max_bytes)
-        checks["redis_memory"] = memory_check(memory)
-    except counter_store.CounterUnavailable as exc:
-        checks["redis"] = str(exc)
-    try:
-        await state["repo"].ping()
-    except repository.DatabaseUnavailable as exc:
-        checks["postgres"] = str(exc)
-    ready = checks["redis"] == "ok" and checks["postgres"] == "ok"
-    if not ready:
+    probe = await health.probe(state["store"], state["repo"])
+    checks = {"redis": probe.checks["redis"], "redis_memory": "unknown"}
+    if probe.checks["redis"] == health.OK:
+        try:
+            memory = await state["store"].memory()
+        except counter_store.CounterUnavailable as exc:
+            metrics.count_backend_error(exc)
+        else:
+            metrics.set_redis_memory(memory)
+            checks["redis_memory"] = memory_check(memory)
+    checks["postgres"] = probe.checks["postgres"]
+    checks["migrations"] = probe.checks["migrations"]
+    if not probe.ready:
         status = "unavailable"
     elif checks["redis_memory"].startswith("warning"):
         status = "warning"
     else:
         status = "ok"
-    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": status, "checks": checks}, status_code=200 if probe.ready else 503
+    )
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(state: AppState) -> Response:
-    """Prometheus text format."""
+async def metrics_text(state: AppState) -> Response:
+    """Prometheus text format (with several workers: all of them, merged)."""
     try:
-        memory = await state["store"].memory()
-        REDIS_USED.set(memory.used_bytes)
-        REDIS_MAX.set(memory.max_bytes)
-    except counter_store.CounterUnavailable:
-        pass  # the gauges keep their last value; redis errors are counted elsewhere
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        metrics.set_redis_memory(await state["store"].memory())
+    except counter_store.CounterUnavailable as exc:
+        metrics.count_backend_error(exc)  # the gauges keep their last value
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import anyio
 import orjson
-from prometheus_client import Counter, Gauge
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from services import metrics
 from services.api.errors import ApiError
 from services.counter import ids
 from services.counter import store as counter_store
@@ -42,11 +42,9 @@ STREAM_MAX_S = 20.0
 RECONNECT_MS = 1000
 REFUSED_RETRY_AFTER_S = 30
 
-OPEN_STREAMS = Gauge("viewcounter_streams_open", "Server-Sent Events streams open now")
-POLLERS = Gauge("viewcounter_stream_pollers", "(site, page) pairs polled for open streams")
-REFUSED_STREAMS = Counter(
-    "viewcounter_streams_refused", "Streams refused because the process had its maximum open"
-)
+OPEN_STREAMS = metrics.OPEN_STREAMS
+POLLERS = metrics.POLLERS
+REFUSED_STREAMS = metrics.REFUSED_STREAMS
 
 Totals = tuple[int, int]  # (site views, page views)
 FeedKey = tuple[str, str | None]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 # Any constant works; it only has to be the same for every process that migrates.
 MIGRATION_LOCK_ID = 0x76636D67  # "vcmg"
@@ -56,3 +57,11 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
             )
             applied.append(step.version)
         return applied
+
+
+async def missing(conn: asyncpg.Connection | PoolConnectionProxy) -> list[int]:
+    """Versions of the migrations shipped with this code that `conn`'s database lacks."""
+    applied: set[int] = set()
+    if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    return [step.version for step in migrations() if step.version not in applied]

@@ -6,19 +6,20 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Iterator
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services import health
 from services.config import Settings
 from services.counter import store as counter_store
 from services.db import repository
+from services.flusher import metrics as flusher_metrics
 from services.flusher.worker import Flusher
 
 log = logging.getLogger("viewcounter.flusher")
@@ -34,24 +35,35 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def health_app(flusher: Flusher, interval_s: float) -> Starlette:
-    """/healthz (the loop is alive and flushed recently), /metrics (Prometheus text)."""
+def health_app(
+    flusher: Flusher, store: counter_store.CounterStore, repo: repository.Repository
+) -> Starlette:
+    """/healthz (the process answers), /readyz (Redis, Postgres, schema), /metrics."""
 
     async def healthz(request: Request) -> Response:
-        last = flusher.last_success
-        now = time.time()
-        stale = last is None or now - last > max(60.0, 10 * interval_s)
-        body = {"status": "stale" if stale else "ok", "last_success": last}
-        return JSONResponse(body, status_code=503 if stale and last is not None else 200)
+        body = {
+            "status": "ok",
+            "last_success": flusher.last_success,
+            "flush_lag_seconds": round(flusher_metrics.flush_lag_s(), 3),
+        }
+        return JSONResponse(body)
+
+    async def readyz(request: Request) -> Response:
+        probe = await health.probe(store, repo)
+        body = {"status": "ok" if probe.ready else "unavailable", "checks": probe.checks}
+        return JSONResponse(body, status_code=200 if probe.ready else 503)
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(flusher_metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics)])
+    return Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
+    )
 
 
 async def serve(settings: Settings) -> int:
-    """Run the flusher until SIGTERM/SIGINT; exit code 0 after a clean final flush."""
+    """Run the flusher until SIGTERM/SIGINT; exit code 0 after a clean final flush, 1 when
+    its dependencies stay unavailable through the start-up wait, 2 on an unsafe Redis."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -66,26 +78,44 @@ async def serve(settings: Settings) -> int:
     pool = await repository.connect_pool(
         settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=4
     )
+    repo = repository.Repository(pool)
     flusher = Flusher(
         store,
-        repository.Repository(pool),
+        repo,
         interval_s=settings.flush_interval,
         wait_fsync=settings.snapshot_fsync == "wait",
         lease_s=settings.flush_lease,
     )
+    flusher_metrics.FLUSH_INTERVAL.set(settings.flush_interval)
+    # Up first, so /healthz answers (and /readyz says why not ready) during the start-up wait.
     server = _QuietServer(
         uvicorn.Config(
-            health_app(flusher, settings.flush_interval),
+            health_app(flusher, store, repo),
             host="0.0.0.0",
             port=settings.metrics_port,
             log_level="warning",
+            log_config=None,
             lifespan="off",
         )
     )
     health_task = asyncio.create_task(server.serve(), name="flusher-health")
+
+    async def redis_ready() -> None:
+        await store.ping()
+        await store.refuse_eviction()
+
     try:
-        with contextlib.suppress(counter_store.CounterUnavailable):
-            await store.refuse_eviction()
+        checks = {"redis": redis_ready, "postgres": lambda: health.check_migrations(repo)}
+        try:
+            if not await health.wait_for(checks, settings.startup_timeout, stop):
+                log.info("flusher stopped before it started")
+                return 0
+        except health.StartupFailed as exc:
+            log.error("flusher not started: %s", exc, extra={"error": str(exc)})
+            return 1
+        except counter_store.UnsafeRedis as exc:
+            log.error("flusher not started: %s", exc, extra={"error": str(exc)})
+            return 2
         log.info("flusher started", extra={"owner": flusher.owner})
         await flusher.run(stop)
         log.info("flusher stopped")

@@ -27,28 +27,24 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge
-
 from services.counter import keys
 from services.counter import store as counter_store
 from services.db import repository
+from services.flusher import metrics as flusher_metrics
+from services.flusher.metrics import (
+    DISCARDED_HITS,
+    FLUSH_FAILURES,
+    FLUSHED_BATCHES,
+    FLUSHED_HITS,
+    FLUSHED_ROWS,
+    REPLAYED_BATCHES,
+)
 
 log = logging.getLogger("viewcounter.flusher")
 
 FSYNC_WAIT_MS = 2000
 MAX_BACKOFF_S = 60.0
 DEFAULT_LEASE_S = 15.0
-
-FLUSHED_HITS = Counter("viewcounter_flushed_hits_total", "Hits committed to Postgres")
-FLUSHED_BATCHES = Counter("viewcounter_flushed_batches_total", "Batches committed to Postgres")
-FLUSH_FAILURES = Counter("viewcounter_flush_failures_total", "Flush passes that failed")
-DISCARDED_HITS = Counter(
-    "viewcounter_discarded_hits_total",
-    "Hits of batches dropped because Redis lost and refilled the site meanwhile",
-)
-LAST_SUCCESS = Gauge(
-    "viewcounter_flush_last_success_timestamp_seconds", "When a flush pass last succeeded"
-)
 
 
 class FlushDeferred(Exception):
@@ -102,7 +98,9 @@ class Flusher:
     async def flush_once(self) -> FlushReport:
         """One pass: finish leftover batches, then move all pending deltas to Postgres."""
         report = FlushReport()
+        pass_started = self._clock()  # metrics: the flush lag counts from here
         sites, leftovers = await self._store.find_work()
+        flusher_metrics.found_work(len(sites), sum(len(k) for k in leftovers.values()))
         leftover_sites = {
             batch: {parsed[0] for k in batch_keys if (parsed := keys.parse_snapshot_key(k))}
             for batch, batch_keys in leftovers.items()
@@ -115,6 +113,7 @@ class Flusher:
             # ledger keeps a late apply of its from counting twice).
             if leftover_sites[batch] <= held:
                 await self._finish(batch, sorted(batch_keys), None, report)
+                REPLAYED_BATCHES.inc()
         # One batch (one transaction) per site: a site whose Redis data was lost and refilled
         # meanwhile drops only its own batch, never another site's.
         batches = {site: self._new_batch_id() for site in sorted(set(sites) & held)}
@@ -135,7 +134,7 @@ class Flusher:
                         batches[snap.site], snap.keys, {snap.site: snap.generation}, report
                     )
         self.last_success = self._clock()
-        LAST_SUCCESS.set(self.last_success)
+        flusher_metrics.pass_succeeded(pass_started, self.last_success)
         return report
 
     async def _finish(
@@ -193,6 +192,7 @@ class Flusher:
             report.rows += len(rows.daily)
             FLUSHED_BATCHES.inc()
             FLUSHED_HITS.inc(rows.hits)
+            FLUSHED_ROWS.inc(len(rows.daily))
             log.info(
                 "batch applied",
                 extra={"batch": batch, "hits": rows.hits, "rows": len(rows.daily)},
@@ -251,6 +251,7 @@ class Flusher:
             log.warning("leases not released (they run out by themselves): %s", exc)
 
     async def _pass_ok(self) -> bool:
+        began = time.perf_counter()  # metrics: pass duration
         try:
             report = await self.flush_once()
         except (
@@ -259,12 +260,14 @@ class Flusher:
             FlushDeferred,
         ) as exc:
             FLUSH_FAILURES.inc()
+            flusher_metrics.pass_failed(exc, time.perf_counter() - began)
             log.warning("flush failed, will retry: %s", exc, extra={"error": str(exc)})
             return False
         except Exception as exc:
             # A bug or an error we did not foresee: the snapshot stays in Redis and the next
             # pass retries it; the loop (and the hits it moves) must not die of it.
             FLUSH_FAILURES.inc()
+            flusher_metrics.pass_failed(exc, time.perf_counter() - began)
             log.exception("flush failed unexpectedly, will retry", extra={"error": str(exc)})
             return False
         if report.batches:

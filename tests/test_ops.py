@@ -1,0 +1,525 @@
+"""Operations: metrics of a 2-worker api and of the flusher after known traffic, readiness and
+flush lag through a Postgres outage, start-up waits, request ids and logs, and the deploy/
+files (alerts, scrape config, dashboard) checked against the metrics really scraped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.config import Settings
+from services.localservers import PostgresProcess, RedisProcess, free_port
+from tests.conftest import (
+    ADMIN_TOKEN,
+    BROWSER_UA,
+    SITE,
+    copy_template,
+    create_database,
+    create_migrated_template,
+    make_settings,
+    register_site,
+    running_api,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+HITS_ROUTE = "/v1/sites/{site}/hits"
+WAIT_S = 60.0
+
+
+async def until(
+    condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = WAIT_S
+) -> None:
+    """Poll `condition` until it holds (bounded: a hang fails with `what`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """{(sample name, labels): value} of a Prometheus text exposition."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(
+    scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    """One sample's value (0 when absent)."""
+    return scraped.get((name, frozenset(labels.items())), 0.0)
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIEWCOUNTER_", "PROMETHEUS_"))}
+    env.update(
+        VIEWCOUNTER_REDIS_URL=settings.redis_url,
+        VIEWCOUNTER_DATABASE_URL=settings.database_url,
+        VIEWCOUNTER_ADMIN_TOKEN=ADMIN_TOKEN,
+        VIEWCOUNTER_FLUSH_INTERVAL=str(settings.flush_interval),
+        VIEWCOUNTER_DEDUPE_WINDOW=str(settings.dedupe_window),
+        VIEWCOUNTER_RATE_LIMIT=str(settings.rate_limit),
+        VIEWCOUNTER_STARTUP_TIMEOUT="20",
+        VIEWCOUNTER_LOG_LEVEL="info",
+    )
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def viewcounter(
+    args: list[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`viewcounter ARGS` as its own process (group); SIGTERM at the end, then SIGKILL."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+async def get(url: str, **kwargs: object) -> httpx.Response | None:
+    """A GET that answers None instead of raising while the server is not up."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        try:
+            return await client.get(url, **kwargs)  # type: ignore[arg-type]
+        except httpx.HTTPError:
+            return None
+
+
+async def status_of(url: str) -> int | None:
+    response = await get(url)
+    return None if response is None else response.status_code
+
+
+@dataclass
+class Traffic:
+    """What the module's known traffic was, and what the processes then showed."""
+
+    sent: dict[str, int]
+    api_metrics: str
+    flusher_metrics: str
+    worker_prefixes: set[str]
+    api_log: str
+    request_id_echo: str
+    batches: int
+    rows: int
+
+
+async def send_known_traffic(base: str) -> tuple[dict[str, int], set[str], str]:
+    """Hits of every outcome over new connections (so both workers take some); what was sent,
+    the request-id prefixes seen (one per worker), and the echo of a given request id."""
+    sent = {"counted": 0, "duplicate": 0, "bot": 0, "rejected": 0}
+    prefixes: set[str] = set()
+    url = f"{base}/v1/sites/{SITE}/hits"
+
+    async def one(body: dict[str, str], ua: str = BROWSER_UA) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=10, headers={"user-agent": ua}) as client:
+            response = await client.post(url, json=body)
+        prefixes.add(response.headers["x-request-id"].rpartition("-")[0])
+        return response
+
+    for i in range(40):
+        response = await one({"page": f"p{i % 4}", "visitor": f"v{i}"})
+        assert response.json()["counted"] is True
+        sent["counted"] += 1
+    for _ in range(7):
+        response = await one({"page": "p0", "visitor": "v0"})
+        assert response.json()["reason"] == "duplicate"
+        sent["duplicate"] += 1
+    for i in range(5):
+        response = await one({"page": "p1", "visitor": f"bot{i}"}, ua=GOOGLEBOT)
+        assert response.json()["reason"] == "bot"
+        sent["bot"] += 1
+    for bad in ({"page": ""}, {"nope": "x"}, {"page": "a\u200bb"}):
+        response = await one(bad)
+        assert response.status_code == 422
+        sent["rejected"] += 1
+    async with httpx.AsyncClient(timeout=10, headers={"user-agent": BROWSER_UA}) as client:
+        unknown = await client.post(f"{base}/v1/sites/nosuchsite/hits", json={"page": "a"})
+        assert unknown.status_code == 404
+        given = await client.get(
+            f"{base}/v1/sites/{SITE}/counts", headers={"x-request-id": "ops-test-id-42"}
+        )
+    return sent, prefixes, given.headers["x-request-id"]
+
+
+@pytest.fixture(scope="module")
+async def traffic(
+    tmp_path_factory: pytest.TempPathFactory, pg_server: PostgresProcess, migrated_template: str
+) -> AsyncIterator[Traffic]:
+    tmp = tmp_path_factory.mktemp("ops")
+    redis = RedisProcess(tmp / "redis", port=free_port(), appendonly=True)
+    redis.start()
+    try:
+        database_url = await copy_template(pg_server)
+        settings = make_settings(redis.url, database_url, dedupe_window=1800)
+        api_port, flusher_port = free_port(), free_port()
+        base = f"http://127.0.0.1:{api_port}"
+        api_log = tmp / "api.log"
+        api_env = process_env(settings, VIEWCOUNTER_LOG_LEVEL="debug")
+        flusher_env = process_env(settings, VIEWCOUNTER_METRICS_PORT=str(flusher_port))
+        api_args = ["api", "--workers", "2", "--port", str(api_port)]
+        with viewcounter(api_args, api_env, api_log) as api:
+            await until(lambda: _is(status_of(f"{base}/readyz"), 200), "api ready")
+            async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+                await register_site(client)
+            sent, prefixes, echo = await send_known_traffic(base)
+            with viewcounter(["flusher"], flusher_env, tmp / "flusher.log") as flusher:
+                flusher_url = f"http://127.0.0.1:{flusher_port}"
+
+                async def flushed_all() -> bool:
+                    response = await get(f"{flusher_url}/metrics")
+                    if response is None:
+                        return False
+                    flushed = value(samples(response.text), "viewcounter_flushed_hits_total")
+                    return flushed == sent["counted"]
+
+                await until(flushed_all, "the flusher to move every counted hit")
+                flusher_text = (await get(f"{flusher_url}/metrics")).text  # type: ignore[union-attr]
+                flusher.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(flusher.wait, 30) == 0
+            api_text = (await get(f"{base}/metrics")).text  # type: ignore[union-attr]
+            api.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(api.wait, 40) == 0
+        conn = await asyncpg.connect(database_url)
+        try:
+            batches, rows = await conn.fetchrow(
+                "SELECT count(*), coalesce(sum(rows), 0) FROM flush_batches"
+            )
+        finally:
+            await conn.close()
+        yield Traffic(
+            sent=sent,
+            api_metrics=api_text,
+            flusher_metrics=flusher_text,
+            worker_prefixes=prefixes,
+            api_log=api_log.read_text(),
+            request_id_echo=echo,
+            batches=int(batches),
+            rows=int(rows),
+        )
+    finally:
+        redis.stop()
+
+
+async def _is(status: Awaitable[int | None], expected: int) -> bool:
+    return await status == expected
+
+
+def test_two_workers_answered_and_metrics_of_both_are_merged_exactly(traffic: Traffic) -> None:
+    assert len(traffic.worker_prefixes) == 2, "both workers must have taken hits"
+    api = samples(traffic.api_metrics)
+    for outcome in ("counted", "duplicate", "bot"):
+        assert (
+            value(api, "viewcounter_hits_total", site=SITE, outcome=outcome)
+            == (traffic.sent[outcome])
+        ), outcome
+    assert value(api, "viewcounter_hits_total", site=SITE, outcome="rejected") == 3
+    assert value(api, "viewcounter_hits_total", site="_other", outcome="rejected") == 1
+    ok_hits = traffic.sent["counted"] + traffic.sent["duplicate"] + traffic.sent["bot"]
+    count = "viewcounter_http_request_duration_seconds_count"
+    assert value(api, count, route=HITS_ROUTE, method="POST", status="2xx") == ok_hits
+    assert value(api, count, route=HITS_ROUTE, method="POST", status="4xx") == 4
+    assert value(api, count, route="/v1/sites/{site}/counts", method="GET", status="2xx") == 1
+    # No label carries a page id, a visitor or a raw path.
+    for (_name, labels), _v in api.items():
+        for _key, label in labels:
+            assert not re.fullmatch(r"p\d|v\d+|bot\d|nosuchsite|/v1/sites/quan11/.*", label)
+    assert value(api, "viewcounter_redis_errors_total") == 0
+    assert value(api, "viewcounter_postgres_errors_total") == 0
+    assert value(api, "viewcounter_redis_memory_used_bytes") > 0
+
+
+def test_flusher_metrics_match_the_ledger(traffic: Traffic) -> None:
+    flusher = samples(traffic.flusher_metrics)
+    assert value(flusher, "viewcounter_flushed_hits_total") == traffic.sent["counted"]
+    assert value(flusher, "viewcounter_flushed_batches_total") == traffic.batches >= 1
+    assert value(flusher, "viewcounter_flushed_rows_total") == traffic.rows >= 4
+    assert value(flusher, "viewcounter_flush_failures_total") == 0
+    assert value(flusher, "viewcounter_discarded_hits_total") == 0
+    assert value(flusher, "viewcounter_flush_last_success_timestamp_seconds") > 0
+    assert value(flusher, "viewcounter_flush_interval_seconds") == 0.2
+    assert value(flusher, "viewcounter_flush_duration_seconds_count", result="ok") >= 1
+    # The api's series are not the flusher's, and the other way round.
+    assert not any(name.startswith("viewcounter_hits") for name, _ in flusher)
+    assert not any(name.startswith("viewcounter_flush") for name, _ in samples(traffic.api_metrics))
+
+
+def test_logs_are_json_with_request_ids_and_no_addresses(traffic: Traffic) -> None:
+    lines = [line for line in traffic.api_log.splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert traffic.request_id_echo == "ops-test-id-42"
+    access = [e for e in entries if e.get("logger") == "viewcounter.access"]
+    assert any(e.get("request_id") == "ops-test-id-42" for e in access)
+    hits_logged = [e for e in access if e.get("route") == HITS_ROUTE]
+    assert len(hits_logged) == sum(traffic.sent.values()) + 1  # + the unknown site's
+    assert all(e["request_id"] for e in hits_logged)
+    # The client's address is nowhere (uvicorn's own start-up line names the listening one).
+    assert not [line for line in lines if "127.0.0.1" in line and "Uvicorn running" not in line]
+    assert not re.search(r'"v\d+"', traffic.api_log)  # no visitor id
+
+
+def _expressions() -> list[str]:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exprs = [str(rule["expr"]) for group in rules["groups"] for rule in group["rules"]]
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "viewcounter.json").read_text())
+    exprs += [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    return exprs
+
+
+def test_every_alert_and_dashboard_metric_is_scraped(traffic: Traffic) -> None:
+    scraped = {name for name, _ in samples(traffic.api_metrics)}
+    scraped |= {name for name, _ in samples(traffic.flusher_metrics)}
+    exprs = _expressions()
+    used = {name for expr in exprs for name in re.findall(r"\bviewcounter_\w+", expr)}
+    assert len(exprs) >= 10 and len(used) >= 12
+    assert used - scraped == set()
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    names = {rule["alert"] for group in alerts["groups"] for rule in group["rules"]}
+    assert {
+        "ViewcounterFlushLagHigh",
+        "ViewcounterErrorRatioHigh",
+        "ViewcounterRedisMemoryNearBound",
+        "ViewcounterFlusherDown",
+    } <= names
+
+
+def _promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing under CI (.ci/run installs Debian's prometheus)")
+        pytest.skip("promtool not installed (apt-get install prometheus); YAML checked above")
+    return found
+
+
+@pytest.mark.parametrize(
+    ("command", "path"),
+    [("rules", "prometheus/alerts.yml"), ("config", "prometheus/prometheus.yml")],
+)
+def test_promtool_accepts_the_deploy_files(command: str, path: str) -> None:
+    args = [_promtool(), "check", command, str(DEPLOY / path)]
+    if command == "config":
+        args.insert(3, "--syntax-only")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_fire_as_documented() -> None:
+    result = subprocess.run(
+        [_promtool(), "test", "rules", str(DEPLOY / "prometheus" / "alerts_test.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_monitoring_profile_uses_the_deploy_files() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO / source).exists(), source
+    for name in ("api", "flusher"):
+        assert "/readyz" in " ".join(services[name]["healthcheck"]["test"])
+
+
+async def test_postgres_outage_raises_flush_lag_fails_readiness_then_recovers(
+    own_postgres: PostgresProcess, redis_url: str, tmp_path: Path
+) -> None:
+    await create_migrated_template(own_postgres)
+    database_url = await copy_template(own_postgres)
+    settings = make_settings(redis_url, database_url, flush_interval=0.2, statement_timeout=2)
+    port = free_port()
+    flusher_url = f"http://127.0.0.1:{port}"
+    env = process_env(settings, VIEWCOUNTER_METRICS_PORT=str(port))
+
+    async def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        response = await get(f"{flusher_url}/metrics")
+        return {} if response is None else samples(response.text)
+
+    async def lag() -> float:
+        return value(await scrape(), "viewcounter_flush_lag_seconds")
+
+    async with running_api(settings) as api:
+        await register_site(api)
+        with viewcounter(["flusher"], env, tmp_path / "flusher.log"):
+            counted = 0
+            for i in range(5):
+                assert (await api.post(f"/v1/sites/{SITE}/hits", json={"page": f"a{i}"})).json()[
+                    "counted"
+                ]
+                counted += 1
+
+            async def flushed() -> bool:
+                return value(await scrape(), "viewcounter_flushed_hits_total") == counted
+
+            await until(flushed, "the first hits flushed")
+            assert await status_of(f"{flusher_url}/readyz") == 200
+            assert (await api.get("/readyz")).status_code == 200
+
+            await asyncio.to_thread(own_postgres.kill)
+            for i in range(5):
+                response = await api.post(f"/v1/sites/{SITE}/hits", json={"page": f"b{i}"})
+                assert response.json()["counted"]  # hits keep flowing without Postgres
+                counted += 1
+            await until(lambda: _is(status_of(f"{flusher_url}/readyz"), 503), "flusher unready")
+            down = await get(f"{flusher_url}/readyz")
+            assert down is not None and down.json()["checks"]["postgres"] != "ok"
+            api_down = await api.get("/readyz")
+            assert api_down.status_code == 503
+            assert api_down.json()["checks"]["postgres"] != "ok"
+            assert (await api.get("/healthz")).status_code == 200
+            assert await status_of(f"{flusher_url}/healthz") == 200  # alive, only not ready
+
+            async def lag_over_5_intervals() -> bool:
+                return await lag() > 5 * settings.flush_interval
+
+            await until(lag_over_5_intervals, "flush lag above 5 intervals")
+            during = await scrape()
+            assert value(during, "viewcounter_flush_failures_total") > 0
+            assert value(during, "viewcounter_postgres_errors_total") > 0
+            assert value(during, "viewcounter_flush_duration_seconds_count", result="failed") > 0
+
+            await asyncio.to_thread(own_postgres.restart)
+            await until(flushed, "every hit flushed after Postgres is back")
+            await until(lambda: _is(status_of(f"{flusher_url}/readyz"), 200), "flusher ready")
+            assert (await api.get("/readyz")).status_code == 200
+
+            async def lag_back() -> bool:
+                return await lag() < 5 * settings.flush_interval
+
+            await until(lag_back, "flush lag back under 5 intervals")
+
+            async def no_snapshot_left() -> bool:
+                return value(await scrape(), "viewcounter_snapshot_keys") == 0
+
+            await until(no_snapshot_left, "the frozen batch gone from Redis")
+            # The batch frozen while Postgres was down was finished by a later pass.
+            assert value(await scrape(), "viewcounter_replayed_batches_total") >= 1
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT views FROM site_views WHERE site = $1", SITE) == counted
+    finally:
+        await conn.close()
+
+
+async def test_flusher_waits_for_its_dependencies_then_exits_1_with_a_clear_message(
+    pg_server: PostgresProcess, redis_url: str, tmp_path: Path
+) -> None:
+    unmigrated = await create_database(pg_server, "ops_unmigrated")
+    settings = make_settings(redis_url, unmigrated)
+    log = tmp_path / "flusher.log"
+    env = process_env(
+        settings, VIEWCOUNTER_STARTUP_TIMEOUT="1.5", VIEWCOUNTER_METRICS_PORT=str(free_port())
+    )
+    with viewcounter(["flusher"], env, log) as proc:
+        assert await asyncio.to_thread(proc.wait, 30) == 1
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    waits = [e for e in entries if e["message"].startswith("waiting for postgres")]
+    assert len(waits) >= 2 and waits[0]["attempt"] == 1
+    assert "migrations not applied" in waits[0]["error"]
+    final = [e for e in entries if e["level"] == "error"]
+    assert len(final) == 1
+    assert final[0]["message"].startswith("flusher not started: postgres still unavailable")
+    assert "viewcounter migrate" in final[0]["message"]
+
+
+async def test_api_waits_for_redis_then_serves_and_counts_once_redis_is_up(
+    own_redis: Callable[..., RedisProcess], database_url: str, tmp_path: Path
+) -> None:
+    redis = own_redis()
+    redis.stop()  # down when the api starts
+    settings = make_settings(redis.url, database_url)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "api.log"
+    env = process_env(settings, VIEWCOUNTER_STARTUP_TIMEOUT="1")
+    with viewcounter(["api", "--port", str(port)], env, log):
+        await until(lambda: _is(status_of(f"{base}/healthz"), 200), "api serving")
+        ready = await get(f"{base}/readyz")
+        assert ready is not None and ready.status_code == 503
+        assert ready.json()["checks"]["redis"] != "ok"
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            down = await client.post(f"/v1/sites/{SITE}/hits", json={"page": "a"})
+            assert down.status_code == 503
+            redis.restart()
+            await until(lambda: _is(status_of(f"{base}/readyz"), 200), "api ready")
+            await register_site(client)
+            up = await client.post(
+                f"/v1/sites/{SITE}/hits", json={"page": "a"}, headers={"user-agent": BROWSER_UA}
+            )
+            assert up.json()["counted"] is True
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any(e["message"].startswith("waiting for redis (attempt 1") for e in entries)
+    assert any("serving anyway" in e["message"] for e in entries)
+
+
+async def test_request_ids_are_echoed_bounded_and_generated(api: httpx.AsyncClient) -> None:
+    given = await api.get("/healthz", headers={"x-request-id": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    for bad in ("x" * 129, "has space", "ünïcode"):
+        response = await api.get("/healthz", headers={"x-request-id": bad.encode("utf-8")})
+        assert response.headers["x-request-id"] != bad
+    first = (await api.get("/healthz")).headers["x-request-id"]
+    second = (await api.get("/healthz")).headers["x-request-id"]
+    assert first != second and first.rpartition("-")[0] == second.rpartition("-")[0]
+
+
+async def test_rejected_hits_before_routing_are_counted_with_their_route(
+    api: httpx.AsyncClient, site: str
+) -> None:
+    oversized = await api.post(
+        f"/v1/sites/{site}/hits", content=b"x" * 20_000, headers={"content-type": "text/plain"}
+    )
+    assert oversized.status_code == 413
+    scraped = samples((await api.get("/metrics")).text)
+    count = "viewcounter_http_request_duration_seconds_count"
+    assert value(scraped, count, route=HITS_ROUTE, method="POST", status="4xx") >= 1
+    assert value(scraped, "viewcounter_hits_total", site=site, outcome="rejected") >= 1
+    missing = await api.get("/no/such/path")
+    assert missing.status_code == 404
+    scraped = samples((await api.get("/metrics")).text)
+    assert value(scraped, count, route="unmatched", method="GET", status="4xx") >= 1
