@@ -9,13 +9,16 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "VIEWCOUNTER_"
 PLACEHOLDER_TOKENS = frozenset({"changeme", "change-me", "secret", "admin", "password", "token"})
 MIN_ADMIN_TOKEN_CHARS = 16
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 
 class ConfigError(Exception):
@@ -32,6 +35,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     redis_url: str = Field(min_length=1)
+    # Redis Cluster: also chosen by a redis+cluster:// (rediss+cluster://) URL.
+    redis_cluster: bool = False
     database_url: str = Field(min_length=1)
     admin_token: SecretStr | None = None
     flush_interval: float = Field(default=5.0, gt=0, le=3600)
@@ -62,12 +67,6 @@ class Settings(BaseSettings):
     stream_max_connections: int = Field(default=500, ge=0, le=100_000)
     # Bearer token for the report routes and the dashboard (the admin token works there too).
     report_token: SecretStr | None = Field(default=None, min_length=MIN_ADMIN_TOKEN_CHARS)
-    # Seconds a starting process waits for its dependencies (one log line per attempt): the
-    # flusher for Redis, Postgres and the schema, then exits 1; the api for Redis, then serves
-    # anyway (hits answer 503 until Redis is back).
-    startup_timeout: float = Field(default=30.0, ge=0, le=3600)
-    # Seconds a stopping api waits for requests in flight (streams end within ~20 s).
-    shutdown_timeout: float = Field(default=25.0, ge=0, le=3600)
 
     @field_validator("admin_token")
     @classmethod
@@ -84,9 +83,28 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.startswith(("redis://", "rediss://", "unix://") + CLUSTER_SCHEMES):
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+cluster:// or "
+                "rediss+cluster://"
+            )
         return value
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _cluster_needs_tcp(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and str(info.data.get("redis_url", "")).startswith("unix://"):
+            raise ValueError("a Redis Cluster needs a redis:// or rediss:// URL, not unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_url(self) -> Settings:
+        # One place decides: every client built from redis_url sees the cluster scheme.
+        if self.redis_cluster and not self.redis_url.startswith(CLUSTER_SCHEMES):
+            scheme, rest = self.redis_url.split("://", 1)
+            # The model is frozen for everyone else; this is its own construction.
+            object.__setattr__(self, "redis_url", f"{scheme}+cluster://{rest}")
+        return self
 
     @field_validator("database_url")
     @classmethod

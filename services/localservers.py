@@ -22,7 +22,7 @@ import time
 import warnings
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 REDIS_SERVER_ENV = "VIEWCOUNTER_REDIS_SERVER"
 PG_BIN_DIR_ENV = "VIEWCOUNTER_PG_BIN_DIR"
@@ -266,12 +266,16 @@ class RedisProcess(ServerProcess):
         *,
         appendonly: bool = True,
         appendfsync: str = "everysec",
+        cluster: bool = False,
         log_file: Path | None = None,
     ) -> None:
         super().__init__(port, log_file if log_file is not None else data_dir / "redis.log")
         self.data_dir = data_dir.resolve()  # the server runs with cwd "/"
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.cluster = cluster
+        # The cluster bus port defaults to port + 10000, which a free port may not allow.
+        self.cluster_port = free_port() if cluster else 0
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def _prepare(self) -> None:
@@ -289,6 +293,16 @@ class RedisProcess(ServerProcess):
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
             "--logfile", "",
+            *(
+                [
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", "3000",
+                    "--cluster-port", str(self.cluster_port),
+                ]
+                if self.cluster
+                else []
+            ),
         ]  # fmt: skip
 
     def _is_ready(self) -> bool:
@@ -303,6 +317,60 @@ class RedisProcess(ServerProcess):
 
     def __repr__(self) -> str:
         return f"RedisProcess(port={self.port}, pid={self.pid}, data_dir={self.data_dir})"
+
+
+class RedisCluster:
+    """A Redis Cluster of `masters` nodes (no replicas) on 127.0.0.1, slots split evenly."""
+
+    SLOTS = 16384
+
+    def __init__(self, data_dir: Path, masters: int = 3, *, appendfsync: str = "everysec") -> None:
+        self.nodes = [
+            RedisProcess(data_dir / f"node{i}", appendfsync=appendfsync, cluster=True)
+            for i in range(masters)
+        ]
+        self.url = self.nodes[0].url
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start every node, assign the slots, join the nodes, wait until the cluster is ok."""
+        import redis
+
+        for node in self.nodes:
+            node.start()
+        clients: list[Any] = [redis.Redis(port=node.port, socket_timeout=5) for node in self.nodes]
+        try:
+            per_node = self.SLOTS // len(self.nodes)
+            for i, client in enumerate(clients):
+                last = self.SLOTS - 1 if i == len(clients) - 1 else (i + 1) * per_node - 1
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per_node, last)
+            for node in self.nodes[1:]:
+                clients[0].execute_command(
+                    "CLUSTER", "MEET", "127.0.0.1", node.port, node.cluster_port
+                )
+            deadline = time.monotonic() + timeout
+            while not all(_cluster_ok(client, len(self.nodes)) for client in clients):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Redis Cluster did not become ready in time")
+                time.sleep(0.1)
+        finally:
+            for client in clients:
+                client.close()
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop()
+
+    def kill(self) -> None:
+        """SIGKILL every node."""
+        for node in self.nodes:
+            node.kill()
+
+
+def _cluster_ok(client: Any, size: int) -> bool:
+    info = client.execute_command("CLUSTER", "INFO")
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "cluster_state:ok" in text and f"cluster_known_nodes:{size}" in text
 
 
 class PostgresProcess(ServerProcess):

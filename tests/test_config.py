@@ -100,7 +100,32 @@ def test_redis_url_with_another_scheme_is_refused(
     monkeypatch: pytest.MonkeyPatch, url: str
 ) -> None:
     assert config_error_lines(monkeypatch, REDIS_URL=url) == [
-        "VIEWCOUNTER_REDIS_URL: must start with redis://, rediss:// or unix://"
+        "VIEWCOUNTER_REDIS_URL: must start with redis://, rediss://, unix://, redis+cluster:// "
+        "or rediss+cluster://"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "flag", "expected"),
+    [
+        ("redis://h:7000", "1", "redis+cluster://h:7000"),
+        ("rediss://u:p@h:7000", "true", "rediss+cluster://u:p@h:7000"),
+        ("redis+cluster://h:7000", "0", "redis+cluster://h:7000"),
+        ("redis://h:7000", "0", "redis://h:7000"),
+    ],
+)
+def test_a_cluster_is_chosen_by_the_flag_or_the_url(
+    monkeypatch: pytest.MonkeyPatch, url: str, flag: str, expected: str
+) -> None:
+    monkeypatch.setenv("VIEWCOUNTER_REDIS_URL", url)
+    monkeypatch.setenv("VIEWCOUNTER_REDIS_CLUSTER", flag)
+    assert load_settings().redis_url == expected
+
+
+def test_a_cluster_over_a_unix_socket_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = config_error_lines(monkeypatch, REDIS_URL="unix:///tmp/r.sock", REDIS_CLUSTER="1")
+    assert lines == [
+        "VIEWCOUNTER_REDIS_CLUSTER: a Redis Cluster needs a redis:// or rediss:// URL, not unix://"
     ]
 
 
@@ -178,7 +203,8 @@ def test_every_bad_value_gets_its_own_line_in_field_order(monkeypatch: pytest.Mo
         METRICS_PORT="70000",
     )
     assert lines == [
-        "VIEWCOUNTER_REDIS_URL: must start with redis://, rediss:// or unix://",
+        "VIEWCOUNTER_REDIS_URL: must start with redis://, rediss://, unix://, redis+cluster:// "
+        "or rediss+cluster://",
         "VIEWCOUNTER_DATABASE_URL: is required",
         "VIEWCOUNTER_ADMIN_TOKEN: must be a random secret of at least 16 characters",
         "VIEWCOUNTER_FLUSH_INTERVAL: Input should be greater than 0",
@@ -219,7 +245,8 @@ def test_flusher_with_bad_env_exits_at_once_with_one_line_per_bad_value() -> Non
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
-        "viewcounter: VIEWCOUNTER_REDIS_URL: must start with redis://, rediss:// or unix://",
+        "viewcounter: VIEWCOUNTER_REDIS_URL: must start with redis://, rediss://, unix://, "
+        "redis+cluster:// or rediss+cluster://",
         "viewcounter: VIEWCOUNTER_ADMIN_TOKEN: must be a random secret of at least 16 characters",
         "viewcounter: VIEWCOUNTER_FLUSH_INTERVAL: Input should be a valid number, "
         "unable to parse string as a number",

@@ -33,6 +33,7 @@ REHOME = _load("rehome")
 SET_CONFIG = _load("set_config")
 LEASE = _load("lease")
 RELEASE = _load("release")
+VISITORS = _load("visitors")
 APPLY_BASELINE = _load("apply_baseline")
 ALL = (
     HITS,
@@ -44,5 +45,6 @@ ALL = (
     SET_CONFIG,
     LEASE,
     RELEASE,
+    VISITORS,
     APPLY_BASELINE,
 )

@@ -8,6 +8,7 @@ fact), and the loop does not pay redis-py's per-command overhead once per reques
 from __future__ import annotations
 
 import asyncio
+import inspect
 import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ PIPELINES_IN_FLIGHT = 2
 # Bounds how long one script call keeps Redis busy (about a microsecond per hit).
 MAX_HITS_PER_CALL = 256
 VISITOR_READ_CHUNK = 1000
+# Script calls one batch sends to a Cluster at once; keep VIEWCOUNTER_REDIS_MAX_CONNECTIONS
+# (per node there) above PIPELINES_IN_FLIGHT times this.
+CLUSTER_CALLS_AT_ONCE = 4
+_REDIS_OPTIONS = frozenset(inspect.signature(Redis.__init__).parameters)
 
 
 class CounterUnavailable(Exception):
@@ -134,6 +139,12 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Client:
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its sockets
 
 
+# What a failing Redis (or its connection) raises. AttributeError too: redis-py's Cluster
+# client can raise it when a node's connection is closed under it (a node restarted), and that
+# must answer 503 like any lost connection, not 500.
+CLIENT_ERRORS = (redis_errors.RedisError, OSError, TimeoutError, AttributeError)
+
+
 def _unavailable(exc: BaseException) -> CounterUnavailable:
     if isinstance(exc, redis_errors.BusyLoadingError):
         return CounterUnavailable("Redis is loading its data")
@@ -141,6 +152,8 @@ def _unavailable(exc: BaseException) -> CounterUnavailable:
         return CounterUnavailable("Redis is full (maxmemory reached)")
     if isinstance(exc, redis_errors.TimeoutError | asyncio.TimeoutError):
         return CounterUnavailable("Redis did not answer in time")
+    if isinstance(exc, AttributeError):
+        return CounterUnavailable(f"Redis connection lost: {exc}")
     return CounterUnavailable(f"Redis error: {exc}")
 
 
@@ -168,7 +181,19 @@ async def _send_scripts(
         # sends it through a node's own client.
         if waitaof_timeout_ms is not None:
             raise ValueError("WAITAOF cannot follow a Cluster client's calls")
-        return list(await asyncio.gather(*(_one_script(redis, call) for call in batch))), None
+        # A few at a time: a Cluster node's pool refuses (rather than waits) past its size.
+        # A node that is down fails only the calls of its own sites: each call's error comes
+        # back as its value, so hits that other nodes applied are answered as counted.
+        answers: list[Any] = []
+        for start in range(0, len(batch), CLUSTER_CALLS_AT_ONCE):
+            chunk = batch[start : start + CLUSTER_CALLS_AT_ONCE]
+            answers += await asyncio.gather(
+                *(_one_script(redis, call) for call in chunk), return_exceptions=True
+            )
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, CLIENT_ERRORS):
+                raise answer  # cancellation, or a bug: not a Redis failure
+        return answers, None
     async with redis.pipeline(transaction=False) as pipe:
         for script, numkeys, argv in batch:
             pipe.evalsha(script.sha, numkeys, *argv)
@@ -295,11 +320,11 @@ class _HitBatcher:
             calls.append((scripts.HITS, len(key_list), [*key_list, *args]))
         try:
             results, _ = await run_scripts(self._redis, calls)
-        except (TimeoutError, redis_errors.RedisError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             _fail(batch, _unavailable(exc))
             return
         for chunk, result in zip(chunks, results, strict=True):
-            if isinstance(result, redis_errors.RedisError):
+            if isinstance(result, Exception):
                 _fail(chunk, _unavailable(result))
                 continue
             for i, item in enumerate(chunk):
@@ -336,7 +361,7 @@ class CounterStore:
         try:
             for script in scripts.ALL:
                 await self.redis.script_load(script.source)
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
 
     async def close(self) -> None:
@@ -355,8 +380,13 @@ class CounterStore:
             raise CounterUnavailable(f"no Redis Cluster node holds {key}'s slot")
         client = self._node_clients.get(node.name)
         if client is None:
-            options = {k: v for k, v in node.connection_kwargs.items() if k != "host"}
-            client = Redis(host=node.host, **{**options, "port": node.port})
+            # The node's own connection options (auth, TLS, timeouts), as a plain client takes them.
+            options = {
+                k: v
+                for k, v in node.connection_kwargs.items()
+                if k in _REDIS_OPTIONS and k not in ("host", "port")
+            }
+            client = Redis(host=node.host, port=int(node.port), **options)
             self._node_clients[node.name] = client
         return client
 
@@ -367,9 +397,9 @@ class CounterStore:
             results, _ = await run_scripts(
                 self.redis, [(script, len(key_list), [*key_list, *args])]
             )
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
-        if isinstance(results[0], redis_errors.RedisError):
+        if isinstance(results[0], Exception):
             raise _unavailable(results[0])
         return results[0]
 
@@ -385,7 +415,7 @@ class CounterStore:
                 pipe.set(key, 0, nx=True, ex=120)  # the expiry exists before any count
                 pipe.incr(key)
                 _, count = await pipe.execute()
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
         return int(count)
 
@@ -397,7 +427,7 @@ class CounterStore:
                 pipe.set(key, secrets.token_hex(32), nx=True, ex=SALT_TTL_S)
                 pipe.get(key)
                 _, salt = await pipe.execute()
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
         return bytes.fromhex(salt)
 
@@ -422,7 +452,7 @@ class CounterStore:
             gen, tz, cfg = await self.redis.hmget(
                 keys.site_key(site), [keys.SITE_GEN, keys.SITE_TZ, keys.SITE_CONFIG]
             )
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
         if gen is None or tz is None:
             return None
@@ -444,17 +474,23 @@ class CounterStore:
         self, site_days: Sequence[tuple[str, str]], page_days: Sequence[tuple[str, str, str]]
     ) -> tuple[list[int], list[int]]:
         """Distinct-visitor estimates of (site, day) and (site, page, day) buckets, in order."""
-        key_list = [keys.site_visitors_key(site, day) for site, day in site_days]
-        key_list += [keys.page_visitors_key(site, day, page) for site, page, day in page_days]
-        values: list[int] = []
-        try:
-            for start in range(0, len(key_list), VISITOR_READ_CHUNK):
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for key in key_list[start : start + VISITOR_READ_CHUNK]:
-                        pipe.pfcount(key)
-                    values.extend(int(v) for v in await pipe.execute())
-        except redis_errors.RedisError as exc:
-            raise _unavailable(exc) from exc
+        # One script call per site and chunk: a site's sketches share its Cluster slot.
+        wanted = [(site, keys.site_visitors_key(site, day)) for site, day in site_days]
+        wanted += [(site, keys.page_visitors_key(site, day, page)) for site, page, day in page_days]
+        by_site: dict[str, list[int]] = {}
+        for i, (site, _) in enumerate(wanted):
+            by_site.setdefault(site, []).append(i)
+        calls: list[Call] = []
+        slots: list[list[int]] = []
+        for indexes in by_site.values():
+            for start in range(0, len(indexes), VISITOR_READ_CHUNK):
+                chunk = indexes[start : start + VISITOR_READ_CHUNK]
+                calls.append((scripts.VISITORS, len(chunk), [wanted[i][1] for i in chunk]))
+                slots.append(chunk)
+        values = [0] * len(wanted)
+        for chunk, result in zip(slots, await self._run(calls), strict=True):
+            for i, value in zip(chunk, result, strict=True):
+                values[i] = int(value)
         return values[: len(site_days)], values[len(site_days) :]
 
     async def memory(self) -> RedisMemory:
@@ -465,7 +501,7 @@ class CounterStore:
                 infos = list(per_node.values())
             else:
                 infos = [await self.redis.info("memory")]
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
         readings = [
             RedisMemory(int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
@@ -499,7 +535,7 @@ class CounterStore:
         """The site's load generation; it changes only when Redis lost the site and was refilled."""
         try:
             gen = await self.redis.hget(keys.site_key(site), keys.SITE_GEN)
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
         return cast(str | None, gen)
 
@@ -530,7 +566,7 @@ class CounterStore:
                 results, fsynced = await self._snapshot_per_node(sites, calls, fsync_timeout_ms)
             else:
                 results, fsynced = await run_scripts(self.redis, calls, fsync_timeout_ms)
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
         snapshots = []
         for site, site_targets, result in zip(sites, targets, results, strict=True):
@@ -579,7 +615,7 @@ class CounterStore:
             return []
         try:
             results, _ = await run_scripts(self.redis, calls)
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
         for result in results:
             if isinstance(result, Exception):
@@ -591,7 +627,7 @@ class CounterStore:
         try:
             async for field, value in self.redis.hscan_iter(key, count=SNAPSHOT_SCAN_COUNT):
                 yield field, int(value)
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
 
     async def find_work(self) -> tuple[set[str], dict[str, list[str]]]:
@@ -607,7 +643,7 @@ class CounterStore:
                 snapshot = keys.parse_snapshot_key(key)
                 if snapshot is not None:
                     batches.setdefault(snapshot[2], []).append(key)
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
         return sites, batches
 
@@ -624,7 +660,7 @@ class CounterStore:
                 for key in key_list:
                     pipe.delete(key)  # one key per command: keys may sit in different slots
                 await pipe.execute()
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
 
     async def refuse_eviction(self) -> None:
@@ -642,7 +678,7 @@ class CounterStore:
                 confs = [await self.redis.config_get("maxmemory-policy")]
         except redis_errors.ResponseError:
             return
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
         for conf in confs:
             policy = conf.get("maxmemory-policy") or "noeviction"
@@ -656,7 +692,7 @@ class CounterStore:
         """Raise CounterUnavailable unless Redis answers."""
         try:
             await self.redis.ping()
-        except redis_errors.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
 
     async def apply_baseline(
