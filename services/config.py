@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     stream_max_connections: int = Field(default=500, ge=0, le=100_000)
     # Bearer token for the report routes and the dashboard (the admin token works there too).
     report_token: SecretStr | None = Field(default=None, min_length=MIN_ADMIN_TOKEN_CHARS)
+    # Seconds a starting process waits for its dependencies (one log line per attempt): the
+    # flusher for Redis, Postgres and the schema, then exits 1; the api for Redis, then serves
+    # anyway (hits answer 503 until Redis is back).
+    startup_timeout: float = Field(default=30.0, ge=0, le=3600)
+    # Seconds a stopping api waits for requests in flight (streams end within ~20 s).
+    shutdown_timeout: float = Field(default=25.0, ge=0, le=3600)
 
     @field_validator("admin_token")
     @classmethod
