@@ -51,7 +51,7 @@
   function niceMax(value) {
     if (value <= 0) { return 1; }
     var power = Math.pow(10, Math.floor(Math.log10(value)));
-    var steps = [1, 2, 2.5, 5, 10];
+    var steps = [1, 2, 4, 8, 10];  // each divides into four whole grid steps above 4
     for (var i = 0; i < steps.length; i++) {
       if (steps[i] * power >= value) { return steps[i] * power; }
     }
