@@ -11,8 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
+from services.config import Settings
 from services.counter import keys
 from services.counter.store import CounterUnavailable
 from services.localservers import RedisCluster
@@ -177,3 +179,27 @@ async def _work_keys(cluster: RedisCluster) -> AsyncIterator[str]:
             yield key
     finally:
         await client.aclose()
+
+
+def test_the_clustered_compose_file_runs_every_node_safely() -> None:
+    compose = yaml.safe_load(
+        (Path(__file__).parent.parent / "docker-compose.cluster.yml").read_text()
+    )
+    services = compose["services"]
+    nodes = [name for name in services if name.startswith("redis-") and name[-1].isdigit()]
+    assert len(nodes) == 3
+    for name in nodes:
+        command = " ".join(services[name]["command"])
+        for option in (
+            "--appendonly yes",
+            "--maxmemory-policy noeviction",
+            "--cluster-enabled yes",
+        ):
+            assert option in command, (name, option)
+    init = " ".join(services["redis-cluster-init"]["command"])
+    assert all(f"{name}:6379" in init for name in nodes)
+    env = {k: str(v) for k, v in services["api"]["environment"].items()}
+    env["VIEWCOUNTER_ADMIN_TOKEN"] = "x" * 32
+    settings = Settings(**{k.removeprefix("VIEWCOUNTER_").lower(): v for k, v in env.items()})
+    assert settings.redis_url == "redis+cluster://redis-1:6379/0"
+    assert services["flusher"]["deploy"]["replicas"] == 2
