@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     redis_cluster: bool = False
     database_url: str = Field(min_length=1)
     admin_token: SecretStr | None = None
+    # Bearer token for POST /v1/sites/{site}/hits/batch (the admin token works there too).
+    ingest_token: SecretStr | None = None
     flush_interval: float = Field(default=5.0, gt=0, le=3600)
     # Seconds a flusher's claim on a site lasts unless renewed (every pass renews it); the
     # sites of a flusher that died are taken over by another within about this time.
@@ -74,7 +76,7 @@ class Settings(BaseSettings):
     # Seconds a stopping api waits for requests in flight (streams end within ~20 s).
     shutdown_timeout: float = Field(default=25.0, ge=0, le=3600)
 
-    @field_validator("admin_token")
+    @field_validator("admin_token", "ingest_token")
     @classmethod
     def _refuse_placeholder_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or value.get_secret_value() == "":

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from services.counter import bots, visitors
 from services.counter import store as counter_store
-from services.counter import visitors
 from services.counter.siteconfig import SiteConfig
 from services.db import repository
 
@@ -43,6 +43,20 @@ def zone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise InvalidTimezone(f"unknown time zone {name!r}") from None
+
+
+# A batch's answer stays in Redis this long: a retry within it counts nothing twice.
+IDEMPOTENCY_KEEP_S = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """One page view in a batch: the page, and who viewed it (as the collector saw them)."""
+
+    page: str
+    visitor: str | None = None
+    ip: str = ""
+    user_agent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +96,68 @@ class LiveCounts:
         """Take one view of `page` (already validated): counted unless a repeat, over the
         client's rate or a page the site does not count; answers the outcome and the live
         totals."""
+        request = await self._request(site, page, visitor, ip, user_agent, self._rate_limit)
+        if request is None:
+            counts = await self.counts(site, [page])
+            return counter_store.HitResult("unknown_page", counts.pages[page], counts.site_views)
+        result = await self._store.hit(request)
+        if result is None:
+            await self.ensure_loaded(site)
+            result = await self._store.hit(request)
+            if result is None:
+                raise counter_store.CounterUnavailable("site totals could not be loaded")
+        return result
+
+    async def claim_idempotency(
+        self, site: str, token: str, body_hash: str, keep_s: int
+    ) -> str | None:
+        """Record that the batch `token` carries `body_hash`; the hash recorded before, or None
+        when this is the first time."""
+        return await self._store.claim_idempotency(site, token, body_hash, keep_s)
+
+    async def hit_batch(
+        self, site: str, views: Sequence[View], idempotency_token: str
+    ) -> list[str]:
+        """Take many page views of `site` sent by a trusted collector (no rate limit: the
+        views come from many clients); the outcome of each, in order. Idempotent under
+        `idempotency_token` for IDEMPOTENCY_KEEP_S: sent again, nothing counts twice."""
+        outcomes: list[str] = ["bot" if bots.is_bot(v.user_agent) else "" for v in views]
+        requests: list[counter_store.HitRequest] = []
+        positions: list[int] = []
+        for i, view in enumerate(views):
+            if outcomes[i]:
+                continue
+            request = await self._request(
+                site, view.page, view.visitor, view.ip, view.user_agent, rate_limit=0
+            )
+            if request is None:
+                outcomes[i] = "unknown_page"
+            else:
+                requests.append(request)
+                positions.append(i)
+        if requests:
+            results = await self._store.hit_batch(requests, idempotency_token, IDEMPOTENCY_KEEP_S)
+            if results is None:
+                await self.ensure_loaded(site)
+                results = await self._store.hit_batch(
+                    requests, idempotency_token, IDEMPOTENCY_KEEP_S
+                )
+                if results is None:
+                    raise counter_store.CounterUnavailable("site totals could not be loaded")
+            for i, result in zip(positions, results, strict=True):
+                outcomes[i] = result.outcome
+        return outcomes
+
+    async def _request(
+        self,
+        site: str,
+        page: str,
+        visitor: str | None,
+        ip: str,
+        user_agent: str,
+        rate_limit: int,
+    ) -> counter_store.HitRequest | None:
+        """The hit to send to Redis, or None when the site's page rules refuse `page`."""
         now = self._clock()
         cached = await self._site(site)
         config = cached.config
@@ -91,30 +167,22 @@ class LiveCounts:
         elif config.registered_pages_only:
             page_rule = counter_store.ONLY_KNOWN_PAGES
         else:
-            counts = await self.counts(site, [page])
-            return counter_store.HitResult("unknown_page", counts.pages[page], counts.site_views)
+            return None
         window = self._dedupe_window_s if config.dedupe_window is None else config.dedupe_window
         salt = await self._daily_salt(now)
         visitor_token = visitors.visitor_token(salt, site, visitor, ip, user_agent)
-        request = counter_store.HitRequest(
+        return counter_store.HitRequest(
             site=site,
             page=page,
             day=datetime.fromtimestamp(now, cached.zone).date().isoformat(),
             seen_token=visitors.seen_token(salt, visitor_token, page) if window else "-",
             dedupe_window_s=window,
-            client_token=visitors.client_token(salt, site, ip) if self._rate_limit else "-",
+            client_token=visitors.client_token(salt, site, ip) if rate_limit else "-",
             minute=int(now // 60),
-            rate_limit=self._rate_limit,
+            rate_limit=rate_limit,
             page_rule=page_rule,
             visitor_token=visitor_token,
         )
-        result = await self._store.hit(request)
-        if result is None:
-            await self.ensure_loaded(site)
-            result = await self._store.hit(request)
-            if result is None:
-                raise counter_store.CounterUnavailable("site totals could not be loaded")
-        return result
 
     async def counts(self, site: str, pages: Sequence[str]) -> counter_store.Counts:
         """Live totals of `site` and `pages`, and today's distinct visitors, without counting."""

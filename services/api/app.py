@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 
 from services import logs
 from services.api import (
+    batch,
     dashboard,
     errors,
     hits,
@@ -93,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     public_schema.install(app)
     app.router.routes.extend(hits.routes)
+    app.router.routes.extend(batch.routes)
     app.router.routes.extend(widget.routes(settings))
     app.include_router(sites.router)
     app.include_router(ops.router)
@@ -101,7 +104,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.router.routes.extend(dashboard.routes)
     # Which web pages may send hits and read counts: each site's allowed origins.
     app.add_middleware(SiteCors)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, unlimited=imports.IMPORT_PATH)
+    # The CSV import and the batch route read (and bound) their bodies themselves.
+    streamed = re.compile(f"{imports.IMPORT_PATH.pattern}|{batch.BATCH_PATH.pattern}")
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, unlimited=streamed)
     # Outermost: times and sees every answer, request ids in every log line.
     app.add_middleware(RequestTelemetry, routes=app.router.routes)
     return app

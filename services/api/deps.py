@@ -7,6 +7,7 @@ import secrets
 from typing import Annotated, TypedDict
 
 from fastapi import Depends, Request
+from pydantic import SecretStr
 
 from services.api.errors import ApiError
 from services.config import Settings
@@ -47,6 +48,24 @@ def _digest(value: str) -> bytes:
 async def require_admin(request: Request) -> None:
     """Refuse unless the bearer token equals VIEWCOUNTER_ADMIN_TOKEN (compared in constant time)."""
     settings: Settings = request.state.settings
+    await _refuse_over_rate(request)
+    if settings.admin_token is None:
+        raise ApiError(403, "admin_disabled", "admin routes are off: no admin token is set")
+    _require_bearer(request, [settings.admin_token], "admin")
+
+
+async def require_ingest(request: Request) -> None:
+    """Refuse unless the bearer token is VIEWCOUNTER_INGEST_TOKEN or the admin token."""
+    settings: Settings = request.state.settings
+    await _refuse_over_rate(request)
+    accepted = [t for t in (settings.ingest_token, settings.admin_token) if t is not None]
+    if not accepted:
+        raise ApiError(403, "ingest_disabled", "batch ingestion is off: no ingest token is set")
+    _require_bearer(request, accepted, "ingest")
+
+
+async def _refuse_over_rate(request: Request) -> None:
+    settings: Settings = request.state.settings
     live: LiveCounts = request.state.live
     # Before the token check, so guessing tokens is as slow as anything else.
     retry_after = await live.admin_retry_after(
@@ -59,16 +78,21 @@ async def require_admin(request: Request) -> None:
             f"more than {settings.admin_rate_limit} admin requests a minute from this client",
             headers={"Retry-After": str(retry_after)},
         )
-    if settings.admin_token is None:
-        raise ApiError(403, "admin_disabled", "admin routes are off: no admin token is set")
+
+
+def _require_bearer(request: Request, accepted: list[SecretStr], what: str) -> None:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    expected = settings.admin_token.get_secret_value()
-    # Hash both sides so the comparison time does not depend on the lengths either.
-    if scheme.lower() != "bearer" or not secrets.compare_digest(_digest(given), _digest(expected)):
+    # Hash both sides so the comparison time does not depend on the lengths either; compare
+    # with every accepted token, so the time does not tell which one nearly matched.
+    matches = [
+        secrets.compare_digest(_digest(given), _digest(token.get_secret_value()))
+        for token in accepted
+    ]
+    if scheme.lower() != "bearer" or not any(matches):
         raise ApiError(
             401,
             "unauthorized",
-            "a valid admin bearer token is required",
+            f"a valid {what} bearer token is required",
             "authorization",
             headers={"WWW-Authenticate": "Bearer"},
         )

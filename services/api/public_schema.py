@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.counter import ids
 
@@ -54,6 +54,32 @@ class CountsOut(BaseModel):
     page_visitors: dict[str, int]
 
 
+class BatchView(BaseModel):
+    """One page view in a batch, with who made it as the collector saw them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    page: str = Field(min_length=1)
+    visitor: str | None = Field(None, max_length=128)
+    ip: str | None = Field(None, max_length=45, description="IPv4 or IPv6 address")
+    user_agent: str | None = Field(None, max_length=512)
+
+
+class BatchIn(BaseModel):
+    """Body of POST /v1/sites/{site}/hits/batch."""
+
+    hits: list[BatchView] = Field(min_length=1, max_length=10_000)
+
+
+class BatchOut(BaseModel):
+    """How many views had each outcome; `replayed`: the Idempotency-Key was seen before."""
+
+    site: str
+    hits: int
+    outcomes: dict[str, int]
+    replayed: bool
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -66,7 +92,7 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
-MODELS: tuple[type[BaseModel], ...] = (HitIn, HitOut, CountsOut, ErrorOut)
+MODELS: tuple[type[BaseModel], ...] = (HitIn, HitOut, CountsOut, BatchIn, BatchOut, ErrorOut)
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -82,6 +108,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     descriptions = {
         400: "malformed body",
         401: "missing or wrong admin token",
+        429: "too many requests from this client this minute (see Retry-After)",
         403: "forbidden: origin not allowed for the site, or admin routes disabled",
         404: "unknown site",
         413: "body too large",
@@ -138,6 +165,34 @@ PATHS: dict[str, Any] = {
                     "content": {"application/json": {"schema": _ref(HitOut)}},
                 },
                 **_errors(400, 403, 404, 413, 415, 422, 503),
+            },
+        }
+    },
+    "/v1/sites/{site}/hits/batch": {
+        "post": {
+            "summary": "Count many page views from a trusted collector, once per Idempotency-Key",
+            "operationId": "post_batch",
+            "tags": ["counting"],
+            "parameters": [
+                SITE_PARAM,
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,128}$"},
+                    "description": "a retry with the same key and body counts nothing again",
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(BatchIn)}},
+            },
+            "responses": {
+                "200": {
+                    "description": "outcomes",
+                    "content": {"application/json": {"schema": _ref(BatchOut)}},
+                },
+                **_errors(400, 401, 403, 404, 413, 422, 429, 503),
             },
         }
     },

@@ -135,6 +135,11 @@ def admin_rate_key(token: str, minute: int) -> str:
     return f"{PREFIX}:arate:{token}:{minute}"
 
 
+def idempotency_key(site: str, token: str) -> str:
+    """An idempotent call's record: its answer, kept for a day ("-": no record)."""
+    return f"{tag(site)}:idem:{token}"
+
+
 def salt_key(day: str) -> str:
     """The day's random salt for visitor hashes; expires, never copied to Postgres."""
     return f"{PREFIX}:salt:{day}"

@@ -230,6 +230,39 @@ async def run_scripts(
     return results, fsynced
 
 
+def hits_call(
+    requests: Sequence[HitRequest], idempotency_token: str = "-", keep_s: int = 0
+) -> Call:
+    """One hits.lua call taking `requests` (all of one site); with `keep_s`, idempotent under
+    `idempotency_token` for that long."""
+    site = requests[0].site
+    key_list = [keys.site_key(site), keys.pages_key(site)]
+    key_list.extend(keys.pending_key(site, shard) for shard in range(keys.PENDING_SHARDS))
+    key_list.append(keys.idempotency_key(site, idempotency_token))
+    args: list[str | int] = [keep_s]
+    for r in requests:
+        key_list.extend(
+            (
+                keys.seen_key(site, r.seen_token),
+                keys.rate_key(site, r.client_token, r.minute),
+                keys.site_visitors_key(site, r.day),
+                keys.page_visitors_key(site, r.day, r.page),
+            )
+        )
+        args.extend(
+            (
+                keys.shard_of(r.page),
+                r.page,
+                r.day,
+                r.dedupe_window_s,
+                r.rate_limit,
+                r.page_rule,
+                r.visitor_token,
+            )
+        )
+    return (scripts.HITS, len(key_list), [*key_list, *args])
+
+
 @dataclass(slots=True)
 class _QueuedHit:
     request: HitRequest
@@ -290,34 +323,7 @@ class _HitBatcher:
             for items in groups.values()
             for i in range(0, len(items), MAX_HITS_PER_CALL)
         ]
-        calls: list[Call] = []
-        for chunk in chunks:
-            site = chunk[0].request.site
-            key_list = [keys.site_key(site), keys.pages_key(site)]
-            key_list.extend(keys.pending_key(site, shard) for shard in range(keys.PENDING_SHARDS))
-            args: list[str | int] = []
-            for item in chunk:
-                r = item.request
-                key_list.extend(
-                    (
-                        keys.seen_key(site, r.seen_token),
-                        keys.rate_key(site, r.client_token, r.minute),
-                        keys.site_visitors_key(site, r.day),
-                        keys.page_visitors_key(site, r.day, r.page),
-                    )
-                )
-                args.extend(
-                    (
-                        keys.shard_of(r.page),
-                        r.page,
-                        r.day,
-                        r.dedupe_window_s,
-                        r.rate_limit,
-                        r.page_rule,
-                        r.visitor_token,
-                    )
-                )
-            calls.append((scripts.HITS, len(key_list), [*key_list, *args]))
+        calls = [hits_call([item.request for item in chunk]) for chunk in chunks]
         try:
             results, _ = await run_scripts(self._redis, calls)
         except CLIENT_ERRORS as exc:
@@ -418,6 +424,40 @@ class CounterStore:
         except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
         return int(count)
+
+    async def claim_idempotency(
+        self, site: str, token: str, body_hash: str, keep_s: int
+    ) -> str | None:
+        """SET-if-absent the body hash of an idempotent batch; the earlier hash, or None."""
+        key = keys.idempotency_key(site, f"{token}:body")
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, body_hash, nx=True, ex=keep_s)
+                pipe.get(key)
+                created, stored = await pipe.execute()
+        except CLIENT_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return None if created else cast(str, stored)
+
+    async def hit_batch(
+        self, requests: Sequence[HitRequest], idempotency_token: str, keep_s: int
+    ) -> list[HitResult] | None:
+        """Take many page views of one site, MAX_HITS_PER_CALL per script call, each call
+        idempotent under `idempotency_token` and its position: sent again (a retry after a
+        failure part-way), the calls that ran answer what they did and count nothing. None
+        when the site is not loaded."""
+        calls = [
+            hits_call(requests[i : i + MAX_HITS_PER_CALL], f"{idempotency_token}:{n}", keep_s)
+            for n, i in enumerate(range(0, len(requests), MAX_HITS_PER_CALL))
+        ]
+        answers: list[HitResult] = []
+        for result in await self._run(calls):
+            if result[0] == 0:
+                return None
+            for i in range(1, len(result), 3):
+                outcome, page_views, site_views = result[i : i + 3]
+                answers.append(HitResult(OUTCOMES[int(outcome)], int(page_views), int(site_views)))
+        return answers
 
     async def daily_salt(self, day: str) -> bytes:
         """The shared random salt of `day` for visitor hashes (created by the first asker)."""

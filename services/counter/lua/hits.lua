@@ -6,12 +6,15 @@
 -- KEYS[1]      site hash   ({vc:SITE}:site)   fields: gen, views, tz, cfg
 -- KEYS[2]      pages hash  ({vc:SITE}:pages)  page -> live total
 -- KEYS[3..10]  pending shards 0..7 ({vc:SITE}:pend:k), day..page -> delta not yet in Postgres
--- then for hit j (1-based), at b = 10 + 4(j-1):
+-- KEYS[11]     this call's idempotency record ({vc:SITE}:idem:...), used when ARGV[1] > 0
+-- then for hit j (1-based), at b = 11 + 4(j-1):
 --   KEYS[b+1] its dedupe mark            ({vc:SITE}:seen:TOKEN)
 --   KEYS[b+2] its client's rate counter  ({vc:SITE}:rate:TOKEN:MIN)
 --   KEYS[b+3] the site's visitors of the day  ({vc:SITE}:uv:DAY, HyperLogLog)
 --   KEYS[b+4] the page's visitors of the day  ({vc:SITE}:uvp:DAY:PAGE, HyperLogLog)
--- ARGV  per hit, 7 values: pending shard index (0-based), page id, local day,
+-- ARGV[1] seconds to keep this call's answer under KEYS[11] (0: not idempotent): a call
+--         sent again with the same record answers what the first one did, counting nothing
+-- ARGV  then per hit, 7 values: pending shard index (0-based), page id, local day,
 --       dedupe window in seconds (0: off), hits allowed per client per minute (0: off),
 --       page rule (0: any page; n > 0: at most n distinct pages; -1: only pages the site
 --       has already), visitor token (what the visitor sketches count)
@@ -27,11 +30,18 @@
 if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
   return {0}
 end
+local idempotent_for = tonumber(ARGV[1])
+if idempotent_for > 0 then
+  local done = redis.call('GET', KEYS[11])
+  if done then
+    return cjson.decode(done)
+  end
+end
 local out = {1}
 local visitors_ttl = 259200
-for j = 1, #ARGV / 7 do
-  local a = (j - 1) * 7
-  local b = 10 + (j - 1) * 4
+for j = 1, (#ARGV - 1) / 7 do
+  local a = 1 + (j - 1) * 7
+  local b = 11 + (j - 1) * 4
   local page = ARGV[a + 2]
   local window = tonumber(ARGV[a + 4])
   local limit = tonumber(ARGV[a + 5])
@@ -72,5 +82,8 @@ for j = 1, #ARGV / 7 do
     out[#out + 1] = tonumber(redis.call('HGET', KEYS[2], page) or '0')
     out[#out + 1] = tonumber(redis.call('HGET', KEYS[1], 'views') or '0')
   end
+end
+if idempotent_for > 0 then
+  redis.call('SET', KEYS[11], cjson.encode(out), 'EX', idempotent_for)
 end
 return out
