@@ -1,0 +1,88 @@
+"""`viewcounter flusher`, unchanged, that SIGKILLs itself the first time it reaches a phase.
+
+Run as `python -m tests.chaos.crashing_flusher PHASE`. It wraps three methods of the real
+flusher's collaborators (each wrapper calls the real method) and then runs the real command
+(`services.cli.main(["flusher"])`), so the crash lands at an exact point of the protocol
+without any hook in production code:
+
+- `after_snapshot`: the pending shards are frozen under a batch id (RENAME) and WAITAOF
+  confirmed them on disk; nothing of the batch is in Postgres.
+- `in_transaction`: inside the batch's transaction, after the ledger INSERT and every row
+  write, just before COMMIT (when the flusher re-checks the site's generation).
+- `after_commit`: COMMIT returned; the snapshot is still in Redis (the delete not sent).
+- `mid_delete`: COMMIT returned; the first of the batch's snapshot keys is deleted, the others
+  are not (only a batch of two keys or more triggers it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from services import cli
+from services.counter import store as counter_store
+from services.db import repository
+
+PHASES = ("after_snapshot", "in_transaction", "after_commit", "mid_delete")
+
+
+def crash() -> None:
+    """Die the way a crash does: no cleanup, no lease release, no final flush."""
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install(phase: str) -> None:
+    """Wrap the methods whose completion marks `phase`."""
+    if phase not in PHASES:
+        raise SystemExit(f"unknown phase {phase!r}; one of {', '.join(PHASES)}")
+    store_cls = counter_store.CounterStore
+    snapshot = store_cls.snapshot
+    delete = store_cls.delete
+    apply_batch = repository.Repository.apply_batch
+
+    async def snapshot_then_crash(
+        self: counter_store.CounterStore, batches: Mapping[str, str], fsync_timeout_ms: int | None
+    ) -> tuple[list[counter_store.Snapshot], bool | None]:
+        result = await snapshot(self, batches, fsync_timeout_ms)
+        if any(snap.keys for snap in result[0]):
+            crash()
+        return result
+
+    async def apply_then_crash_before_commit(
+        self: repository.Repository,
+        batch_id: str,
+        snapshot_keys: Sequence[str],
+        rows: repository.BatchRows,
+        still_current: Callable[[], Awaitable[bool]],
+    ) -> Any:
+        async def check_then_crash() -> bool:
+            await still_current()
+            crash()
+            return False  # never reached
+
+        return await apply_batch(self, batch_id, snapshot_keys, rows, check_then_crash)
+
+    async def delete_with_crash(self: counter_store.CounterStore, key_list: Sequence[str]) -> None:
+        if phase == "after_commit" and key_list:
+            crash()
+        if phase == "mid_delete" and len(key_list) >= 2:
+            await delete(self, key_list[:1])
+            crash()
+        await delete(self, key_list)
+
+    if phase == "after_snapshot":
+        store_cls.snapshot = snapshot_then_crash  # type: ignore[method-assign]
+    elif phase == "in_transaction":
+        repository.Repository.apply_batch = apply_then_crash_before_commit  # type: ignore[method-assign]
+    else:
+        store_cls.delete = delete_with_crash  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    install(sys.argv[1])
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(cli.main(["flusher"]))
