@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import itertools
 import os
 import random
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -44,15 +47,20 @@ SAMPLE_EVERY_S = 0.2
 
 
 async def until(
-    condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = WAIT_S
+    condition: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = WAIT_S
 ) -> None:
     """Poll `condition` until it holds; a hang fails naming `what` (a bound, not a timing)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while not await condition():
+    while not await _holds(condition):
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(POLL_S)
+
+
+async def _holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
+    value = condition()
+    return await value if inspect.isawaitable(value) else bool(value)
 
 
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -133,6 +141,8 @@ class Load:
         self.refused = 0  # answered 503 (a subset of unknown)
         self.stop = asyncio.Event()
         self._running: asyncio.Future[list[None]] | None = None
+        self._ids = itertools.count()
+        self._started: dict[int, float] = {}  # requests in flight -> when they were sent
 
     @property
     def acked_total(self) -> int:
@@ -146,14 +156,23 @@ class Load:
     def in_flight(self) -> int:
         return sum(self.sent.values()) - self.acked_total - self.unknown_total
 
+    def waiting_longer_than(self, age_s: float) -> int:
+        """Requests sent more than `age_s` ago and still waiting for their answer."""
+        sent_before = time.monotonic() - age_s
+        return sum(1 for started in self._started.values() if started < sent_before)
+
     async def one(self, page: str) -> dict[str, object] | None:
         """Send one hit; its answer when acknowledged, None when the outcome is unknown."""
         self.sent[page] += 1
+        request = next(self._ids)
+        self._started[request] = time.monotonic()
         try:
             response = await self.client.post(f"/v1/sites/{self.site}/hits", json={"page": page})
         except httpx.HTTPError:
             self.unknown[page] += 1
             return None
+        finally:
+            del self._started[request]
         if response.status_code == 200:
             self.acked[page] += 1
             body: dict[str, object] = response.json()
@@ -191,10 +210,7 @@ class Load:
     async def more_acked(self, count: int) -> None:
         """Wait until `count` more hits than now are acknowledged."""
         target = self.acked_total + count
-        await until(lambda: self.acked_beyond(target - 1), f"{count} more acknowledged hits")
-
-    async def acked_beyond(self, count: int) -> bool:
-        return self.acked_total > count
+        await until(lambda: self.acked_total >= target, f"{count} more acknowledged hits")
 
 
 async def ledger_count(database_url: str) -> int:
