@@ -48,23 +48,25 @@ def _digest(value: str) -> bytes:
 async def require_admin(request: Request) -> None:
     """Refuse unless the bearer token equals VIEWCOUNTER_ADMIN_TOKEN (compared in constant time)."""
     settings: Settings = request.state.settings
-    await _refuse_over_rate(request)
+    await refuse_over_rate(request)
     if settings.admin_token is None:
         raise ApiError(403, "admin_disabled", "admin routes are off: no admin token is set")
-    _require_bearer(request, [settings.admin_token], "admin")
+    require_bearer(request, [settings.admin_token], "admin")
 
 
 async def require_ingest(request: Request) -> None:
     """Refuse unless the bearer token is VIEWCOUNTER_INGEST_TOKEN or the admin token."""
     settings: Settings = request.state.settings
-    await _refuse_over_rate(request)
+    await refuse_over_rate(request)
     accepted = [t for t in (settings.ingest_token, settings.admin_token) if t is not None]
     if not accepted:
         raise ApiError(403, "ingest_disabled", "batch ingestion is off: no ingest token is set")
-    _require_bearer(request, accepted, "ingest")
+    require_bearer(request, accepted, "ingest")
 
 
-async def _refuse_over_rate(request: Request) -> None:
+async def refuse_over_rate(request: Request) -> None:
+    """429 when this client sent more than VIEWCOUNTER_ADMIN_RATE_LIMIT admin, report or batch
+    requests this clock minute."""
     settings: Settings = request.state.settings
     live: LiveCounts = request.state.live
     # Before the token check, so guessing tokens is as slow as anything else.
@@ -80,7 +82,8 @@ async def _refuse_over_rate(request: Request) -> None:
         )
 
 
-def _require_bearer(request: Request, accepted: list[SecretStr], what: str) -> None:
+def require_bearer(request: Request, accepted: list[SecretStr], what: str) -> None:
+    """401 unless the request's bearer token is one of `accepted`."""
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     # Hash both sides so the comparison time does not depend on the lengths either; compare
     # with every accepted token, so the time does not tell which one nearly matched.

@@ -3,8 +3,6 @@ for the dashboard. Bearer VIEWCOUNTER_REPORT_TOKEN or VIEWCOUNTER_ADMIN_TOKEN.""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from typing import Annotated, Any
 
 import orjson
@@ -13,49 +11,23 @@ from starlette.responses import Response
 
 from services import reports
 from services.api import public_schema
-from services.api.deps import Live
+from services.api.deps import Live, refuse_over_rate, require_bearer
 from services.api.errors import ApiError
 from services.config import Settings
 from services.counter import ids
 from services.counter import store as counter_store
 from services.db import repository
-from services.live import LiveCounts
-
-
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode()).digest()
 
 
 async def require_reader(request: Request) -> None:
     """Refuse unless the bearer token is the report token or the admin token (compared in
     constant time on hashes); rate limited per client like the admin routes."""
     settings: Settings = request.state.settings
-    live: LiveCounts = request.state.live
-    retry_after = await live.admin_retry_after(
-        request.client.host if request.client else "", settings.admin_rate_limit
-    )
-    if retry_after is not None:
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"more than {settings.admin_rate_limit} admin requests a minute from this client",
-            headers={"Retry-After": str(retry_after)},
-        )
-    tokens = [t.get_secret_value() for t in (settings.report_token, settings.admin_token) if t]
-    if not tokens:
+    await refuse_over_rate(request)
+    accepted = [t for t in (settings.report_token, settings.admin_token) if t is not None]
+    if not accepted:
         raise ApiError(403, "admin_disabled", "reports are off: no report or admin token is set")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    given_digest = _digest(given)
-    # Compare with every token, always, so the time taken does not say which one matched.
-    matched = [secrets.compare_digest(given_digest, _digest(t)) for t in tokens]
-    if scheme.lower() != "bearer" or not any(matched):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "a valid report or admin bearer token is required",
-            "authorization",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    require_bearer(request, accepted, "report or admin")
 
 
 Reader = Depends(require_reader)

@@ -116,26 +116,17 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Client:
     a Redis Cluster client (`max_connections` per node; it follows MOVED/ASK redirections,
     which are safe: a redirected command did not run).
     """
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "decode_responses": True,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 30,
+    }
     if url.startswith(CLUSTER_SCHEMES):
-        return RedisCluster.from_url(
-            url.replace("+cluster", "", 1),
-            max_connections=max_connections,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            decode_responses=True,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=30,
-        )
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout_s,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        decode_responses=True,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=30,
-    )
+        return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
+    pool = BlockingConnectionPool.from_url(url, timeout=timeout_s, **options)
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its sockets
 
 
