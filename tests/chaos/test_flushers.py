@@ -1,0 +1,121 @@
+"""Three flusher processes share six sites; the one holding most of them is killed -9."""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections import Counter
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from services.config import Settings
+from services.counter import keys
+from tests.chaos.harness import (
+    Load,
+    Sampler,
+    final_report,
+    flusher_process,
+    stop_gracefully,
+    until,
+)
+from tests.conftest import make_settings, register_site
+
+pytestmark = pytest.mark.chaos
+SITES = [f"site{n}" for n in range(6)]
+OWNER = re.compile(r'"owner": ?"([0-9a-f]+)"')
+
+
+async def lease_holders(redis_url: str) -> dict[str, str]:
+    """site -> owner token of the flusher holding its lease (sites without one left out)."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        values = [await client.get(keys.lease_key(site)) for site in SITES]
+    finally:
+        await client.aclose()
+    return {site: owner for site, owner in zip(SITES, values, strict=True) if owner}
+
+
+async def batch_owners(database_url: str) -> dict[str, set[str]]:
+    """site -> owners of the batches committed for it (batch id: `<ms>-<owner>-<seq>`)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT batch_id, snapshot_keys FROM flush_batches")
+    finally:
+        await conn.close()
+    owners: dict[str, set[str]] = {}
+    for row in rows:
+        owner = row["batch_id"].split("-")[1]
+        for key in row["snapshot_keys"]:
+            parsed = keys.parse_snapshot_key(key)
+            if parsed is not None:
+                owners.setdefault(parsed[0], set()).add(owner)
+    return owners
+
+
+async def test_three_flushers_one_killed_survivors_take_its_sites_exactly(
+    api: httpx.AsyncClient, settings: Settings, tmp_path: Path
+) -> None:
+    settings = make_settings(settings.redis_url, settings.database_url, flush_interval=0.05)
+    for site in SITES:
+        await register_site(api, site)
+    loads = [Load(api, site, pages=10, seed=30 + n) for n, site in enumerate(SITES)]
+    logs = [tmp_path / f"flusher{n}.log" for n in range(3)]
+    async with AsyncExitStack() as stack:
+        sampler = stack.enter_context(Sampler(settings.database_url, loads))
+        flushers = [
+            stack.enter_context(flusher_process(settings, log, VIEWCOUNTER_LOG_LEVEL="info"))
+            for log in logs
+        ]
+        for load in loads:
+            await stack.enter_async_context(load.flowing(clients=1))
+        await until(lambda: all(OWNER.search(log.read_text()) for log in logs), "3 flushers")
+        owners = [OWNER.search(log.read_text()).group(1) for log in logs]  # type: ignore[union-attr]
+
+        async def all_leased() -> bool:
+            return len(await lease_holders(settings.redis_url)) == len(SITES)
+
+        await until(all_leased, "every site to be leased")
+        for load in loads:
+            await load.more_acked(50)
+        held = Counter((await lease_holders(settings.redis_url)).values())
+        victim_owner = held.most_common(1)[0][0]
+        victim = owners.index(victim_owner)
+        victim_sites = sorted(
+            s for s, o in (await lease_holders(settings.redis_url)).items() if o == victim_owner
+        )
+        flushers[victim].send_signal(signal.SIGKILL)
+        assert flushers[victim].wait(10) == -signal.SIGKILL
+        survivors = [p for i, p in enumerate(flushers) if i != victim]
+
+        async def taken_over() -> bool:
+            holders = await lease_holders(settings.redis_url)
+            done = await batch_owners(settings.database_url)
+            return all(
+                holders.get(s, victim_owner) != victim_owner and done.get(s, set()) - {victim_owner}
+                for s in victim_sites
+            )
+
+        await until(taken_over, "the survivors to lease and flush the victim's sites")
+        takers = set((await lease_holders(settings.redis_url)).values())
+        for load in loads:
+            await load.more_acked(50)
+            await load.halt()
+        for proc in survivors:
+            assert await stop_gracefully(proc) == 0
+
+    result = await final_report(
+        "3 flushers, one kill -9", settings.database_url, loads, sampler,
+        notes=(
+            f"{len(SITES)} sites; leases before the kill {dict(sorted(held.items()))}; the "
+            f"killed one held {len(victim_sites)}; after it, held by {sorted(takers)}"
+        ),
+    )  # fmt: skip
+    assert victim_owner not in takers
+    for load in loads:
+        assert load.unknown_total == 0
+    result.assert_exact()
