@@ -37,7 +37,7 @@ async def lease_holders(redis_url: str) -> dict[str, str]:
         values = [await client.get(keys.lease_key(site)) for site in SITES]
     finally:
         await client.aclose()
-    return {site: owner for site, owner in zip(SITES, values, strict=True) if owner}
+    return {site: str(owner) for site, owner in zip(SITES, values, strict=True) if owner}
 
 
 async def batch_owners(database_url: str) -> dict[str, set[str]]:
