@@ -18,6 +18,7 @@ from services.config import Settings
 from services.counter import keys
 from services.counter.store import CounterUnavailable
 from services.localservers import RedisCluster
+from tests.chaos.harness import outcome, record
 from tests.checks import assert_consistent, totals
 from tests.conftest import ADMIN_TOKEN, flusher_for, make_settings, running_api
 
@@ -101,6 +102,7 @@ async def test_hits_reads_and_flushes_are_exact_across_nodes(
         assert live[site]["site_visitors"] == 5
 
 
+@pytest.mark.chaos
 async def test_a_node_killed_and_restarted_under_load_loses_and_doubles_nothing(
     cluster: RedisCluster, cluster_url: str, database_url: str, tmp_path: Path
 ) -> None:
@@ -111,6 +113,7 @@ async def test_a_node_killed_and_restarted_under_load_loses_and_doubles_nothing(
     settings = make_settings(cluster_url, database_url, redis_timeout=1.0, flush_interval=0.1)
     acked: dict[str, Counter[str]] = {site: Counter() for site in SITES}
     unknown: Counter[str] = Counter()
+    unknown_pages: dict[str, Counter[str]] = {site: Counter() for site in SITES}
     stop = asyncio.Event()
     async with running_api(settings) as client, flusher_for(settings) as flusher:
         await register(client)
@@ -125,12 +128,14 @@ async def test_a_node_killed_and_restarted_under_load_loses_and_doubles_nothing(
                     response = await client.post(f"/v1/sites/{site}/hits", json={"page": page})
                 except httpx.HTTPError:
                     unknown[site] += 1
+                    unknown_pages[site][page] += 1
                     continue
                 if response.status_code == 200:
                     acked[site][page] += 1
                 else:
                     assert response.status_code == 503, response.text
                     unknown[site] += 1  # may or may not have been applied
+                    unknown_pages[site][page] += 1
                     await asyncio.sleep(0.05)
 
         loads = [asyncio.create_task(load(site)) for site in SITES]
@@ -154,9 +159,11 @@ async def test_a_node_killed_and_restarted_under_load_loses_and_doubles_nothing(
                     break
             await asyncio.sleep(0.1)
 
+    stored_pages: Counter[str] = Counter()
     for site in SITES:
         stored = await totals(database_url, site)
         assert_consistent(stored)
+        stored_pages.update({f"{site}/{p}": n for p, n in stored.pages.items()})
         done = sum(acked[site].values())
         print(
             f"{site}: acknowledged {done}, in Postgres {stored.site_views}, "
@@ -167,6 +174,16 @@ async def test_a_node_killed_and_restarted_under_load_loses_and_doubles_nothing(
         assert done <= stored.site_views <= done + unknown[site]
         for page, n in acked[site].items():
             assert stored.pages.get(page, 0) >= n
+    result = record(
+        outcome(
+            "Redis Cluster node kill -9 and restart",
+            {f"{site}/{p}": n for site in SITES for p, n in acked[site].items()},
+            {f"{site}/{p}": n for site in SITES for p, n in unknown_pages[site].items()},
+            stored_pages,
+            notes=f"3 masters, AOF always; {len(victim_sites)} of {len(SITES)} sites on the node",
+        )
+    )
+    result.assert_exact()
     # Sites on the other nodes kept counting while the victim was down.
     others = [s for s in SITES if s not in victim_sites]
     assert all(after_outage[s] > during[s] for s in others)
