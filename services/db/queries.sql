@@ -199,6 +199,10 @@ DELETE FROM baseline_outbox WHERE change_id = $1 AND chunk = $2;
 -- name: outbox_count
 SELECT count(*) FROM baseline_outbox WHERE site = $1;
 
+-- name: outbox_sites
+-- Sites with baseline deltas still queued for Redis (the flusher settles them every pass).
+SELECT DISTINCT site FROM baseline_outbox ORDER BY site;
+
 -- name: report_top_pages
 -- Served by page_views_daily_site_day (site, day) INCLUDE (page, views): only the days asked.
 SELECT page, sum(views)::bigint AS views

@@ -483,6 +483,11 @@ class Baselines:
         async with _translated(), self.pool.acquire() as conn:
             await conn.execute(Q["outbox_delete"], change_id, chunk)
 
+    async def outbox_sites(self) -> list[str]:
+        """Sites with chunks still queued for Redis."""
+        async with _translated(), self.pool.acquire() as conn:
+            return [r["site"] for r in await conn.fetch(Q["outbox_sites"])]
+
     async def outbox_size(self, site: str) -> int:
         """Chunks of the site still queued for Redis."""
         async with _translated(), self.pool.acquire() as conn:

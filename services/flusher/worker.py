@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from services import baselines
 from services.counter import keys
 from services.counter import store as counter_store
 from services.db import repository
@@ -133,9 +134,23 @@ class Flusher:
                     await self._finish(
                         batches[snap.site], snap.keys, {snap.site: snap.generation}, report
                     )
+        await self._settle_baselines()
         self.last_success = self._clock()
         flusher_metrics.pass_succeeded(pass_started, self.last_success)
         return report
+
+    async def _settle_baselines(self) -> None:
+        # A baseline change is committed in Postgres with its Redis deltas queued beside it;
+        # the api applies them right away. If it died first, they wait here: every pass
+        # applies what is queued (each chunk once, whoever gets there first).
+        queued = repository.Baselines(self._repo.pool)
+        sites = await queued.outbox_sites()
+        if not sites:
+            return
+        importer = baselines.Importer(queued, self._store, default_max_pages=0)
+        for site in sites:
+            left = await importer.settle(site)
+            log.info("queued baseline deltas applied", extra={"site": site, "left": left})
 
     async def _finish(
         self,
