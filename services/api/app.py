@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from services import logs
 from services.api import (
@@ -25,6 +26,7 @@ from services.api import (
 )
 from services.api.body_limit import BodyLimit
 from services.api.deps import State
+from services.api.hit_fast_path import HitFastPath
 from services.api.site_cors import SiteCors
 from services.api.telemetry import RequestTelemetry
 from services.config import Settings, load_settings
@@ -36,6 +38,16 @@ log = logging.getLogger("viewcounter.api")
 # Each request leaves short-lived cycles (tasks, futures, frames): collect the young
 # generation less often than the default 700 allocations.
 GC_THRESHOLDS = (10_000, 20, 20)
+
+
+class ViewcounterApp(FastAPI):
+    """FastAPI with the hit fast path outside its whole middleware stack."""
+
+    max_body_bytes = 0
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """The stack Starlette builds (ServerErrorMiddleware outermost), behind HitFastPath."""
+        return HitFastPath(super().build_middleware_stack(), limit=self.max_body_bytes)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -82,7 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
             await store.close()
             await pool.close()
 
-    app = FastAPI(
+    app = ViewcounterApp(
         title="viewcounter",
         version="1",
         lifespan=lifespan,
@@ -92,6 +104,8 @@ def create_app(settings: Settings) -> FastAPI:
         # Prometheus metrics instead, and the hit path cannot afford the lookups.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    # POST /v1/sites/{site}/hits is answered in front of all of this: hit_fast_path.py.
+    app.max_body_bytes = settings.max_body_bytes
     errors.install(app)
     public_schema.install(app)
     app.router.routes.extend(hits.routes)

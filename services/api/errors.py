@@ -87,10 +87,20 @@ def _as_api_error(exc: Exception) -> ApiError:
     return ApiError(500, "internal", "internal error")
 
 
-async def _handle(request: Request, exc: Exception) -> Response:
+def answer(exc: Exception) -> Response:
+    """The JSON answer to `exc`; counts Redis and Postgres failures, logs unknown errors."""
     metrics.count_backend_error(exc)
     err = _as_api_error(exc)
     return error_response(err.status, err.code, err.message, err.field, err.headers)
+
+
+def is_known(exc: Exception) -> bool:
+    """True for failures with a known answer (4xx, 503); False for bugs (500)."""
+    return isinstance(exc, _KNOWN)
+
+
+async def _handle(request: Request, exc: Exception) -> Response:
+    return answer(exc)
 
 
 async def _handle_http(request: Request, exc: Exception) -> Response:

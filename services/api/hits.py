@@ -36,33 +36,52 @@ def _site_and_live(request: Request) -> tuple[str, LiveCounts]:
     return ids.site_id(request.path_params["site"]), live
 
 
-async def _take(
-    request: Request, live: LiveCounts, site: str, page: str, visitor: str | None
+async def take(
+    live: LiveCounts, site: str, page: str, visitor: str | None, ip: str, user_agent: str
 ) -> tuple[str, int, int]:
-    """(outcome, page views, site views) of one page view from this request's client."""
-    user_agent = request.headers.get("user-agent", "")
+    """(outcome, page views, site views) of one page view from client `ip` with `user_agent`."""
     if bots.is_bot(user_agent):
         counts = await live.counts(site, [page])
         metrics.count_hit(site, "bot")
         return "bot", counts.pages[page], counts.site_views
-    # The socket's peer, or the forwarded client when uvicorn trusted the proxy it came from.
-    ip = request.client.host if request.client else ""
     result = await live.hit(site, page, visitor=visitor, ip=ip, user_agent=user_agent)
     metrics.count_hit(site, result.outcome)
     return result.outcome, result.page_views, result.site_views
 
 
-async def post_hit(request: Request) -> Response:
-    """Take one page view and answer whether it counted, with the live totals."""
-    site, live = _site_and_live(request)
-    hit = hit_body.parse(request.headers.get("content-type"), await request.body())
-    outcome, page_views, site_views = await _take(request, live, site, hit.page, hit.visitor)
-    body: dict[str, object] = {"site": site, "page": hit.page, "counted": outcome == "counted"}
+async def _take(
+    request: Request, live: LiveCounts, site: str, page: str, visitor: str | None
+) -> tuple[str, int, int]:
+    # The socket's peer, or the forwarded client when uvicorn trusted the proxy it came from.
+    ip = request.client.host if request.client else ""
+    user_agent = request.headers.get("user-agent", "")
+    return await take(live, site, page, visitor, ip, user_agent)
+
+
+def hit_answer(site: str, page: str, outcome: str, page_views: int, site_views: int) -> bytes:
+    """The JSON body answering a hit."""
+    body: dict[str, object] = {"site": site, "page": page, "counted": outcome == "counted"}
     if outcome != "counted":
         body["reason"] = outcome
     body["page_views"] = page_views
     body["site_views"] = site_views
-    return _json(body)
+    return orjson.dumps(body)
+
+
+async def post_hit(request: Request) -> Response:
+    """Take one page view and answer whether it counted, with the live totals.
+
+    In the served app, hit_fast_path.HitFastPath answers this route before the middleware
+    stack; this endpoint serves it when that layer is not in front (a mounted sub-path).
+    """
+    site, live = _site_and_live(request)
+    hit = hit_body.parse(request.headers.get("content-type"), await request.body())
+    outcome, page_views, site_views = await _take(request, live, site, hit.page, hit.visitor)
+    return Response(
+        hit_answer(site, hit.page, outcome, page_views, site_views),
+        media_type="application/json",
+        headers=NO_STORE,
+    )
 
 
 async def pixel_hit(request: Request) -> Response:

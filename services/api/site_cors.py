@@ -30,10 +30,13 @@ PREFLIGHT_MAX_AGE_S = "86400"
 
 def request_origin(headers: Headers) -> str | None:
     """The Origin header, else the origin of the Referer, else None."""
-    origin = headers.get("origin")
+    return origin_of(headers.get("origin"), headers.get("referer"))
+
+
+def origin_of(origin: str | None, referer: str | None) -> str | None:
+    """The origin a request comes from, given its Origin and Referer headers (None: absent)."""
     if origin is not None:
         return origin.strip().lower()
-    referer = headers.get("referer")
     if not referer:
         return None
     try:
@@ -64,16 +67,11 @@ class SiteCors:
         if origin is None:  # not from a browser page: nothing to check or answer
             await self.app(scope, receive, send)
             return
-        allowed_list = await self._allowed_origins(scope, unquote(match.group(1)))
+        allowed_list = await allowed_origins(
+            scope.get("state", {}).get("live"), unquote(match.group(1))
+        )
         if allowed_list and origin not in allowed_list:
-            response = error_response(
-                403,
-                "origin_not_allowed",
-                f"origin {origin[:100]} may not use this site's counter",
-                "origin",
-                headers={"Vary": "Origin"},
-            )
-            await response(scope, receive, send)
+            await refusal(origin)(scope, receive, send)
             return
         if "origin" not in headers:
             # Referer-only requests (a pixel) get no CORS headers: nobody reads them.
@@ -107,19 +105,30 @@ class SiteCors:
 
         await self.app(scope, receive, send_with_cors)
 
-    async def _allowed_origins(self, scope: Scope, raw_site: str) -> tuple[str, ...]:
-        """The site's allowed origins; empty (any) when the route will refuse the request
-        anyway (bad or unknown site, Redis down): the route gives the precise error."""
-        live: LiveCounts | None = scope.get("state", {}).get("live")
-        if live is None:
-            return ()
-        try:
-            config = await live.site_config(ids.site_id(raw_site))
-        except (
-            ids.InvalidId,
-            UnknownSite,
-            counter_store.CounterUnavailable,
-            repository.DatabaseUnavailable,
-        ):
-            return ()
-        return config.allowed_origins
+
+def refusal(origin: str) -> Response:
+    """The 403 answer to a request from an origin the site does not allow."""
+    return error_response(
+        403,
+        "origin_not_allowed",
+        f"origin {origin[:100]} may not use this site's counter",
+        "origin",
+        headers={"Vary": "Origin"},
+    )
+
+
+async def allowed_origins(live: LiveCounts | None, raw_site: str) -> tuple[str, ...]:
+    """The site's allowed origins; empty (any) when the route will refuse the request
+    anyway (bad or unknown site, Redis down): the route gives the precise error."""
+    if live is None:
+        return ()
+    try:
+        config = await live.site_config(ids.site_id(raw_site))
+    except (
+        ids.InvalidId,
+        UnknownSite,
+        counter_store.CounterUnavailable,
+        repository.DatabaseUnavailable,
+    ):
+        return ()
+    return config.allowed_origins

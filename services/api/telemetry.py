@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
 import secrets
 import time
@@ -52,6 +53,52 @@ HIT_ROUTES: Final = frozenset(
 )
 
 
+class _RequestIds:
+    """`<prefix>-<hex counter>`: one random prefix per process (also in a forked child)."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._prefix = ""
+        self._ids = itertools.count(1)
+
+    def next(self) -> str:
+        if self._pid != os.getpid():
+            self._pid, self._prefix = os.getpid(), secrets.token_hex(4)
+        return f"{self._prefix}-{next(self._ids):x}"
+
+
+# Shared by every app of the process: the hit fast path (hit_fast_path.py) and this middleware
+# hand out ids with the same prefix.
+_REQUEST_IDS: Final = _RequestIds()
+_LATENCY: dict[tuple[str, str, int], Histogram] = {}
+
+
+def request_id(headers: Sequence[tuple[bytes, bytes]]) -> str:
+    """The request's valid incoming X-Request-Id, else a new id of this process."""
+    return _incoming_id(headers) or _REQUEST_IDS.next()
+
+
+def observe_latency(template: str, method: str, status: int, elapsed_s: float) -> None:
+    """Record one answer's latency under its route template, method and status class."""
+    key = (template, method, status // 100)
+    histogram = _LATENCY.get(key)
+    if histogram is None:
+        status_class = _STATUS_CLASSES.get(status // 100, "other")
+        histogram = metrics.REQUEST_DURATION.labels(template, method, status_class)
+        _LATENCY[key] = histogram
+    histogram.observe(elapsed_s)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "request",
+            extra={
+                "method": method,
+                "route": template,
+                "status": status,
+                "duration_ms": round(elapsed_s * 1000, 3),
+            },
+        )
+
+
 class RequestTelemetry:
     """ASGI middleware; `routes` is the app's route list (read when a request was answered
     before routing, to still name its route)."""
@@ -59,15 +106,12 @@ class RequestTelemetry:
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self._routes = routes
-        self._prefix = secrets.token_hex(4)
-        self._ids = itertools.count(1)
-        self._latency: dict[tuple[str, str, int], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope["headers"]) or f"{self._prefix}-{next(self._ids):x}"
+        request_id = _incoming_id(scope["headers"]) or _REQUEST_IDS.next()
         id_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         status = 500  # what the client gets when the app raises before answering
 
@@ -97,23 +141,7 @@ class RequestTelemetry:
         if template is None:
             route, template = self._match(scope)
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-        key = (template, method, status // 100)
-        histogram = self._latency.get(key)
-        if histogram is None:
-            status_class = _STATUS_CLASSES.get(status // 100, "other")
-            histogram = metrics.REQUEST_DURATION.labels(template, method, status_class)
-            self._latency[key] = histogram
-        histogram.observe(elapsed_s)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "request",
-                extra={
-                    "method": method,
-                    "route": template,
-                    "status": status,
-                    "duration_ms": round(elapsed_s * 1000, 3),
-                },
-            )
+        observe_latency(template, method, status, elapsed_s)
         return route, template, method
 
     def _match(self, scope: Scope) -> tuple[BaseRoute | None, str]:
@@ -130,8 +158,12 @@ async def _registered_site(scope: Scope, route: BaseRoute | None) -> str | None:
     params = scope.get("path_params") if scope.get("route") is route else None
     if params is None and route is not None:
         params = route.matches(scope)[1].get("path_params")
-    raw = (params or {}).get("site")
-    live: LiveCounts | None = scope.get("state", {}).get("live")
+    return await registered_site(scope.get("state", {}).get("live"), (params or {}).get("site"))
+
+
+async def registered_site(live: LiveCounts | None, raw: object) -> str | None:
+    """`raw` when it names a registered site, else None (unknown, invalid, or Redis/Postgres
+    unreachable): refused requests must not create label values."""
     if not isinstance(raw, str) or live is None:
         return None
     try:

@@ -1,0 +1,185 @@
+"""The hit fast path answers exactly as the middleware stack and the Starlette route would.
+
+Two servers on the same Redis and Postgres: the app as served (HitFastPath in front), and the
+same app entered below HitFastPath (ServerErrorMiddleware, telemetry, body limit, CORS,
+routing, hits.post_hit). Each request goes to both; status, headers (in order) and body must
+be the same, except the request id's value and, for counted hits, the totals (one higher on
+the second server, which counts the same page again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from services.api.app import create_app, server_options
+from services.api.hit_fast_path import HitFastPath
+from services.config import Settings
+from services.localservers import free_port
+from tests.conftest import ADMIN_TOKEN, BROWSER_UA, SITE, register_site
+
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+PORTAL = "https://quan11.hochiminhcity.gov.vn"
+OPEN_SITE = "open-site"
+BOT_UA = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+class _BelowFastPath:
+    """The app entered below HitFastPath: what answered hits before it existed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = self.app
+        scope["app"] = app
+        stack = getattr(app, "middleware_stack", None)
+        if stack is None:
+            stack = app.build_middleware_stack()  # type: ignore[attr-defined]
+            app.middleware_stack = stack  # type: ignore[attr-defined]
+        assert isinstance(stack, HitFastPath)
+        await stack.app(scope, receive, send)
+
+
+@asynccontextmanager
+async def _serve(app: ASGIApp, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        **server_options(settings),  # type: ignore[arg-type]
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=30, headers={"user-agent": BROWSER_UA}
+    ) as client:
+        try:
+            yield client
+        finally:
+            server.should_exit = True
+            await task
+
+
+@pytest.fixture
+async def pair(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    async with (
+        _serve(create_app(settings), settings) as fast,
+        _serve(_BelowFastPath(create_app(settings)), settings) as stack,
+    ):
+        await register_site(fast)
+        response = await fast.put(
+            f"/v1/sites/{SITE}", json={"allowed_origins": [PORTAL]}, headers=ADMIN
+        )
+        assert response.status_code == 200, response.text
+        await register_site(fast, OPEN_SITE)
+        yield fast, stack
+
+
+def _comparable(response: httpx.Response) -> tuple[int, list[tuple[str, str]], bytes]:
+    headers = [(k, v) for k, v in response.headers.multi_items() if k != "date"]
+    assert [k for k, _ in headers].count("x-request-id") == (response.status_code != 500)
+    headers = [(k, "ID" if k == "x-request-id" else v) for k, v in headers]
+    return response.status_code, headers, response.content
+
+
+CASES: list[tuple[str, str, dict[str, str], bytes]] = [
+    # (name, site, headers, body)
+    ("plain", OPEN_SITE, {"content-type": "application/json"}, b'{"page":"a"}'),
+    ("beacon text/plain", OPEN_SITE, {"content-type": "text/plain"}, b'{"page":"b","visitor":"v"}'),
+    ("origin on an open site", OPEN_SITE, {"origin": "https://x.example"}, b'{"page":"c"}'),
+    ("allowed origin", SITE, {"origin": PORTAL}, b'{"page":"d"}'),
+    ("allowed origin, odd case", SITE, {"origin": PORTAL.upper()}, b'{"page":"d2"}'),
+    ("allowed referer", SITE, {"referer": PORTAL + "/tin-tuc?x=1"}, b'{"page":"e"}'),
+    ("refused origin", SITE, {"origin": "https://evil.example"}, b'{"page":"f"}'),
+    ("refused referer", SITE, {"referer": "https://evil.example/p"}, b'{"page":"f"}'),
+    ("bad referer", SITE, {"referer": "http://[::1"}, b'{"page":"f"}'),
+    ("bot", OPEN_SITE, {"user-agent": BOT_UA}, b'{"page":"g"}'),
+    ("no user agent", OPEN_SITE, {"user-agent": ""}, b'{"page":"h"}'),
+    ("invalid site", "Not_A_Site!", {}, b'{"page":"i"}'),
+    ("unknown site", "nobody-here", {"origin": PORTAL}, b'{"page":"i"}'),
+    ("xml", OPEN_SITE, {"content-type": "application/xml"}, b"<page/>"),
+    ("not json", OPEN_SITE, {"origin": "https://x.example"}, b"{page"),
+    ("json list", OPEN_SITE, {}, b"[1]"),
+    ("missing page", OPEN_SITE, {}, b'{"visitor":"v"}'),
+    ("empty page", OPEN_SITE, {}, b'{"page":"  "}'),
+    ("visitor not text", OPEN_SITE, {}, b'{"page":"j","visitor":7}'),
+    ("too large by length", OPEN_SITE, {"origin": "https://x.example"}, b" " * 20_000),
+    ("given request id", OPEN_SITE, {"x-request-id": "abc-123"}, b'{"page":"l"}'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+async def test_fast_path_answers_as_the_stack_does(
+    pair: tuple[httpx.AsyncClient, httpx.AsyncClient],
+    case: tuple[str, str, dict[str, str], bytes],
+) -> None:
+    fast, stack = pair
+    _, site, headers, body = case
+    url = f"/v1/sites/{site}/hits"
+    first = await fast.post(url, content=body, headers=headers)
+    second = await stack.post(url, content=body, headers=headers)
+    assert first.status_code == second.status_code, (first.text, second.text)
+    a, b = _comparable(first), _comparable(second)
+    if first.status_code == 200 and first.json().get("counted"):
+        # Counted twice: the second answer's totals are one higher; lengths may differ.
+        one, two = first.json(), second.json()
+        assert two["page_views"] == one["page_views"] + 1
+        assert two["site_views"] == one["site_views"] + 1
+        assert {**two, "page_views": 0, "site_views": 0} == {
+            **one,
+            "page_views": 0,
+            "site_views": 0,
+        }
+        a = (a[0], [h for h in a[1] if h[0] != "content-length"], b"")
+        b = (b[0], [h for h in b[1] if h[0] != "content-length"], b"")
+    assert a == b
+    if "x-request-id" in headers:
+        assert first.headers["x-request-id"] == headers["x-request-id"]
+
+
+async def test_other_requests_pass_through(
+    pair: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    fast, stack = pair
+    for method, url in [
+        ("GET", f"/v1/sites/{OPEN_SITE}/hits"),
+        ("POST", f"/v1/sites/{OPEN_SITE}/hits/batch"),
+        ("OPTIONS", f"/v1/sites/{SITE}/hits"),
+    ]:
+        headers = {"origin": PORTAL, "access-control-request-method": "POST"}
+        first = await fast.request(method, url, headers=headers)
+        second = await stack.request(method, url, headers=headers)
+        assert _comparable(first) == _comparable(second)
+
+
+async def test_a_streamed_body_over_the_limit_is_refused_alike(
+    pair: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"page":"'
+        for _ in range(20):
+            yield b"m" * 1000
+        yield b'"}'
+
+    answers = []
+    for client in pair:
+        response = await client.post(
+            f"/v1/sites/{SITE}/hits", content=chunks(), headers={"origin": PORTAL}
+        )
+        assert "content-length" not in response.request.headers
+        answers.append(_comparable(response))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 413
