@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import hiredis
 from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -108,6 +109,27 @@ Client = Redis | RedisCluster
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 
+class HiredisPackConnection(Connection):
+    """A connection that serialises commands with hiredis (C) instead of redis-py's Python.
+
+    redis-py's asyncio connection packs every argument in Python (~1-2 us each); a hits.lua
+    call carries 11 per hit, which made packing ~10% of the api's CPU under load. The bytes
+    sent are the same; anything hiredis refuses (a bool, say) goes to redis-py's packer,
+    which raises as before. (hiredis comes with redis[hiredis], a dependency.)
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        """The command in the Redis protocol, as one buffer."""
+        # redis-py sends multi-word commands ("SCRIPT LOAD") as one first argument.
+        first = args[0].encode() if isinstance(args[0], str) else args[0]
+        if isinstance(first, bytes) and b" " in first:
+            args = (*first.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            return super().pack_command(*args)
+
+
 def connect(url: str, *, max_connections: int, timeout_s: float) -> Client:
     """A client whose pool waits (bounded) for a free connection and never retries by itself.
 
@@ -126,7 +148,10 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Client:
     }
     if url.startswith(CLUSTER_SCHEMES):
         return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
-    pool = BlockingConnectionPool.from_url(url, timeout=timeout_s, **options)
+    # A unix:// or rediss:// URL keeps the connection class it names (its own packer).
+    pool = BlockingConnectionPool.from_url(
+        url, timeout=timeout_s, connection_class=HiredisPackConnection, **options
+    )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its sockets
 
 
