@@ -8,6 +8,7 @@ import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -217,6 +218,7 @@ def test_the_clustered_compose_file_runs_every_node_safely() -> None:
     assert all(f"{name}:6379" in init for name in nodes)
     env = {k: str(v) for k, v in services["api"]["environment"].items()}
     env["VIEWCOUNTER_ADMIN_TOKEN"] = "x" * 32
-    settings = Settings(**{k.removeprefix("VIEWCOUNTER_").lower(): v for k, v in env.items()})
+    values: dict[str, Any] = {k.removeprefix("VIEWCOUNTER_").lower(): v for k, v in env.items()}
+    settings = Settings(**values)
     assert settings.redis_url == "redis+cluster://redis-1:6379/0"
     assert services["flusher"]["deploy"]["replicas"] == 2
