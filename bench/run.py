@@ -51,6 +51,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -61,11 +62,17 @@ from bench.noop_app import BARE_NOOP_PATH, FASTAPI_NOOP_PATH, LEAN_NOOP_PATH  # 
 from services.localservers import PostgresProcess, RedisProcess, free_port  # noqa: E402
 
 PYTHON = sys.executable
+T = TypeVar("T")
 WRK_SCRIPT = BENCH_DIR / "wrk_post.lua"
+WRK_GET_SCRIPT = BENCH_DIR / "wrk_get.lua"
 RESULT_FILE = BENCH_DIR / "last-run.json"
 PROFILE_FILE = BENCH_DIR / "last-profile.txt"
 API_LOG_FILE = BENCH_DIR / "last-api.log"
 HIT = "hit"
+# GET /v1/sites/{site}/counts for COUNTS_PAGES pages (issue 7's read figure); not in the
+# default endpoints.
+COUNTS = "counts"
+COUNTS_PAGES = 20
 # Every endpoint the bench app serves but the hit, by name: its path.
 NOOP_PATHS = {
     "fastapi-noop": FASTAPI_NOOP_PATH,
@@ -73,6 +80,7 @@ NOOP_PATHS = {
     "bare-noop": BARE_NOOP_PATH,
 }
 ALL_ENDPOINTS = (*NOOP_PATHS, HIT)
+KNOWN_ENDPOINTS = (*ALL_ENDPOINTS, COUNTS)
 # The baselines the hit is compared with, and the target for hit req/s / baseline req/s.
 TARGETS: dict[str, float | None] = {"fastapi-noop": 0.80, "lean-noop": None, "bare-noop": 0.50}
 DATABASE = "viewcounter"
@@ -100,6 +108,7 @@ class RunResult:
     socket_errors: int
     server_cpu_pct: float
     loadgen_cpu_pct: float
+    redis_cpu_pct: float = 0.0
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -147,10 +156,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _endpoint_list(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if n not in ALL_ENDPOINTS]
+    unknown = [n for n in names if n not in KNOWN_ENDPOINTS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"expected names from {', '.join(ALL_ENDPOINTS)}; got {text!r}"
+            f"expected names from {', '.join(KNOWN_ENDPOINTS)}; got {text!r}"
         )
     return names
 
@@ -312,9 +321,12 @@ def loadgen_command(
 ) -> list[str]:
     """The wrk or bench.pyload command for one run."""
     if kind == "wrk":
+        script = getattr(args, "wrk_script", None) or (
+            WRK_GET_SCRIPT if "/counts" in path else WRK_SCRIPT
+        )
         return [
             "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s",
-            "--timeout", "10s", "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}",
+            "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}",
             "--", path, str(args.pages),
         ]  # fmt: skip
     return [
@@ -326,6 +338,9 @@ def loadgen_command(
 
 def endpoint_path(args: argparse.Namespace, endpoint: str) -> str:
     """The URL path of a named endpoint."""
+    if endpoint == COUNTS:
+        pages = "&".join(f"page=news%2Farticle-{i}" for i in range(COUNTS_PAGES))
+        return f"/v1/sites/{args.site}/counts?{pages}"
     return f"/v1/sites/{args.site}/hits" if endpoint == HIT else NOOP_PATHS[endpoint]
 
 
@@ -342,6 +357,8 @@ def run_load(
     """One closed-loop run of `seconds` against `endpoint` (a name from ALL_ENDPOINTS)."""
     path = endpoint_path(args, endpoint)
     command = loadgen_command(args, kind, port, path, seconds)
+    redis_pid: int | None = getattr(args, "redis_pid", None)
+    cpu_redis = _proc_cpu_s(redis_pid) if redis_pid else 0.0
     cpu_server, cpu_children, wall = server_cpu_s(api_pid), _children_cpu_s(), time.monotonic()
     proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -353,6 +370,7 @@ def run_load(
     wall = time.monotonic() - wall
     cpu_server = server_cpu_s(api_pid) - cpu_server
     cpu_children = _children_cpu_s() - cpu_children
+    cpu_redis = (_proc_cpu_s(redis_pid) - cpu_redis) if redis_pid else 0.0
     match = re.search(r"^WRKJSON (\{.*\})$", out, re.MULTILINE)
     if proc.returncode != 0 or match is None:
         raise SystemExit(f"load generator failed ({proc.returncode}):\n{out}")
@@ -373,6 +391,7 @@ def run_load(
         socket_errors=s["err_connect"] + s["err_read"] + s["err_write"] + s["err_timeout"],
         server_cpu_pct=round(100 * cpu_server / wall, 1),
         loadgen_cpu_pct=round(100 * cpu_children / wall, 1),
+        redis_cpu_pct=round(100 * cpu_redis / wall, 1),
     )
 
 
@@ -386,6 +405,7 @@ def median_of(runs: list[RunResult]) -> dict[str, float]:
         "socket_errors": sum(r.socket_errors for r in runs),
         "server_cpu_pct": statistics.median(r.server_cpu_pct for r in runs),
         "loadgen_cpu_pct": statistics.median(r.loadgen_cpu_pct for r in runs),
+        "redis_cpu_pct": statistics.median(r.redis_cpu_pct for r in runs),
     }
 
 
@@ -393,7 +413,8 @@ def _print_run(r: RunResult, label: str) -> None:
     print(
         f"  {label:<10} {r.endpoint:<12} {r.rps:>9.0f} req/s  p50 {r.p50_ms:6.2f} ms  "
         f"p99 {r.p99_ms:7.2f} ms  non-2xx {r.non2xx}  sock-err {r.socket_errors}  "
-        f"cpu api {r.server_cpu_pct:.0f}% loadgen {r.loadgen_cpu_pct:.0f}%",
+        f"cpu api {r.server_cpu_pct:.0f}% loadgen {r.loadgen_cpu_pct:.0f}%"
+        f" redis {r.redis_cpu_pct:.0f}%",
         flush=True,
     )
 
@@ -520,7 +541,7 @@ def _choose_loadgen(choice: str) -> str:
     return choice
 
 
-def round_order(endpoints: Sequence[str], round_no: int) -> list[str]:
+def round_order(endpoints: Sequence[T], round_no: int) -> list[T]:
     """The endpoints of round `round_no` (0: warm-up), rotated by one per round."""
     k = round_no % len(endpoints)
     return [*endpoints[k:], *endpoints[:k]]
@@ -612,13 +633,13 @@ def _print_table(args: argparse.Namespace, kind: str, medians: dict[str, dict[st
     )
     print(
         f"{'endpoint':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-        f"{'api cpu%':>10}{'lg cpu%':>9}"
+        f"{'api cpu%':>10}{'lg cpu%':>9}{'redis cpu%':>12}"
     )
     for name, m in medians.items():
         errors = int(m["non2xx"] + m["socket_errors"])
         print(
             f"{name:<14}{m['rps']:>9.0f}{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}{errors:>8}"
-            f"{m['server_cpu_pct']:>10.0f}{m['loadgen_cpu_pct']:>9.0f}"
+            f"{m['server_cpu_pct']:>10.0f}{m['loadgen_cpu_pct']:>9.0f}{m['redis_cpu_pct']:>12.0f}"
         )
 
 
@@ -725,6 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"starting Redis (appendonly yes, everysec) and Postgres in {tmp}")
         with backing_servers(tmp) as (redis, postgres):
             env = api_env(redis, postgres, args.env)
+            args.redis_pid = redis.pid
             cli(env, "migrate")
             cli(env, "sites", "add", args.site)
             with api_server(env, args.app, args.workers, tmp / "api.log") as (port, pid):

@@ -1,0 +1,526 @@
+"""Issue 7's figures, each a ratio of two rates measured in one run on this machine.
+
+    .venv/bin/python bench/suite.py FIGURE... [--duration 6] [--rounds 2]
+    .venv/bin/python bench/suite.py all          # every figure; writes bench/results/<date>.md
+
+Figures (one Redis, one Postgres, servers started once; rotating order inside each figure so
+machine noise falls on both sides of a ratio):
+
+- `hit`      hit req/s against a bare ASGI no-op and the FastAPI no-op (bench/run.py's
+             endpoints), one worker; target hit/bare >= 0.5.
+- `latency`  the hit path at paced (wrk `delay()`) offered loads, 10%..120% of the hit rate
+             just measured: achieved rate and p99; target p99 <= 10 ms at 50%. Writes the
+             plot bench/results/hit-load.png (matplotlib, the `bench` extra).
+- `workers`  hit req/s of a 2-worker api over a 1-worker api, both serving at once, runs
+             alternating; target >= 1.7.
+- `counts`   GET counts of 20 pages over the hit, same server; target >= 0.5.
+- `batch`    hits/s through POST /hits/batch (10,000 views a request, 2 clients) over
+             redis-benchmark's pipelined EVALSHA of the same hits.lua with one hit per call
+             (-P 64); target >= 0.5.
+
+Not measured here (see BENCHMARKS.md): the flusher against a bare COPY upsert, Redis bytes per
+page counter and the api's RSS over a 10-minute soak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench import run  # noqa: E402
+from services.localservers import PostgresProcess, RedisProcess  # noqa: E402
+
+RESULTS_DIR = BENCH_DIR / "results"
+PLOT_FILE = RESULTS_DIR / "hit-load.png"
+INGEST_TOKEN = "bench-ingest-token-0123456789abcdef"
+BATCH_VIEWS = 10_000
+BATCH_CLIENTS = 2
+PACED_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.2)
+T = TypeVar("T")
+FIGURES = ("hit", "latency", "workers", "counts", "batch")
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    figure: str
+    ours: str
+    baseline: str
+    ours_rate: float
+    baseline_rate: float
+    target: str
+    met: bool | None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    note: str = ""
+    per_round: list[float] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        """ours / baseline."""
+        return self.ours_rate / self.baseline_rate if self.baseline_rate else 0.0
+
+
+@dataclass
+class Bench:
+    """What every figure needs: the options, the servers and the api environment."""
+
+    args: argparse.Namespace
+    kind: str
+    redis: RedisProcess
+    postgres: PostgresProcess
+    env: dict[str, str]
+    tmp: Path
+    hit_rps: float = 0.0  # the 1-worker hit rate, once the `hit` figure measured it
+    rows: list[Row] = field(default_factory=list)
+
+
+def _run_args(ns: argparse.Namespace, *extra: str) -> argparse.Namespace:
+    args = run._parse_args(
+        [
+            "--duration", str(ns.duration), "--rounds", str(ns.rounds),
+            "--connections", str(ns.connections), "--warmup", "2", *extra,
+        ]
+    )  # fmt: skip
+    args.redis_pid = ns.redis_pid
+    return args
+
+
+def _rotating(names: Sequence[T], rounds: int) -> Iterator[tuple[int, T]]:
+    for n in range(1, rounds + 1):
+        for name in run.round_order(names, n):
+            yield n, name
+
+
+def _show(label: str, r: run.RunResult) -> None:
+    run._print_run(r, label)
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+def fig_hit_and_counts(b: Bench, with_counts: bool) -> None:
+    """hit vs bare ASGI no-op and FastAPI no-op (and counts of 20 pages vs hit)."""
+    names = ["bare-noop", "fastapi-noop", run.HIT] + ([run.COUNTS] if with_counts else [])
+    args = _run_args(b.args, "--endpoints", ",".join(names))
+    with run.api_server(b.env, args.app, 1, b.tmp / "api-1.log") as (port, pid):
+        runs = run.measure(args, b.kind, port, pid)
+        ok_hits = sum(r.ok for r in runs if r.endpoint == run.HIT)
+        site_views, page_sum = run.live_totals(port, args.site, args.pages)
+    measured = [r for r in runs if r.phase == "measured"]
+    medians = {n: run.median_of([r for r in measured if r.endpoint == n]) for n in names}
+    hit = medians[run.HIT]
+    b.hit_rps = hit["rps"]
+    slack = args.connections * (args.rounds + 1) if b.kind == "wrk" else 0
+    consistent = page_sum == site_views and 0 <= site_views - ok_hits <= slack
+    note = (
+        f"errors {int(hit['non2xx'] + hit['socket_errors'])}; hits answered 200 = {ok_hits},"
+        f" live total = {site_views} ({'OK' if consistent else 'MISMATCH'});"
+        f" cpu: api {hit['server_cpu_pct']:.0f}%, Redis {hit['redis_cpu_pct']:.0f}%,"
+        f" wrk {hit['loadgen_cpu_pct']:.0f}%;"
+        f" bare-noop api {medians['bare-noop']['server_cpu_pct']:.0f}%"
+    )
+    for base, target in (("bare-noop", 0.5), ("fastapi-noop", 2.0)):
+        ratio = run.hit_ratio(measured, base, args.rounds)
+        b.rows.append(
+            Row(
+                f"1. hit / {base}",
+                f"hit {hit['rps']:.0f}/s",
+                f"{base} {medians[base]['rps']:.0f}/s",
+                hit["rps"],
+                medians[base]["rps"],
+                f">= {target}",
+                ratio.ratio_of_medians >= target,
+                hit["p50_ms"],
+                hit["p99_ms"],
+                note,
+                ratio.per_round,
+            )
+        )
+    if with_counts:
+        counts = medians[run.COUNTS]
+        by_round = {(r.endpoint, r.round): r.rps for r in measured}
+        b.rows.append(
+            Row(
+                "6. counts(20 pages) / hit",
+                f"counts {counts['rps']:.0f}/s",
+                f"hit {hit['rps']:.0f}/s",
+                counts["rps"],
+                hit["rps"],
+                ">= 0.5",
+                counts["rps"] / hit["rps"] >= 0.5,
+                counts["p50_ms"],
+                counts["p99_ms"],
+                f"errors {int(counts['non2xx'] + counts['socket_errors'])}",
+                [by_round[run.COUNTS, n] / by_round[run.HIT, n] for n in range(1, args.rounds + 1)],
+            )
+        )
+
+
+def _paced_script(delay_ms: int, tmp: Path) -> Path:
+    """wrk_post.lua plus a per-request delay: each connection sends, waits for the answer,
+    then waits `delay_ms` (a paced, nearly open-loop load when latency << delay)."""
+    script = tmp / f"wrk_paced_{delay_ms}.lua"
+    script.write_text(
+        run.WRK_SCRIPT.read_text() + f"\nfunction delay()\n  return {delay_ms}\nend\n"
+    )
+    return script
+
+
+def fig_latency(b: Bench) -> list[tuple[float, float, float, float]]:
+    """Paced hit loads; rows of (offered/s, achieved/s, p50 ms, p99 ms)."""
+    if not b.hit_rps:
+        fig_hit_and_counts(b, with_counts=False)
+    points: list[tuple[float, float, float, float]] = []
+    connections = b.args.connections
+    with run.api_server(b.env, "bench.noop_app:create_bench_app", 1, b.tmp / "api-p.log") as (
+        port,
+        pid,
+    ):
+        for fraction in PACED_FRACTIONS:
+            offered = fraction * b.hit_rps
+            delay_ms = max(1, round(connections * 1000 / offered))
+            args = _run_args(b.args)
+            args.wrk_script = _paced_script(delay_ms, b.tmp)
+            r = run.run_load(args, b.kind, port, pid, run.HIT, b.args.duration)
+            _show(f"{fraction:.0%} ({delay_ms} ms)", r)
+            points.append((connections * 1000 / delay_ms, r.rps, r.p50_ms, r.p99_ms))
+    half = min(points, key=lambda p: abs(p[0] - 0.5 * b.hit_rps))
+    b.rows.append(
+        Row(
+            "1. hit p99 at half load",
+            f"p99 {half[3]:.1f} ms at {half[1]:.0f}/s",
+            f"offered {half[0]:.0f}/s = 0.5 x hit",
+            half[3],
+            10.0,
+            "p99 <= 10 ms",
+            half[3] <= 10.0,
+            half[2],
+            half[3],
+            "paced wrk (delay per connection); ratio column: p99 / 10 ms",
+        )
+    )
+    _plot(points, b.hit_rps)
+    return points
+
+
+def _plot(points: list[tuple[float, float, float, float]], closed_loop_rps: float) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  matplotlib not installed (pip install -e '.[bench]'); plot skipped")
+        return
+    offered = [p[0] for p in points]
+    fig, ax1 = plt.subplots(figsize=(7, 4.2))
+    ax1.plot(offered, [p[1] for p in points], "o-", color="tab:blue", label="achieved hits/s")
+    ax1.plot(offered, offered, ":", color="grey", label="offered = achieved")
+    ax1.axvline(closed_loop_rps, color="tab:blue", alpha=0.3, label="closed-loop max")
+    ax1.set_xlabel("offered load (hits/s, paced wrk, 64 connections)")
+    ax1.set_ylabel("hits/s")
+    ax2 = ax1.twinx()
+    ax2.plot(offered, [p[3] for p in points], "s-", color="tab:red", label="p99 ms")
+    ax2.plot(offered, [p[2] for p in points], "^--", color="tab:orange", label="p50 ms")
+    ax2.axhline(10, color="tab:red", alpha=0.3)
+    ax2.set_ylabel("latency (ms)")
+    lines = ax1.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax1.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
+    ax1.set_title("POST /v1/sites/{site}/hits, one uvicorn worker")
+    fig.tight_layout()
+    RESULTS_DIR.mkdir(exist_ok=True)
+    fig.savefig(PLOT_FILE, dpi=100)
+    print(f"  plot: {PLOT_FILE.relative_to(REPO_ROOT)}")
+
+
+def fig_workers(b: Bench) -> None:
+    """hit req/s with 2 workers over 1 worker; both servers up at once, runs alternating."""
+    args = _run_args(b.args, "--endpoints", run.HIT)
+    runs: dict[int, list[float]] = {1: [], 2: []}
+    p99: dict[int, list[float]] = {1: [], 2: []}
+    with (
+        run.api_server(b.env, args.app, 1, b.tmp / "api-w1.log") as one,
+        run.api_server(b.env, args.app, 2, b.tmp / "api-w2.log") as two,
+    ):
+        servers = {1: one, 2: two}
+        for workers in (1, 2):
+            run.run_load(args, b.kind, *servers[workers], run.HIT, 2, phase="warm-up")
+        for n, workers in _rotating([1, 2], args.rounds):
+            r = run.run_load(args, b.kind, *servers[workers], run.HIT, args.duration, round_no=n)
+            _show(f"{workers} worker(s)", r)
+            runs[workers].append(r.rps)
+            p99[workers].append(r.p99_ms)
+    one_rps, two_rps = statistics.median(runs[1]), statistics.median(runs[2])
+    b.rows.append(
+        Row(
+            "2. two workers / one",
+            f"2 workers {two_rps:.0f}/s",
+            f"1 worker {one_rps:.0f}/s",
+            two_rps,
+            one_rps,
+            ">= 1.7",
+            two_rps / one_rps >= 1.7,
+            None,
+            statistics.median(p99[2]),
+            f"p99 1 worker {statistics.median(p99[1]):.1f} ms; wrk, Redis and the workers"
+            " share the 2 cores",
+            [a / c for a, c in zip(runs[2], runs[1], strict=True)],
+        )
+    )
+
+
+def _batch_body(batch_no: int, run_id: str) -> bytes:
+    hits = [
+        {
+            "page": f"news/article-{i % 1000}",
+            "visitor": f"b{run_id}-{batch_no}-{i}",
+            "ip": "10.0.0.1",
+        }
+        for i in range(BATCH_VIEWS)
+    ]
+    return json.dumps({"hits": hits}).encode()
+
+
+def _batch_load(port: int, site: str, seconds: float, run_id: str) -> tuple[int, list[float]]:
+    """BATCH_CLIENTS threads POSTing batches for `seconds`: (views counted, latencies s)."""
+    deadline = time.monotonic() + seconds
+    counted = [0] * BATCH_CLIENTS
+    latencies: list[float] = []
+    lock = threading.Lock()
+    bodies = [_batch_body(k, run_id) for k in range(2 * BATCH_CLIENTS)]
+
+    def client(c: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        k = 0
+        while time.monotonic() < deadline:
+            body = bodies[(c + k * BATCH_CLIENTS) % len(bodies)]
+            k += 1
+            started = time.perf_counter()
+            conn.request(
+                "POST",
+                f"/v1/sites/{site}/hits/batch",
+                body=body,
+                headers={
+                    "content-type": "application/json",
+                    "authorization": f"Bearer {INGEST_TOKEN}",
+                    "idempotency-key": f"{run_id}-{c}-{k}",
+                },
+            )
+            response = conn.getresponse()
+            data = response.read()
+            if response.status != 200:
+                raise SystemExit(f"batch answered {response.status}: {data[:300]!r}")
+            with lock:
+                latencies.append(time.perf_counter() - started)
+            counted[c] += json.loads(data)["hits"]
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(BATCH_CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counted), latencies
+
+
+def _redis_benchmark_command(b: Bench, site: str, requests: int) -> list[str] | None:
+    """redis-benchmark running hits.lua with one hit per call, pipelined 64 deep."""
+    tool = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
+    if tool is None:
+        return None
+    from services.counter import scripts, store
+
+    request = store.HitRequest(
+        site=site,
+        page="news/article-__rand_int__",
+        day=time.strftime("%Y-%m-%d"),
+        seen_token="s__rand_int__",
+        dedupe_window_s=1800,
+        client_token="-",
+        minute=int(time.time() // 60),
+        rate_limit=0,
+        page_rule=0,
+        visitor_token="v__rand_int__",
+    )
+    script, numkeys, key_args = store.hits_call([request])
+    assert script is scripts.HITS
+    port = b.redis.url.rsplit(":", 1)[1].split("/")[0]
+    return [
+        tool, "-p", port, "-n", str(requests), "-P", "64", "-c", "4", "-r", "1000",
+        "--csv", "EVALSHA", scripts.HITS.sha, str(numkeys), *[str(a) for a in key_args],
+    ]  # fmt: skip
+
+
+def fig_batch(b: Bench) -> None:
+    """Batch ingestion hits/s over redis-benchmark's pipelined single-hit EVALSHA."""
+    env = dict(b.env, VIEWCOUNTER_INGEST_TOKEN=INGEST_TOKEN, VIEWCOUNTER_ADMIN_RATE_LIMIT="0")
+    args = _run_args(b.args)
+    ours: list[float] = []
+    base: list[float] = []
+    p99s: list[float] = []
+    with run.api_server(env, args.app, 1, b.tmp / "api-b.log") as (port, _pid):
+        command = _redis_benchmark_command(b, args.site, 200_000)
+        if command is None:
+            print("  redis-benchmark not found (apt-get install redis-tools); batch skipped")
+            return
+        for n, what in _rotating(["batch", "redis-benchmark"], args.rounds):
+            if what == "batch":
+                started = time.monotonic()
+                views, latencies = _batch_load(port, args.site, args.duration, f"r{n}{os.getpid()}")
+                rate = views / (time.monotonic() - started)
+                ours.append(rate)
+                p99s.append(1000 * max(latencies))
+                print(f"  round {n} batch {rate:>9.0f} hits/s ({len(latencies)} requests)")
+            else:
+                out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+                rate = float(out.strip().splitlines()[-1].split(",")[1].strip('"'))
+                base.append(rate)
+                print(f"  round {n} redis-benchmark EVALSHA -P 64 {rate:>9.0f} calls/s")
+    ours_rate, base_rate = statistics.median(ours), statistics.median(base)
+    b.rows.append(
+        Row(
+            "3. batch / redis-benchmark",
+            f"batch {ours_rate:.0f} hits/s",
+            f"EVALSHA -P 64 {base_rate:.0f}/s",
+            ours_rate,
+            base_rate,
+            ">= 0.5",
+            ours_rate / base_rate >= 0.5,
+            None,
+            statistics.median(p99s),
+            f"{BATCH_CLIENTS} clients x {BATCH_VIEWS} views a request; p99 column: slowest"
+            " request (ms)",
+            [a / c for a, c in zip(ours, base, strict=True)],
+        )
+    )
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The results as a Markdown table."""
+    lines = [
+        "| figure | ours | baseline | ratio | target | met | p50 ms | p99 ms | per round | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        p50 = f"{r.p50_ms:.2f}" if r.p50_ms is not None else "-"
+        p99 = f"{r.p99_ms:.2f}" if r.p99_ms is not None else "-"
+        met = "-" if r.met is None else ("yes" if r.met else "**no**")
+        rounds = ", ".join(f"{x:.2f}" for x in r.per_round) or "-"
+        lines.append(
+            f"| {r.figure} | {r.ours} | {r.baseline} | {r.ratio:.2f} | {r.target} | {met} "
+            f"| {p50} | {p99} | {rounds} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(
+    b: Bench, started: str, load_before: str, points: list[tuple[float, ...]]
+) -> Path:
+    """bench/results/<date>.md: the table, the machine, the command, the paced points."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{time.strftime('%Y-%m-%d')}.md"
+    text = [
+        f"# Benchmark results {started}",
+        "",
+        f"- machine: {os.cpu_count()} cores, {platform_line()}",
+        f"- load average before {load_before}, after {_loadavg()} (shared machine)",
+        f"- command: `{' '.join(['.venv/bin/python', 'bench/suite.py', *sys.argv[1:]])}`",
+        f"- load generator: {b.kind}, {b.args.connections} connections, {b.args.rounds} rounds"
+        f" of {b.args.duration} s per endpoint, rotating order; medians",
+        "",
+        table(b.rows),
+        "",
+    ]
+    if points:
+        text += [
+            "Hit path at paced offered loads (one worker):",
+            "",
+            "| offered/s | achieved/s | p50 ms | p99 ms |",
+            "|---|---|---|---|",
+            *[f"| {p[0]:.0f} | {p[1]:.0f} | {p[2]:.2f} | {p[3]:.2f} |" for p in points],
+            "",
+        ]
+    path.write_text("\n".join(text))
+    return path
+
+
+def platform_line() -> str:
+    """Python and kernel versions."""
+    import platform
+
+    return f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def _loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("figures", nargs="+", choices=(*FIGURES, "all"))
+    parser.add_argument("--duration", type=int, default=6, help="seconds per measured run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=64)
+    ns = parser.parse_args(argv)
+    figures = FIGURES if "all" in ns.figures else tuple(dict.fromkeys(ns.figures))
+    started, load_before = time.strftime("%Y-%m-%d %H:%M:%S %Z"), _loadavg()
+    print(f"cores {os.cpu_count()}, load average before {load_before}")
+    kind = run._choose_loadgen("auto")
+    steps: dict[str, Callable[[Bench], object]] = {
+        "workers": fig_workers,
+        "batch": fig_batch,
+    }
+    points: list[tuple[float, ...]] = []
+    with tempfile.TemporaryDirectory(prefix="vc-suite-") as tmp_name:
+        tmp = Path(tmp_name)
+        with run.backing_servers(tmp) as (redis, postgres):
+            env = run.api_env(redis, postgres, [])
+            run.cli(env, "migrate")
+            run.cli(env, "sites", "add", "bench")
+            ns.redis_pid = redis.pid
+            b = Bench(ns, kind, redis, postgres, env, tmp)
+            if "hit" in figures or "counts" in figures:
+                print(f"\n== hit{' and counts' if 'counts' in figures else ''}")
+                fig_hit_and_counts(b, with_counts="counts" in figures)
+            if "latency" in figures:
+                print("\n== latency at paced loads")
+                points = [tuple(p) for p in fig_latency(b)]
+            for name in ("workers", "batch"):
+                if name in figures:
+                    print(f"\n== {name}")
+                    steps[name](b)
+    print()
+    print(table(b.rows))
+    print(f"\nload average after {_loadavg()}")
+    if set(figures) == set(FIGURES):
+        print(f"results: {write_results(b, started, load_before, points).relative_to(REPO_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
