@@ -183,3 +183,35 @@ async def test_a_streamed_body_over_the_limit_is_refused_alike(
         answers.append(_comparable(response))
     assert answers[0] == answers[1]
     assert answers[0][0] == 413
+
+
+COUNTS_CASES: list[tuple[str, str, str, dict[str, str]]] = [
+    # (name, site, query, headers)
+    ("no pages", OPEN_SITE, "", {}),
+    ("pages", OPEN_SITE, "page=a&page=b&page=a&page=news%2F1&other=x", {}),
+    ("blank and odd pages", OPEN_SITE, "page=&page=%20c%20&page", {}),
+    ("allowed origin", SITE, "page=d", {"origin": PORTAL}),
+    ("refused origin", SITE, "page=d", {"origin": "https://evil.example"}),
+    ("allowed referer", SITE, "page=d", {"referer": PORTAL + "/x"}),
+    ("invalid site", "Not_A_Site!", "page=d", {}),
+    ("unknown site", "nobody-here", "page=d", {}),
+    ("too many pages", OPEN_SITE, "&".join(f"page=p{i}" for i in range(101)), {}),
+    ("control character", OPEN_SITE, "page=%07", {}),
+    ("body too large", OPEN_SITE, "page=a", {"x-test-body": "20000"}),
+]
+
+
+@pytest.mark.parametrize("case", COUNTS_CASES, ids=[c[0] for c in COUNTS_CASES])
+async def test_counts_fast_path_answers_as_the_stack_does(
+    pair: tuple[httpx.AsyncClient, httpx.AsyncClient],
+    case: tuple[str, str, str, dict[str, str]],
+) -> None:
+    fast, stack = pair
+    _, site, query, headers = case
+    # A hit first, so that totals are not all zero.
+    assert (await fast.post(f"/v1/sites/{OPEN_SITE}/hits", json={"page": "a"})).status_code == 200
+    url = f"/v1/sites/{site}/counts" + (f"?{query}" if query else "")
+    body = b" " * int(headers.get("x-test-body", "0"))
+    first = await fast.request("GET", url, headers=headers, content=body)
+    second = await stack.request("GET", url, headers=headers, content=body)
+    assert _comparable(first) == _comparable(second), (first.text, second.text)

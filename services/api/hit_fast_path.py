@@ -1,21 +1,25 @@
-"""`POST /v1/sites/{site}/hits` answered in one raw ASGI layer in front of the whole app.
+"""`POST /v1/sites/{site}/hits` and `GET /v1/sites/{site}/counts` answered in one raw ASGI
+layer in front of the whole app.
 
-The hit is the hot path. Through the middleware stack (ServerErrorMiddleware, RequestTelemetry,
-BodyLimit, SiteCors, ExceptionMiddleware, FastAPI's exit stack, routing over every route) and
-Starlette's Request/Response objects, a hit costs several times the counting work; see
-BENCHMARKS.md for the profiles. This layer does, for that one route, exactly what those layers
-do, in the same order and with the same answers:
+The hit is the hot path, and the counts read the widget's. Through the middleware stack
+(ServerErrorMiddleware, RequestTelemetry, BodyLimit, SiteCors, ExceptionMiddleware, FastAPI's
+exit stack, routing over every route) and Starlette's Request/Response objects, a hit costs
+several times the counting work (BENCHMARKS.md has the profiles). For these two routes this
+layer does exactly what those layers do, in the same order and with the same answers:
 
 1. telemetry: the request id (kept or made, echoed last in the answer's headers, set for log
-   lines), the latency histogram under the route template, `rejected` for 4xx/5xx answers;
+   lines), the latency histogram under the route template, `rejected` for hits answered
+   4xx/5xx;
 2. the body cap by Content-Length (413, no CORS headers), then while reading (413, with them);
 3. the site's origin check (403 with `Vary: Origin`) and the CORS headers of site_cors.py;
-4. the endpoint of hits.py: site id, body (hit_body.parse), bot check, the count, the JSON.
+4. the endpoint of hits.py: site id, body (hit_body.parse), bot check, the count, the JSON;
+   for counts: site id, `page` query parameters, the read, the JSON (the body is not read).
 
 Known failures get errors.py's JSON answers; a bug gets its JSON 500 (without CORS headers or
 request id, as ServerErrorMiddleware gives it) and is raised to the server, which logs it.
-Every other request (and a request without the lifespan's state) goes to the app unchanged;
-the Starlette route in hits.py stays for them and the OpenAPI document lists the route.
+Every other request (other methods, HEAD included, and any request without the lifespan's
+state) goes to the app unchanged; the Starlette routes in hits.py stay for them and the
+OpenAPI document lists the routes.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import re
 import time
 from typing import Final
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -35,8 +39,13 @@ from services.api.body_limit import BodyTooLarge
 from services.counter import ids
 from services.live import LiveCounts
 
-HIT_PATH: Final = re.compile(r"/v1/sites/([^/]+)/hits")
-ROUTE_TEMPLATE: Final = "/v1/sites/{site}/hits"
+PUBLIC_PATH: Final = re.compile(r"/v1/sites/([^/]+)/(hits|counts)")
+HITS: Final = "hits"
+# (method, last path segment) answered here: the route template telemetry records.
+ROUTES: Final = {
+    ("POST", HITS): "/v1/sites/{site}/hits",
+    ("GET", "counts"): "/v1/sites/{site}/counts",
+}
 _JSON_HEADERS: Final = [
     (name.lower().encode("latin-1"), value.encode("latin-1"))
     for name, value in hits.NO_STORE.items()
@@ -75,7 +84,8 @@ class _Headers:
 
 
 class HitFastPath:
-    """ASGI layer answering hits itself; `limit` is VIEWCOUNTER_MAX_BODY_BYTES."""
+    """ASGI layer answering hits and counts reads itself; `limit` is
+    VIEWCOUNTER_MAX_BODY_BYTES."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -83,37 +93,40 @@ class HitFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = (
-            HIT_PATH.fullmatch(scope["path"])
-            if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path")
+            PUBLIC_PATH.fullmatch(scope["path"])
+            if scope["type"] == "http" and not scope.get("root_path")
             else None
         )
-        live: LiveCounts | None = scope.get("state", {}).get("live") if match else None
-        if match is None or live is None:
+        template = ROUTES.get((scope["method"], match.group(2))) if match else None
+        live: LiveCounts | None = scope.get("state", {}).get("live") if template else None
+        if match is None or template is None or live is None:
             await self.app(scope, receive, send)
             return
-        raw_site = match.group(1)
+        raw_site, kind = match.group(1), match.group(2)
         request_id = telemetry.request_id(scope["headers"])
         token = logs.REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status = 500
         try:
-            status = await self._hit(scope, receive, send, live, raw_site, request_id)
+            status = await self._answer(scope, receive, send, live, raw_site, kind, request_id)
         finally:
-            telemetry.observe_latency(ROUTE_TEMPLATE, "POST", status, time.perf_counter() - started)
-            if status >= 400:
+            elapsed_s = time.perf_counter() - started
+            telemetry.observe_latency(template, scope["method"], status, elapsed_s)
+            if status >= 400 and kind == HITS:
                 metrics.count_rejected_hit(await telemetry.registered_site(live, raw_site))
             logs.REQUEST_ID.reset(token)
 
-    async def _hit(
+    async def _answer(
         self,
         scope: Scope,
         receive: Receive,
         send: Send,
         live: LiveCounts,
         raw_site: str,
+        kind: str,
         request_id: str,
     ) -> int:
-        """Answer the hit; the status answered."""
+        """Answer the hit or the read; the status answered."""
         id_header = (telemetry.REQUEST_ID_HEADER, request_id.encode("ascii"))
         headers = _Headers(scope["headers"])
         length = headers.content_length
@@ -140,16 +153,11 @@ class HitFastPath:
                     cors.append(_VARY_ORIGIN)
         try:
             site = ids.site_id(raw_site)
-            hit = hit_body.parse(headers.content_type, await self._body(receive))
-            client = scope.get("client")
-            outcome, page_views, site_views = await hits.take(
-                live,
-                site,
-                hit.page,
-                hit.visitor,
-                client[0] if client else "",
-                headers.user_agent or "",
-            )
+            if kind == HITS:
+                body = await self._hit(scope, receive, headers, live, site)
+            else:
+                query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+                body = await hits.counts_answer(live, site, [v for k, v in query if k == "page"])
         except Exception as exc:
             response = errors.answer(exc)
             if not errors.is_known(exc):
@@ -157,7 +165,6 @@ class HitFastPath:
                 raise
             await _send(send, response, [*cors, id_header])
             return response.status_code
-        body = hits.hit_answer(site, hit.page, outcome, page_views, site_views)
         await send(
             {
                 "type": "http.response.start",
@@ -173,6 +180,17 @@ class HitFastPath:
         )
         await send({"type": "http.response.body", "body": body})
         return 200
+
+    async def _hit(
+        self, scope: Scope, receive: Receive, headers: _Headers, live: LiveCounts, site: str
+    ) -> bytes:
+        """Take the hit in the request's body; the JSON answer."""
+        hit = hit_body.parse(headers.content_type, await self._body(receive))
+        client = scope.get("client")
+        outcome, page_views, site_views = await hits.take(
+            live, site, hit.page, hit.visitor, client[0] if client else "", headers.user_agent or ""
+        )
+        return hits.hit_answer(site, hit.page, outcome, page_views, site_views)
 
     async def _body(self, receive: Receive) -> bytes:
         """The request body; BodyTooLarge past the limit, ClientDisconnect if the client left."""

@@ -27,8 +27,8 @@ PIXEL_GIF = (
 NO_STORE = {"Cache-Control": "no-store, max-age=0"}
 
 
-def _json(body: object) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json", headers=NO_STORE)
+def _json_bytes(body: bytes) -> Response:
+    return Response(body, media_type="application/json", headers=NO_STORE)
 
 
 def _site_and_live(request: Request) -> tuple[str, LiveCounts]:
@@ -77,11 +77,7 @@ async def post_hit(request: Request) -> Response:
     site, live = _site_and_live(request)
     hit = hit_body.parse(request.headers.get("content-type"), await request.body())
     outcome, page_views, site_views = await _take(request, live, site, hit.page, hit.visitor)
-    return Response(
-        hit_answer(site, hit.page, outcome, page_views, site_views),
-        media_type="application/json",
-        headers=NO_STORE,
-    )
+    return _json_bytes(hit_answer(site, hit.page, outcome, page_views, site_views))
 
 
 async def pixel_hit(request: Request) -> Response:
@@ -99,12 +95,16 @@ async def pixel_hit(request: Request) -> Response:
 async def get_counts(request: Request) -> Response:
     """Live totals of the site and up to 100 pages, without counting."""
     site, live = _site_and_live(request)
-    raw_pages = request.query_params.getlist("page")
+    return _json_bytes(await counts_answer(live, site, request.query_params.getlist("page")))
+
+
+async def counts_answer(live: LiveCounts, site: str, raw_pages: list[str]) -> bytes:
+    """The JSON body answering a counts read of `raw_pages` (the `page` parameters)."""
     if len(raw_pages) > MAX_PAGES_PER_READ:
         raise ApiError(422, "invalid_field", f"at most {MAX_PAGES_PER_READ} pages per call", "page")
     pages = list(dict.fromkeys(ids.page_id(p) for p in raw_pages))
     counts = await live.counts(site, pages)
-    return _json(
+    return orjson.dumps(
         {
             "site": site,
             "site_views": counts.site_views,
