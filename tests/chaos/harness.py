@@ -265,7 +265,14 @@ class Sampler:
         while not self._stop.is_set():
             try:
                 await self.sample()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                # a connection Postgres dropped mid-query (killed): asyncpg's own state error
+                asyncpg.InternalClientError,
+                TimeoutError,
+            ):
                 self.skipped += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), SAMPLE_EVERY_S)
