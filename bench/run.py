@@ -552,7 +552,8 @@ def measure(args: argparse.Namespace, kind: str, port: int, pid: int) -> list[Ru
     runs: list[RunResult] = []
     endpoints: tuple[str, ...] = args.endpoints
     for name in endpoints:
-        print(f"  {name:<12} POST {endpoint_path(args, name)}")
+        method = "GET" if name == COUNTS else "POST"
+        print(f"  {name:<12} {method} {endpoint_path(args, name)}")
     if args.warmup:
         print(f"warm-up ({args.warmup} s each): {', '.join(round_order(endpoints, 0))}")
         for endpoint in round_order(endpoints, 0):
