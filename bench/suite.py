@@ -14,12 +14,15 @@ machine noise falls on both sides of a ratio):
 - `workers`  hit req/s of a 2-worker api over a 1-worker api, both serving at once, runs
              alternating; target >= 1.7.
 - `counts`   GET counts of 20 pages over the hit, same server; target >= 0.5.
+- `memory`   Redis bytes per page of a site after hits to MEMORY_PAGES distinct pages (no
+             flusher running): the live counter alone (the pages hash) and everything the hits
+             left (pending deltas, per-page visitor sketches, dedupe marks); target <= 32.
 - `batch`    hits/s through POST /hits/batch (10,000 views a request, 2 clients) over
              redis-benchmark's pipelined EVALSHA of the same hits.lua with one hit per call
              (-P 64); target >= 0.5.
 
-Not measured here (see BENCHMARKS.md): the flusher against a bare COPY upsert, Redis bytes per
-page counter and the api's RSS over a 10-minute soak.
+Not measured here (see BENCHMARKS.md): the flusher against a bare COPY upsert and the api's RSS
+over a 10-minute soak.
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ PACED_FRACTIONS = (0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.2)
 PACED_CONNECTIONS = 64
 PACED_LATENCY_MS = 2.0
 T = TypeVar("T")
-FIGURES = ("hit", "latency", "workers", "counts", "batch")
+FIGURES = ("hit", "latency", "workers", "counts", "batch", "memory")
+MEMORY_SITE = "mem"
+MEMORY_PAGES = 20_000
 
 
 @dataclass
@@ -418,6 +423,46 @@ def fig_batch(b: Bench) -> None:
     )
 
 
+def fig_memory(b: Bench) -> None:
+    """Redis bytes per page counter after hits to MEMORY_PAGES distinct pages of one site."""
+    import redis as redis_sync
+
+    from services.counter import keys
+
+    run.cli(b.env, "sites", "add", MEMORY_SITE)
+    client = redis_sync.Redis.from_url(b.redis.url)
+    args = _run_args(b.args, "--pages", str(MEMORY_PAGES), "--site", MEMORY_SITE)
+    with run.api_server(b.env, args.app, 1, b.tmp / "api-m.log") as (port, pid):
+        before = int(client.info("memory")["used_memory"])
+        r = run.run_load(args, b.kind, port, pid, run.HIT, max(b.args.duration, 6))
+        _show("memory", r)
+    after = int(client.info("memory")["used_memory"])
+    pages = int(client.hlen(keys.pages_key(MEMORY_SITE)))
+    usage: dict[str, int] = {"pages": 0, "pend": 0, "uvp": 0, "seen": 0, "other": 0}
+    for key in client.scan_iter(match=f"{keys.tag(MEMORY_SITE)}:*", count=1000):
+        kind = key.decode().split(":")[2] if key.count(b":") >= 2 else "other"
+        usage[kind if kind in usage else "other"] += int(client.memory_usage(key, samples=0) or 0)
+    client.close()
+    per_page = {k: v / pages for k, v in usage.items()}
+    b.rows.append(
+        Row(
+            "5. Redis bytes per page counter",
+            f"{per_page['pages']:.0f} B (pages hash)",
+            "32 B",
+            per_page["pages"],
+            32.0,
+            "<= 32 B",
+            per_page["pages"] <= 32,
+            None,
+            None,
+            f"{pages} pages, {r.ok} hits; per page also: pending deltas {per_page['pend']:.0f} B,"
+            f" visitor sketches of the day {per_page['uvp']:.0f} B, dedupe marks"
+            f" {per_page['seen']:.0f} B (per hit, expire), used_memory grew"
+            f" {(after - before) / pages:.0f} B per page",
+        )
+    )
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -496,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps: dict[str, Callable[[Bench], object]] = {
         "workers": fig_workers,
         "batch": fig_batch,
+        "memory": fig_memory,
     }
     points: list[tuple[float, ...]] = []
     with tempfile.TemporaryDirectory(prefix="vc-suite-") as tmp_name:
@@ -512,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "latency" in figures:
                 print("\n== latency at paced loads")
                 points = [tuple(p) for p in fig_latency(b)]
-            for name in ("workers", "batch"):
+            for name in ("workers", "batch", "memory"):
                 if name in figures:
                     print(f"\n== {name}")
                     steps[name](b)
