@@ -26,7 +26,12 @@ from services.counter.siteconfig import SiteConfig
 
 SNAPSHOT_SCAN_COUNT = 5000
 SALT_TTL_S = 2 * 86400
-PIPELINES_IN_FLIGHT = 2
+# Hits leave in calls of at most HITS_PER_BATCH, up to PIPELINES_IN_FLIGHT calls at once. With
+# no cap, the hits answered together come back together and leave together again: the api and
+# Redis then take turns (the api idled ~22% under load); smaller calls, more of them in
+# flight, keep both busy (BENCHMARKS.md: +13% hits/s at 64 connections).
+PIPELINES_IN_FLIGHT = 4
+HITS_PER_BATCH = 32
 # Bounds how long one script call keeps Redis busy (about a microsecond per hit).
 MAX_HITS_PER_CALL = 256
 VISITOR_READ_CHUNK = 1000
@@ -289,8 +294,9 @@ class _HitBatcher:
     """Sends the hits taken within one event-loop turn as one script call per site.
 
     Like a group commit: while PIPELINES_IN_FLIGHT calls are out, hits queue up and leave
-    together when one returns, so under load a call carries many hits and the fixed cost of a
-    round trip (and of redis-py's per-command work) is shared; when idle, a hit leaves at once.
+    together (HITS_PER_BATCH at most per call) when one returns, so under load a call carries
+    many hits and the fixed cost of a round trip (and of redis-py's per-command work) is
+    shared; when idle, a hit leaves at once.
     """
 
     def __init__(self, redis: Client) -> None:
@@ -313,10 +319,11 @@ class _HitBatcher:
 
     def _dispatch(self) -> None:
         self._scheduled = False
-        batch, self._queue = self._queue, []
+        batch, self._queue = self._queue[:HITS_PER_BATCH], self._queue[HITS_PER_BATCH:]
         task = asyncio.create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._sent)
+        self._schedule()  # the rest, if a call may still leave
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
