@@ -369,22 +369,7 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_next_import(
     )
     pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
-        rows = baselines.csv_rows(_once(b"page,views\n/a,10\n/b,20\n"), baselines.Rejections(), [0])
-
-        async def generation() -> str | None:
-            return await store.generation(SITE)
-
-        # The Postgres half only, as if the process died right after COMMIT.
-        await repository.Baselines(pool).apply(
-            SITE,
-            rows,
-            site_total=500,
-            source="import",
-            changed_by="test",
-            default_max_pages=0,
-            generation=generation,
-            report_rows=10,
-        )
+        await postgres_half_only(store, pool)  # as if the process died right after COMMIT
         lagging = await live(api, "/a", "/b")
         importer = baselines.Importer(repository.Baselines(pool), store, default_max_pages=0)
         # Applying a chunk twice (a retry after a timeout, two settlers) changes nothing.
@@ -420,22 +405,7 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_flusher(
     )
     pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
-        rows = baselines.csv_rows(_once(b"page,views\n/a,10\n/b,20\n"), baselines.Rejections(), [0])
-
-        async def generation() -> str | None:
-            return await store.generation(SITE)
-
-        # The Postgres half only, as if the api died right after COMMIT; nobody re-imports.
-        await repository.Baselines(pool).apply(
-            SITE,
-            rows,
-            site_total=500,
-            source="import",
-            changed_by="test",
-            default_max_pages=0,
-            generation=generation,
-            report_rows=10,
-        )
+        await postgres_half_only(store, pool)  # as if the api died after COMMIT; no re-import
         lagging = await live(api, "/a", "/b")
         flusher = Flusher(store, repository.Repository(pool), interval_s=1)
         await flusher.flush_once()
@@ -448,6 +418,26 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_flusher(
     outbox = await fetch(settings.database_url, "SELECT * FROM baseline_outbox")
     assert lagging == (1, {"/a": 1, "/b": 0})
     assert caught_up == (501, {"/a": 11, "/b": 20}) and outbox == []
+
+
+async def postgres_half_only(store: counter_store.CounterStore, pool: asyncpg.Pool) -> None:
+    """The Postgres half of importing /a=10, /b=20 and a site total of 500: committed, with its
+    Redis deltas queued in the outbox and not applied."""
+    rows = baselines.csv_rows(_once(b"page,views\n/a,10\n/b,20\n"), baselines.Rejections(), [0])
+
+    async def generation() -> str | None:
+        return await store.generation(SITE)
+
+    await repository.Baselines(pool).apply(
+        SITE,
+        rows,
+        site_total=500,
+        source="import",
+        changed_by="test",
+        default_max_pages=0,
+        generation=generation,
+        report_rows=10,
+    )
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
