@@ -19,6 +19,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import uvicorn
+from starlette.types import ASGIApp
 
 from services.api.app import create_app, server_options
 from services.config import Settings
@@ -136,11 +137,14 @@ def settings(redis_url: str, database_url: str) -> Settings:
 
 
 @asynccontextmanager
-async def running_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app under uvicorn on a free port, and a client for it."""
+async def running_api(
+    settings: Settings, app: ASGIApp | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app (or `app`, built from `settings`) under uvicorn on a free port, and a
+    client for it."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings),
+        app if app is not None else create_app(settings),
         host="127.0.0.1",
         port=port,
         log_level="warning",

@@ -9,20 +9,16 @@ the second server, which counts the same page again).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.api.app import create_app, server_options
+from services.api.app import create_app
 from services.api.hit_fast_path import HitFastPath
 from services.config import Settings
-from services.localservers import free_port
-from tests.conftest import ADMIN_TOKEN, BROWSER_UA, SITE, register_site
+from tests.conftest import ADMIN_TOKEN, SITE, register_site, running_api
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 PORTAL = "https://quan11.hochiminhcity.gov.vn"
@@ -47,37 +43,11 @@ class _BelowFastPath:
         await stack.app(scope, receive, send)
 
 
-@asynccontextmanager
-async def _serve(app: ASGIApp, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        **server_options(settings),  # type: ignore[arg-type]
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", timeout=30, headers={"user-agent": BROWSER_UA}
-    ) as client:
-        try:
-            yield client
-        finally:
-            server.should_exit = True
-            await task
-
-
 @pytest.fixture
 async def pair(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     async with (
-        _serve(create_app(settings), settings) as fast,
-        _serve(_BelowFastPath(create_app(settings)), settings) as stack,
+        running_api(settings) as fast,
+        running_api(settings, _BelowFastPath(create_app(settings))) as stack,
     ):
         await register_site(fast)
         response = await fast.put(
