@@ -277,7 +277,7 @@ class Importer:
         changed_by: str,
     ) -> repository.BaselineResult:
         async def generation() -> str | None:
-            return await self._store.generation(site)
+            return await self._store.site_generation(site)
 
         try:
             return await self._baselines.apply(

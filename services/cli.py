@@ -121,7 +121,8 @@ async def _migrate(settings: Settings) -> int:
 
 async def _add_site(settings: Settings, site: str, changes: dict[str, object]) -> int:
     store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5)
+        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5),
+        units=settings.shards,
     )
     pool = await repository.connect_pool(
         settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=2

@@ -19,6 +19,7 @@ ENV_PREFIX = "VIEWCOUNTER_"
 PLACEHOLDER_TOKENS = frozenset({"changeme", "change-me", "secret", "admin", "password", "token"})
 MIN_ADMIN_TOKEN_CHARS = 16
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+CLUSTER_SHARDS = 16
 
 
 class ConfigError(Exception):
@@ -37,6 +38,10 @@ class Settings(BaseSettings):
     redis_url: str = Field(min_length=1)
     # Redis Cluster: also chosen by a redis+cluster:// (rediss+cluster://) URL.
     redis_cluster: bool = False
+    # Units each site is split into by page (keys.py), each its own Cluster slot, so one busy
+    # site spreads over the Cluster's nodes. 0: 16 on a Cluster, 1 on a single Redis (where
+    # more would only cost). Changing it needs a drained Redis (README, Scaling).
+    shards: int = Field(default=0, ge=0, le=1024)
     database_url: str = Field(min_length=1)
     admin_token: SecretStr | None = None
     # Bearer token for POST /v1/sites/{site}/hits/batch (the admin token works there too).
@@ -112,6 +117,9 @@ class Settings(BaseSettings):
             scheme, rest = self.redis_url.split("://", 1)
             # The model is frozen for everyone else; this is its own construction.
             object.__setattr__(self, "redis_url", f"{scheme}+cluster://{rest}")
+        if self.shards == 0:
+            clustered = self.redis_url.startswith(CLUSTER_SCHEMES)
+            object.__setattr__(self, "shards", CLUSTER_SHARDS if clustered else 1)
         return self
 
     @field_validator("database_url")

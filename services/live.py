@@ -9,7 +9,6 @@ data, without ever showing a count lower than one shown before.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -261,10 +260,7 @@ class LiveCounts:
             if load is None:
                 self._remember_unknown(site)
                 raise UnknownSite(site)
-            async for chunk in load.page_totals():
-                if not await self._store.load_pages(site, chunk):
-                    return load.config  # another process finished the load
-            await self._store.load_site(site, secrets.token_hex(8), load.total, load.config)
+            await self._store.load(site, load.total, load.config, load.page_totals())
             return load.config
 
     async def _daily_salt(self, now: float) -> bytes:

@@ -84,7 +84,8 @@ async def _import(settings: Settings, args: argparse.Namespace) -> int:
     if str(args.file) != "-" and not args.file.is_file():
         return _fail(f"file: {args.file} is not a file")
     store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=10)
+        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=10),
+        units=settings.shards,
     )
     pool = await repository.connect_pool(
         settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=2

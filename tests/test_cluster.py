@@ -1,5 +1,6 @@
 """Redis Cluster: a local 3-master cluster from the same binaries; hits, reads and flushes stay
-exact across nodes, also when a node is killed and restarted under load."""
+exact across nodes, with each site split over 16 units (VIEWCOUNTER_SHARDS' Cluster default),
+also when a node is killed and restarted under load."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import yaml
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from services.config import Settings
+from services.config import CLUSTER_SHARDS
 from services.counter import keys
-from services.counter.store import CounterUnavailable
+from services.counter.store import CounterUnavailable, unit_of
 from services.localservers import RedisCluster
 from tests.chaos.harness import outcome, record
 from tests.checks import assert_consistent, totals
@@ -48,15 +50,19 @@ async def cluster_url(cluster: RedisCluster) -> AsyncIterator[str]:
     yield url
 
 
-async def nodes_of(cluster: RedisCluster, sites: list[str]) -> dict[str, str]:
-    """site -> the node holding its keys."""
+async def nodes_of(cluster: RedisCluster, units: list[str]) -> dict[str, str]:
+    """unit -> the node holding its keys."""
     client = ClusterClient.from_url(cluster.url)
     try:
         await client.initialize()
-        nodes = {site: client.get_node_from_key(keys.site_key(site)) for site in sites}
-        return {site: node.name for site, node in nodes.items() if node is not None}
+        nodes = {unit: client.get_node_from_key(keys.site_key(unit)) for unit in units}
+        return {unit: node.name for unit, node in nodes.items() if node is not None}
     finally:
         await client.aclose()
+
+
+def unit(site: str, page: str) -> str:
+    return unit_of(site, page, CLUSTER_SHARDS)
 
 
 async def register(client: httpx.AsyncClient) -> None:
@@ -68,9 +74,10 @@ async def register(client: httpx.AsyncClient) -> None:
 async def test_hits_reads_and_flushes_are_exact_across_nodes(
     cluster: RedisCluster, cluster_url: str, database_url: str
 ) -> None:
-    placement = await nodes_of(cluster, SITES)
-    assert len(set(placement.values())) == 3  # the sites spread over every node
+    one_site = await nodes_of(cluster, keys.units(SITES[0], CLUSTER_SHARDS))
+    assert len(set(one_site.values())) == 3  # one site spreads over every node
     settings = make_settings(cluster_url, database_url, dedupe_window=1800)
+    assert settings.shards == CLUSTER_SHARDS
     sent: dict[str, Counter[str]] = {site: Counter() for site in SITES}
     async with running_api(settings) as client, flusher_for(settings) as flusher:
         await register(client)
@@ -92,7 +99,8 @@ async def test_hits_reads_and_flushes_are_exact_across_nodes(
             ).json()
             for site in SITES
         }
-    assert report.batches == len(SITES)  # one batch per site, each on its site's node
+    # One batch per unit with hits, each on its unit's node.
+    assert report.batches == len({unit(site, p) for site in SITES for p in sent[site]})
     for site in SITES:
         # Each reader counts "a" once (the repeat is a duplicate), "b" once, one p-page once.
         assert sent[site]["a"] == 5 and sent[site]["b"] == 5
@@ -107,10 +115,12 @@ async def test_hits_reads_and_flushes_are_exact_across_nodes(
 async def test_a_node_killed_and_restarted_under_load_loses_and_doubles_nothing(
     cluster: RedisCluster, cluster_url: str, database_url: str, tmp_path: Path
 ) -> None:
-    placement = await nodes_of(cluster, SITES)
+    pages = [f"p{n}" for n in range(8)]
+    placement = await nodes_of(cluster, [unit(s, p) for s in SITES for p in pages])
     victim = cluster.nodes[0]
-    victim_sites = [s for s, node in placement.items() if node.endswith(f":{victim.port}")]
-    assert victim_sites
+    on_victim = {u for u, node in placement.items() if node.endswith(f":{victim.port}")}
+    elsewhere = [(s, p) for s in SITES for p in pages if unit(s, p) not in on_victim]
+    assert on_victim and elsewhere
     settings = make_settings(cluster_url, database_url, redis_timeout=1.0, flush_interval=0.1)
     acked: dict[str, Counter[str]] = {site: Counter() for site in SITES}
     unknown: Counter[str] = Counter()
@@ -124,7 +134,7 @@ async def test_a_node_killed_and_restarted_under_load_loses_and_doubles_nothing(
             n = 0
             while not stop.is_set():
                 n += 1
-                page = f"p{n % 4}"
+                page = pages[n % len(pages)]
                 try:
                     response = await client.post(f"/v1/sites/{site}/hits", json={"page": page})
                 except httpx.HTTPError:
@@ -143,9 +153,9 @@ async def test_a_node_killed_and_restarted_under_load_loses_and_doubles_nothing(
         await asyncio.sleep(0.5)
         await asyncio.to_thread(victim.kill)
         await asyncio.sleep(0.5)
-        during = {site: sum(acked[site].values()) for site in SITES}
+        during = sum(acked[s][p] for s, p in elsewhere)
         await asyncio.sleep(0.5)
-        after_outage = {site: sum(acked[site].values()) for site in SITES}
+        after_outage = sum(acked[s][p] for s, p in elsewhere)
         await asyncio.to_thread(victim.start)
         await asyncio.sleep(1.0)
         stop.set()
@@ -168,7 +178,7 @@ async def test_a_node_killed_and_restarted_under_load_loses_and_doubles_nothing(
         done = sum(acked[site].values())
         print(
             f"{site}: acknowledged {done}, in Postgres {stored.site_views}, "
-            f"unknown outcome {unknown[site]}, node {placement[site]}"
+            f"unknown outcome {unknown[site]}"
         )
         # Nothing acknowledged is lost; nothing is counted twice (at most the hits whose
         # answer was lost may have been applied).
@@ -181,13 +191,15 @@ async def test_a_node_killed_and_restarted_under_load_loses_and_doubles_nothing(
             {f"{site}/{p}": n for site in SITES for p, n in acked[site].items()},
             {f"{site}/{p}": n for site in SITES for p, n in unknown_pages[site].items()},
             stored_pages,
-            notes=f"3 masters, AOF always; {len(victim_sites)} of {len(SITES)} sites on the node",
+            notes=(
+                f"3 masters, AOF always, {CLUSTER_SHARDS} units a site; {len(on_victim)} of "
+                f"{len(placement)} units hit on the node"
+            ),
         )
     )
     result.assert_exact()
-    # Sites on the other nodes kept counting while the victim was down.
-    others = [s for s in SITES if s not in victim_sites]
-    assert all(after_outage[s] > during[s] for s in others)
+    # Pages whose units live on the other nodes kept counting while the victim was down.
+    assert after_outage > during
 
 
 async def _work_keys(cluster: RedisCluster) -> AsyncIterator[str]:

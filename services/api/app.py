@@ -60,7 +60,8 @@ def create_app(settings: Settings) -> FastAPI:
                 settings.redis_url,
                 max_connections=settings.redis_max_connections,
                 timeout_s=settings.redis_timeout,
-            )
+            ),
+            units=settings.shards,
         )
         # min_size=0: the api starts, and counts, while Postgres is down.
         pool = await repository.connect_pool(
@@ -69,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             try:
                 await store.refuse_eviction()
+                await store.check_layout()
                 await store.register_scripts()
             except counter_store.CounterUnavailable as exc:
                 log.warning("redis not reachable at start; hits answer 503 until it is: %s", exc)

@@ -58,7 +58,8 @@ async def wait_for_redis(settings: Settings) -> bool:
     from services.db import repository
 
     store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=2, timeout_s=2.0)
+        counter_store.connect(settings.redis_url, max_connections=2, timeout_s=2.0),
+        units=settings.shards,
     )
     pool = await repository.connect_pool(
         settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=1
@@ -68,6 +69,7 @@ async def wait_for_redis(settings: Settings) -> bool:
         async def redis_ready() -> None:
             await store.ping()
             await store.refuse_eviction()
+            await store.check_layout()
 
         try:
             await health.wait_for({"redis": redis_ready}, settings.startup_timeout)

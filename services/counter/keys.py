@@ -1,9 +1,13 @@
 """The whole Redis key schema. No other module formats a Redis key.
 
-Every key of a site carries the hash tag ``{vc:SITE}`` so that one hit (site hash, page hash,
-pending shard) touches a single Redis Cluster slot. Pending deltas are split over
-``PENDING_SHARDS`` hashes by page, so several flushers can work on one site at once and no
-single hash grows with the whole site's traffic.
+A site's counting state is split by page over `VIEWCOUNTER_SHARDS` *units* (default 1 on a
+single Redis, 16 on a Cluster). Unit 0 is named after the site itself, unit k > 0 is
+``SITE~k`` ("~" never occurs in a site id). Every key of a unit carries the hash tag
+``{vc:UNIT}``, so one hit (the unit's hash, page hash, pending hashes) touches a single Redis
+Cluster slot, and the units of one busy site spread over the Cluster's nodes. Within a unit,
+pending deltas are split over ``PENDING_SHARDS`` hashes by page, so no single hash grows with
+the whole unit's traffic. Site-wide keys that are not counting state (settings copy, batch
+idempotency) live in unit 0.
 """
 
 from __future__ import annotations
@@ -12,6 +16,12 @@ import zlib
 
 PREFIX = "vc"
 PENDING_SHARDS = 8
+UNIT_MARK = "~"
+MAX_UNITS = 1024
+# The number of units the keys in this Redis were written with (one key; see CounterStore).
+LAYOUT_KEY = f"{PREFIX}:units"
+# The flushers alive and their last pass (one key; see flushers.lua).
+FLUSHERS_KEY = f"{PREFIX}:flushers"
 # Field layout of a pending hash: the local day (YYYY-MM-DD, always 10 chars) then the page.
 DAY_CHARS = 10
 
@@ -26,19 +36,41 @@ SITE_CONFIG = "cfg"  # the site's settings as JSON (siteconfig.SiteConfig)
 VISITORS_TTL_S = 3 * 86400
 
 
-def tag(site: str) -> str:
-    """The hash tag that pins all keys of `site` to one Cluster slot."""
-    return f"{{{PREFIX}:{site}}}"
+def tag(unit: str) -> str:
+    """The hash tag that pins all keys of `unit` (a site, or one of its units) to one slot."""
+    return f"{{{PREFIX}:{unit}}}"
 
 
-def site_key(site: str) -> str:
-    """Hash with the site's live total, time zone and load generation."""
-    return f"{tag(site)}:site"
+def unit(site: str, index: int) -> str:
+    """Unit `index` of `site`: the site id itself for unit 0, else ``SITE~index``."""
+    return site if index == 0 else f"{site}{UNIT_MARK}{index}"
 
 
-def pages_key(site: str) -> str:
-    """Hash page -> live total (views + baseline + pending)."""
-    return f"{tag(site)}:pages"
+def units(site: str, count: int) -> list[str]:
+    """All `count` units of `site`, unit 0 first."""
+    return [unit(site, i) for i in range(count)]
+
+
+def unit_index(page: str, count: int) -> int:
+    """The unit (0..count-1) holding `page`; stable across processes and restarts. Taken
+    from other bits of the hash than `shard_of`, so a unit's pages use all its shards."""
+    return (zlib.crc32(page.encode()) // PENDING_SHARDS) % count
+
+
+def site_of(unit_id: str) -> str:
+    """The site a unit belongs to."""
+    return unit_id.partition(UNIT_MARK)[0]
+
+
+def site_key(unit: str) -> str:
+    """Hash with the unit's part of the site's live total, the time zone, settings and the
+    unit's load generation."""
+    return f"{tag(unit)}:site"
+
+
+def pages_key(unit: str) -> str:
+    """Hash page -> live total (views + baseline + pending) of the unit's pages."""
+    return f"{tag(unit)}:pages"
 
 
 def shard_of(page: str) -> int:
@@ -46,14 +78,14 @@ def shard_of(page: str) -> int:
     return zlib.crc32(page.encode()) % PENDING_SHARDS
 
 
-def pending_key(site: str, shard: int) -> str:
+def pending_key(unit: str, shard: int) -> str:
     """Hash day+page -> hits counted but not yet moved to Postgres."""
-    return f"{tag(site)}:pend:{shard}"
+    return f"{tag(unit)}:pend:{shard}"
 
 
-def snapshot_key(site: str, shard: int, batch_id: str) -> str:
+def snapshot_key(unit: str, shard: int, batch_id: str) -> str:
     """A pending hash renamed under a batch id: frozen until the batch is in Postgres."""
-    return f"{tag(site)}:snap:{shard}:{batch_id}"
+    return f"{tag(unit)}:snap:{shard}:{batch_id}"
 
 
 # What the flusher scans for: pending shards and snapshots ("pend" and "snap" both fit the
@@ -62,42 +94,42 @@ WORK_KEYS_PATTERN = f"{{{PREFIX}:*}}:[ps][en][na][dp]:*"
 
 
 def _split(key: str, kind: str) -> tuple[str, str] | None:
-    """(site, rest) of a `{vc:SITE}:KIND:REST` key. A site id never holds "}", so the first
+    """(unit, rest) of a `{vc:UNIT}:KIND:REST` key. A unit id never holds "}", so the first
     one ends it; a page id in the rest (visitor sketches) cannot fake another kind of key."""
     head = f"{{{PREFIX}:"
     if not key.startswith(head):
         return None
-    site, _, tail = key[len(head) :].partition("}")
+    unit, _, tail = key[len(head) :].partition("}")
     marker = f":{kind}:"
-    if not site or not tail.startswith(marker):
+    if not unit or not tail.startswith(marker):
         return None
-    return site, tail[len(marker) :]
+    return unit, tail[len(marker) :]
 
 
 def parse_pending_key(key: str) -> str | None:
-    """The site of a pending shard key, or None when `key` is not one."""
+    """The unit of a pending shard key, or None when `key` is not one."""
     parts = _split(key, "pend")
     if parts is None:
         return None
-    site, shard = parts
-    return site if shard.isascii() and shard.isdigit() else None
+    unit, shard = parts
+    return unit if shard.isascii() and shard.isdigit() else None
 
 
-def lease_key(site: str) -> str:
-    """Which flusher flushes the site now (its token, with a time to live)."""
-    return f"{tag(site)}:lease"
+def lease_key(unit: str) -> str:
+    """Which flusher flushes the unit now (its token, with a time to live)."""
+    return f"{tag(unit)}:lease"
 
 
 def parse_snapshot_key(key: str) -> tuple[str, int, str] | None:
-    """(site, shard, batch id) of a snapshot key, or None when `key` is not one."""
+    """(unit, shard, batch id) of a snapshot key, or None when `key` is not one."""
     parts = _split(key, "snap")
     if parts is None:
         return None
-    site, rest = parts
+    unit, rest = parts
     shard, sep, batch_id = rest.partition(":")
     if not (sep and shard.isascii() and shard.isdigit() and batch_id):
         return None
-    return site, int(shard), batch_id
+    return unit, int(shard), batch_id
 
 
 def pending_field(day: str, page: str) -> str:
@@ -110,24 +142,30 @@ def split_pending_field(field: str) -> tuple[str, str]:
     return field[:DAY_CHARS], field[DAY_CHARS:]
 
 
-def seen_key(site: str, token: str) -> str:
+def seen_key(unit: str, token: str) -> str:
     """Marks one visitor+page as counted for the dedupe window (expires with it)."""
-    return f"{tag(site)}:seen:{token}"
+    return f"{tag(unit)}:seen:{token}"
 
 
-def rate_key(site: str, token: str, minute: int) -> str:
+def rate_key(unit: str, token: str, minute: int) -> str:
     """Hits of one client in one clock minute (expires after two)."""
-    return f"{tag(site)}:rate:{token}:{minute}"
+    return f"{tag(unit)}:rate:{token}:{minute}"
 
 
-def site_visitors_key(site: str, day: str) -> str:
-    """HyperLogLog of the site's distinct visitors on local `day`."""
-    return f"{tag(site)}:uv:{day}"
+def site_visitors_key(unit: str, day: str) -> str:
+    """HyperLogLog of the distinct visitors of the unit's pages on local `day` (the site's,
+    when it has one unit; else the union over its units)."""
+    return f"{tag(unit)}:uv:{day}"
 
 
-def page_visitors_key(site: str, day: str, page: str) -> str:
+def page_visitors_key(unit: str, day: str, page: str) -> str:
     """HyperLogLog of one page's distinct visitors on local `day`."""
-    return f"{tag(site)}:uvp:{day}:{page}"
+    return f"{tag(unit)}:uvp:{day}:{page}"
+
+
+def visitors_merge_keys(unit: str) -> tuple[str, str]:
+    """Scratch keys where merge_visitors.lua unions the visitor sketches of several units."""
+    return f"{tag(unit)}:uvmerge:0", f"{tag(unit)}:uvmerge:1"
 
 
 def admin_rate_key(token: str, minute: int) -> str:
@@ -135,9 +173,9 @@ def admin_rate_key(token: str, minute: int) -> str:
     return f"{PREFIX}:arate:{token}:{minute}"
 
 
-def idempotency_key(site: str, token: str) -> str:
+def idempotency_key(unit: str, token: str) -> str:
     """An idempotent call's record: its answer, kept for a day ("-": no record)."""
-    return f"{tag(site)}:idem:{token}"
+    return f"{tag(unit)}:idem:{token}"
 
 
 def salt_key(day: str) -> str:

@@ -35,6 +35,8 @@ LEASE = _load("lease")
 RELEASE = _load("release")
 VISITORS = _load("visitors")
 APPLY_BASELINE = _load("apply_baseline")
+MERGE_VISITORS = _load("merge_visitors")
+FLUSHERS = _load("flushers")
 ALL = (
     HITS,
     COUNTS,
@@ -47,4 +49,6 @@ ALL = (
     RELEASE,
     VISITORS,
     APPLY_BASELINE,
+    MERGE_VISITORS,
+    FLUSHERS,
 )

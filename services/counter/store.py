@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import secrets
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -20,6 +22,7 @@ from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.client import NEVER_DECODE
 
 from services.counter import keys, scripts
 from services.counter.siteconfig import SiteConfig
@@ -35,6 +38,11 @@ HITS_PER_BATCH = 32
 # Bounds how long one script call keeps Redis busy (about a microsecond per hit).
 MAX_HITS_PER_CALL = 256
 VISITOR_READ_CHUNK = 1000
+# A site split over several units: how long the sum of its units' totals (and the union of
+# their visitor sketches) is reused before it is read again.
+SITE_TOTAL_CACHE_S = 1.0
+SITE_CACHE_MAX = 10_000
+GENERATION_SEP = "|"
 # Script calls one batch sends to a Cluster at once; keep VIEWCOUNTER_REDIS_MAX_CONNECTIONS
 # (per node there) above PIPELINES_IN_FLIGHT times this.
 CLUSTER_CALLS_AT_ONCE = 4
@@ -47,6 +55,10 @@ class CounterUnavailable(Exception):
 
 class UnsafeRedis(Exception):
     """Redis is configured to evict keys, which would silently drop unflushed counts."""
+
+
+class LayoutMismatch(UnsafeRedis):
+    """Redis holds counts split over another number of units than VIEWCOUNTER_SHARDS says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +115,20 @@ class RedisMemory:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Pending shards of one site frozen under a batch id, and the generation they belong to."""
+    """Pending shards of one unit frozen under a batch id, and the generation they belong to."""
 
-    site: str
+    unit: str
     generation: str | None
     keys: list[str]
+
+
+@dataclass(slots=True)
+class _SiteTotal:
+    """What this process last read of a site's units (a site split over several)."""
+
+    until: float  # time.monotonic() after which the units are read again
+    views: dict[str, int]  # unit -> its part of the site total, as last read or answered
+    complete: bool  # every unit was loaded at the last read
 
 
 Client = Redis | RedisCluster
@@ -251,25 +272,40 @@ async def run_scripts(
     return results, fsynced
 
 
+def unit_of(site: str, page: str, units: int) -> str:
+    """The unit of `site` (split over `units`) that counts `page`."""
+    return site if units == 1 else keys.unit(site, keys.unit_index(page, units))
+
+
 def hits_call(
-    requests: Sequence[HitRequest], idempotency_token: str = "-", keep_s: int = 0
+    unit: str,
+    requests: Sequence[HitRequest],
+    units: int = 1,
+    idempotency_token: str = "-",
+    keep_s: int = 0,
 ) -> Call:
-    """One hits.lua call taking `requests` (all of one site); with `keep_s`, idempotent under
-    `idempotency_token` for that long."""
-    site = requests[0].site
-    key_list = [keys.site_key(site), keys.pages_key(site)]
-    key_list.extend(keys.pending_key(site, shard) for shard in range(keys.PENDING_SHARDS))
-    key_list.append(keys.idempotency_key(site, idempotency_token))
+    """One hits.lua call taking `requests` (all of one `unit` of a site split over `units`);
+    with `keep_s`, idempotent under `idempotency_token` for that long.
+
+    Split over several units, a site's page bound applies per unit as its share (rounded
+    up), and a client's rate limit per unit: a unit cannot see the others' counts.
+    """
+    key_list = [keys.site_key(unit), keys.pages_key(unit)]
+    key_list.extend(keys.pending_key(unit, shard) for shard in range(keys.PENDING_SHARDS))
+    key_list.append(keys.idempotency_key(unit, idempotency_token))
     args: list[str | int] = [keep_s]
     for r in requests:
         key_list.extend(
             (
-                keys.seen_key(site, r.seen_token),
-                keys.rate_key(site, r.client_token, r.minute),
-                keys.site_visitors_key(site, r.day),
-                keys.page_visitors_key(site, r.day, r.page),
+                keys.seen_key(unit, r.seen_token),
+                keys.rate_key(unit, r.client_token, r.minute),
+                keys.site_visitors_key(unit, r.day),
+                keys.page_visitors_key(unit, r.day, r.page),
             )
         )
+        page_rule = r.page_rule
+        if units > 1 and page_rule > 0:
+            page_rule = math.ceil(page_rule / units)
         args.extend(
             (
                 keys.shard_of(r.page),
@@ -277,11 +313,17 @@ def hits_call(
                 r.day,
                 r.dedupe_window_s,
                 r.rate_limit,
-                r.page_rule,
+                page_rule,
                 r.visitor_token,
             )
         )
     return (scripts.HITS, len(key_list), [*key_list, *args])
+
+
+def _counts_call(unit: str, day: str, pages: Sequence[str]) -> tuple[list[str], Sequence[str]]:
+    key_list = [keys.site_key(unit), keys.pages_key(unit), keys.site_visitors_key(unit, day)]
+    key_list.extend(keys.page_visitors_key(unit, day, page) for page in pages)
+    return key_list, pages
 
 
 @dataclass(slots=True)
@@ -299,8 +341,9 @@ class _HitBatcher:
     shared; when idle, a hit leaves at once.
     """
 
-    def __init__(self, redis: Client) -> None:
+    def __init__(self, redis: Client, units: int) -> None:
         self._redis = redis
+        self._units = units
         self._queue: list[_QueuedHit] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -340,19 +383,22 @@ class _HitBatcher:
     async def _send_batch(self, batch: list[_QueuedHit]) -> None:
         groups: dict[str, list[_QueuedHit]] = {}
         for item in batch:
-            groups.setdefault(item.request.site, []).append(item)
+            unit = unit_of(item.request.site, item.request.page, self._units)
+            groups.setdefault(unit, []).append(item)
         chunks = [
-            items[i : i + MAX_HITS_PER_CALL]
-            for items in groups.values()
+            (unit, items[i : i + MAX_HITS_PER_CALL])
+            for unit, items in groups.items()
             for i in range(0, len(items), MAX_HITS_PER_CALL)
         ]
-        calls = [hits_call([item.request for item in chunk]) for chunk in chunks]
+        calls = [
+            hits_call(unit, [item.request for item in chunk], self._units) for unit, chunk in chunks
+        ]
         try:
             results, _ = await run_scripts(self._redis, calls)
         except CLIENT_ERRORS as exc:
             _fail(batch, _unavailable(exc))
             return
-        for chunk, result in zip(chunks, results, strict=True):
+        for (_, chunk), result in zip(chunks, results, strict=True):
             if isinstance(result, Exception):
                 _fail(chunk, _unavailable(result))
                 continue
@@ -378,12 +424,22 @@ def _fail(items: list[_QueuedHit], error: Exception) -> None:
 
 
 class CounterStore:
-    """Counting state in Redis, exposed as typed methods; wraps Redis errors as ours."""
+    """Counting state in Redis, exposed as typed methods; wraps Redis errors as ours.
 
-    def __init__(self, redis: Client) -> None:
+    Each site is split by page over `units` units (keys.py); methods that take a site fan
+    out to its units, the flusher's methods (snapshots, leases, generation) take units.
+    """
+
+    def __init__(self, redis: Client, *, units: int = 1) -> None:
+        if not 1 <= units <= keys.MAX_UNITS:
+            raise ValueError(f"units must be 1..{keys.MAX_UNITS}")
         self.redis = redis
-        self._hits = _HitBatcher(redis)
+        self.units = units
+        self._hits = _HitBatcher(redis, units)
         self._node_clients: dict[str, Redis] = {}
+        self._totals: dict[str, _SiteTotal] = {}
+        self._reading: dict[str, asyncio.Task[_SiteTotal]] = {}
+        self._visitors: dict[tuple[str, str], tuple[float, int]] = {}
 
     async def register_scripts(self) -> None:
         """Load every script so the first calls need no NOSCRIPT recovery."""
@@ -433,8 +489,104 @@ class CounterStore:
         return results[0]
 
     async def hit(self, request: HitRequest) -> HitResult | None:
-        """Take one page view; None when the site is not loaded (nothing written then)."""
-        return await self._hits.hit(request)
+        """Take one page view; None when the site (the page's unit of it) is not loaded:
+        nothing was written then."""
+        result = await self._hits.hit(request)
+        if result is None or self.units == 1:
+            return result
+        unit = unit_of(request.site, request.page, self.units)
+        site_views, _ = await self._site_views(request.site, {unit: result.site_views})
+        return HitResult(result.outcome, result.page_views, site_views)
+
+    def units_of(self, site: str) -> list[str]:
+        """Every unit of `site`, unit 0 (the site id itself) first."""
+        return keys.units(site, self.units)
+
+    async def check_layout(self) -> None:
+        """Raise LayoutMismatch when this Redis holds counts split over another number of
+        units; record ours when it holds none."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(keys.LAYOUT_KEY, self.units, nx=True)
+                pipe.get(keys.LAYOUT_KEY)
+                _, recorded = await pipe.execute()
+        except CLIENT_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        if int(recorded) != self.units:
+            raise LayoutMismatch(
+                f"Redis holds sites split over {recorded} units, VIEWCOUNTER_SHARDS says "
+                f"{self.units}: set it back, or drain Redis first (README, Scaling)"
+            )
+
+    async def _site_views(self, site: str, fresh: Mapping[str, int]) -> tuple[int, bool]:
+        """The site's live total: the sum of its units' parts (read at most every
+        SITE_TOTAL_CACHE_S, `fresh` ones just answered by a script), and whether every unit
+        was loaded. Between reads a part only grows, so answers that arrive out of order
+        do not make the total shown go back."""
+        cached = await self._site_total(site)
+        for unit, views in fresh.items():
+            cached.views[unit] = max(cached.views.get(unit, views), views)
+        return sum(cached.views.values()), cached.complete
+
+    async def _site_total(self, site: str) -> _SiteTotal:
+        cached = self._totals.get(site)
+        if cached is not None and cached.until > time.monotonic():
+            return cached
+        task = self._reading.get(site)
+        if task is None:  # one read of the units at a time, however many hits wait on it
+            task = asyncio.ensure_future(self._read_units(site, cached))
+            self._reading[site] = task
+            task.add_done_callback(lambda _: self._reading.pop(site, None))
+        return await asyncio.shield(task)
+
+    async def _read_units(self, site: str, before: _SiteTotal | None) -> _SiteTotal:
+        unit_ids = self.units_of(site)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for unit in unit_ids:
+                    pipe.hmget(keys.site_key(unit), [keys.SITE_GEN, keys.SITE_VIEWS])
+                answers = await pipe.execute()
+        except CLIENT_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        views: dict[str, int] = {}
+        complete = True
+        for unit, (gen, value) in zip(unit_ids, answers, strict=True):
+            if gen is not None:
+                views[unit] = int(value or 0)
+            else:  # lost (being refilled): its last known part until it is back
+                complete = False
+                if before is not None and unit in before.views:
+                    views[unit] = before.views[unit]
+        total = _SiteTotal(time.monotonic() + SITE_TOTAL_CACHE_S, views, complete)
+        if len(self._totals) >= SITE_CACHE_MAX:
+            self._totals.clear()
+        self._totals[site] = total
+        return total
+
+    async def _site_visitors(self, site: str, day: str, *, cached: bool = True) -> int:
+        """Distinct visitors of a site split over several units on `day`: the union of the
+        units' sketches, counted in unit 0's slot."""
+        hit = self._visitors.get((site, day))
+        if cached and hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        unit_ids = self.units_of(site)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for unit in unit_ids:
+                    # A sketch is binary: read it as bytes, send it back as bytes.
+                    pipe.execute_command(
+                        "GET", keys.site_visitors_key(unit, day), **{NEVER_DECODE: True}
+                    )
+                sketches = [raw for raw in await pipe.execute() if raw]
+        except CLIENT_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        count = int(
+            await self._eval(scripts.MERGE_VISITORS, keys.visitors_merge_keys(site), sketches)
+        )
+        if len(self._visitors) >= SITE_CACHE_MAX:
+            self._visitors.clear()
+        self._visitors[(site, day)] = (time.monotonic() + SITE_TOTAL_CACHE_S, count)
+        return count
 
     async def count_admin_request(self, token: str, minute: int) -> int:
         """Count one admin request of a client in a clock minute; the count so far."""
@@ -465,22 +617,37 @@ class CounterStore:
     async def hit_batch(
         self, requests: Sequence[HitRequest], idempotency_token: str, keep_s: int
     ) -> list[HitResult] | None:
-        """Take many page views of one site, MAX_HITS_PER_CALL per script call, each call
-        idempotent under `idempotency_token` and its position: sent again (a retry after a
-        failure part-way), the calls that ran answer what they did and count nothing. None
-        when the site is not loaded."""
-        calls = [
-            hits_call(requests[i : i + MAX_HITS_PER_CALL], f"{idempotency_token}:{n}", keep_s)
-            for n, i in enumerate(range(0, len(requests), MAX_HITS_PER_CALL))
-        ]
-        answers: list[HitResult] = []
-        for result in await self._run(calls):
+        """Take many page views of one site, MAX_HITS_PER_CALL per script call (per unit),
+        each call idempotent under `idempotency_token` and its position: sent again (a retry
+        after a failure part-way), the calls that ran answer what they did and count nothing.
+        None when the site (a unit of it) is not loaded. The site views answered are those
+        of the page's unit."""
+        groups: dict[str, list[int]] = {}
+        for position, request in enumerate(requests):
+            groups.setdefault(unit_of(request.site, request.page, self.units), []).append(position)
+        calls: list[Call] = []
+        positions: list[list[int]] = []
+        for index, (unit, members) in enumerate(groups.items()):
+            # The same body always gives the same calls, so a retry finds their records.
+            prefix = idempotency_token if self.units == 1 else f"{idempotency_token}:u{index}"
+            for n, i in enumerate(range(0, len(members), MAX_HITS_PER_CALL)):
+                chunk = members[i : i + MAX_HITS_PER_CALL]
+                calls.append(
+                    hits_call(
+                        unit, [requests[p] for p in chunk], self.units, f"{prefix}:{n}", keep_s
+                    )
+                )
+                positions.append(chunk)
+        answers: list[HitResult | None] = [None] * len(requests)
+        for chunk, result in zip(positions, await self._run(calls), strict=True):
             if result[0] == 0:
-                return None
-            for i in range(1, len(result), 3):
-                outcome, page_views, site_views = result[i : i + 3]
-                answers.append(HitResult(OUTCOMES[int(outcome)], int(page_views), int(site_views)))
-        return answers
+                return None  # the calls that ran answer the same when sent again
+            for j, position in enumerate(chunk):
+                outcome, page_views, unit_views = result[1 + 3 * j : 4 + 3 * j]
+                answers[position] = HitResult(
+                    OUTCOMES[int(outcome)], int(page_views), int(unit_views)
+                )
+        return [answer for answer in answers if answer is not None]
 
     async def daily_salt(self, day: str) -> bytes:
         """The shared random salt of `day` for visitor hashes (created by the first asker)."""
@@ -496,17 +663,44 @@ class CounterStore:
 
     async def counts(self, site: str, day: str, pages: Sequence[str]) -> Counts | None:
         """Live totals of `site` and `pages`, and their distinct visitors on local `day`;
-        None when the site is not loaded."""
-        key_list = [keys.site_key(site), keys.pages_key(site), keys.site_visitors_key(site, day)]
-        key_list.extend(keys.page_visitors_key(site, day, page) for page in pages)
-        result = await self._eval(scripts.COUNTS, key_list, pages)
-        if result[0] == 0:
+        None when the site (a unit of it) is not loaded."""
+        if self.units == 1:
+            result = await self._eval(scripts.COUNTS, *_counts_call(site, day, pages))
+            if result[0] == 0:
+                return None
+            return Counts(
+                site_views=int(result[1]),
+                pages={page: int(v) for page, v in zip(pages, result[3::2], strict=True)},
+                site_visitors=int(result[2]),
+                page_visitors={page: int(v) for page, v in zip(pages, result[4::2], strict=True)},
+            )
+        groups: dict[str, list[str]] = {}
+        for page in dict.fromkeys(pages):
+            groups.setdefault(unit_of(site, page, self.units), []).append(page)
+        calls: list[Call] = []
+        for unit, unit_pages in groups.items():
+            key_list, argv = _counts_call(unit, day, unit_pages)
+            calls.append((scripts.COUNTS, len(key_list), [*key_list, *argv]))
+        views: dict[str, int] = {}
+        visitors: dict[str, int] = {}
+        fresh: dict[str, int] = {}
+        for (unit, unit_pages), result in zip(groups.items(), await self._run(calls), strict=True):
+            if result[0] == 0:
+                return None
+            fresh[unit] = int(result[1])
+            for page, page_views, page_visitors in zip(
+                unit_pages, result[3::2], result[4::2], strict=True
+            ):
+                views[page] = int(page_views)
+                visitors[page] = int(page_visitors)
+        site_views, complete = await self._site_views(site, fresh)
+        if not complete:
             return None
         return Counts(
-            site_views=int(result[1]),
-            pages={page: int(v) for page, v in zip(pages, result[3::2], strict=True)},
-            site_visitors=int(result[2]),
-            page_visitors={page: int(v) for page, v in zip(pages, result[4::2], strict=True)},
+            site_views=site_views,
+            pages={page: views[page] for page in pages},
+            site_visitors=await self._site_visitors(site, day),
+            page_visitors={page: visitors[page] for page in pages},
         )
 
     async def site_config(self, site: str) -> SiteConfig | None:
@@ -524,28 +718,45 @@ class CounterStore:
     async def set_config(
         self, site: str, config: SiteConfig, new_pages: Sequence[str] = ()
     ) -> bool:
-        """Record changed settings (and newly registered pages) of a loaded site; False (and
-        nothing written) when it is not loaded: its next load brings them from Postgres."""
-        loaded = await self._eval(
-            scripts.SET_CONFIG,
-            (keys.site_key(site), keys.pages_key(site)),
-            (config.timezone, config.to_json(), *new_pages),
-        )
-        return bool(loaded)
+        """Record changed settings (and newly registered pages) of a loaded site, in each of its
+        units; False when a unit is not loaded (nothing written there): its next load brings
+        them from Postgres."""
+        groups: dict[str, list[str]] = {unit: [] for unit in self.units_of(site)}
+        for page in new_pages:
+            groups[unit_of(site, page, self.units)].append(page)
+        calls: list[Call] = [
+            (
+                scripts.SET_CONFIG,
+                2,
+                [
+                    keys.site_key(unit),
+                    keys.pages_key(unit),
+                    config.timezone,
+                    config.to_json(),
+                    *unit_pages,
+                ],
+            )
+            for unit, unit_pages in groups.items()
+        ]
+        return all(await self._run(calls))
 
     async def visitor_estimates(
         self, site_days: Sequence[tuple[str, str]], page_days: Sequence[tuple[str, str, str]]
     ) -> tuple[list[int], list[int]]:
         """Distinct-visitor estimates of (site, day) and (site, page, day) buckets, in order."""
-        # One script call per site and chunk: a site's sketches share its Cluster slot.
-        wanted = [(site, keys.site_visitors_key(site, day)) for site, day in site_days]
-        wanted += [(site, keys.page_visitors_key(site, day, page)) for site, page, day in page_days]
-        by_site: dict[str, list[int]] = {}
-        for i, (site, _) in enumerate(wanted):
-            by_site.setdefault(site, []).append(i)
+        # One script call per unit and chunk: a unit's sketches share its Cluster slot.
+        wanted: list[tuple[str, str]] = []
+        if self.units == 1:
+            wanted += [(site, keys.site_visitors_key(site, day)) for site, day in site_days]
+        for site, page, day in page_days:
+            unit = unit_of(site, page, self.units)
+            wanted.append((unit, keys.page_visitors_key(unit, day, page)))
+        by_unit: dict[str, list[int]] = {}
+        for i, (unit, _) in enumerate(wanted):
+            by_unit.setdefault(unit, []).append(i)
         calls: list[Call] = []
         slots: list[list[int]] = []
-        for indexes in by_site.values():
+        for indexes in by_unit.values():
             for start in range(0, len(indexes), VISITOR_READ_CHUNK):
                 chunk = indexes[start : start + VISITOR_READ_CHUNK]
                 calls.append((scripts.VISITORS, len(chunk), [wanted[i][1] for i in chunk]))
@@ -554,7 +765,13 @@ class CounterStore:
         for chunk, result in zip(slots, await self._run(calls), strict=True):
             for i, value in zip(chunk, result, strict=True):
                 values[i] = int(value)
-        return values[: len(site_days)], values[len(site_days) :]
+        if self.units == 1:
+            return values[: len(site_days)], values[len(site_days) :]
+        # Split over units: a site's visitors are the union of its units' sketches.
+        site_values = [
+            await self._site_visitors(site, day, cached=False) for site, day in site_days
+        ]
+        return site_values, values
 
     async def memory(self) -> RedisMemory:
         """Redis' used memory and its maxmemory bound (of a Cluster: the fullest primary)."""
@@ -572,81 +789,130 @@ class CounterStore:
         ]
         return max(readings, key=lambda m: (m.ratio or 0.0, m.used_bytes))
 
-    async def load_pages(self, site: str, totals: Sequence[tuple[str, int]]) -> bool:
-        """Write page totals of an unloaded site; False when the site got loaded meanwhile."""
-        flat: list[str | int] = []
-        for page, total in totals:
-            flat.extend((page, total))
-        loaded = await self._eval(
-            scripts.LOAD_PAGES, (keys.site_key(site), keys.pages_key(site)), flat
-        )
-        return bool(loaded)
+    async def load(
+        self,
+        site: str,
+        site_total: int,
+        config: SiteConfig,
+        page_totals: AsyncIterator[Sequence[tuple[str, int]]],
+    ) -> None:
+        """Copy a site's totals (from Postgres: its total, then its pages in chunks) into
+        those of its units that are not loaded; a unit another loader finished meanwhile is
+        left alone.
 
-    async def load_site(
-        self, site: str, generation: str, site_total: int, config: SiteConfig
-    ) -> bool:
-        """Mark the site loaded with its total and settings; False when another loader
-        finished first."""
-        loaded = await self._eval(
-            scripts.LOAD_SITE,
-            (keys.site_key(site),),
-            (generation, site_total, config.timezone, config.to_json()),
+        A unit's part of the site total is the sum of its pages' totals; unit 0 also holds
+        the rest (site total minus all pages, e.g. a site baseline), so the parts sum to the
+        site total however many units are loaded at a time.
+        """
+        unit_ids = self.units_of(site)
+        loading = set(unit_ids)
+        parts = dict.fromkeys(unit_ids, 0)
+        async for chunk in page_totals:
+            flat: dict[str, list[str | int]] = {}
+            for page, total in chunk:
+                unit = unit_of(site, page, self.units)
+                parts[unit] += total
+                if unit in loading:
+                    flat.setdefault(unit, []).extend((page, total))
+            calls: list[Call] = [
+                (scripts.LOAD_PAGES, 2, [keys.site_key(u), keys.pages_key(u), *args])
+                for u, args in flat.items()
+            ]
+            for unit, written in zip(flat, await self._run(calls), strict=True):
+                if not written:
+                    loading.discard(unit)  # loaded meanwhile by another process
+            if not loading:
+                return
+        parts[site] = site_total - sum(parts[u] for u in unit_ids[1:])
+        await self._run(
+            [
+                (
+                    scripts.LOAD_SITE,
+                    1,
+                    [
+                        keys.site_key(unit),
+                        secrets.token_hex(8),
+                        parts[unit],
+                        config.timezone,
+                        config.to_json(),
+                    ],
+                )
+                for unit in unit_ids
+                if unit in loading
+            ]
         )
-        return bool(loaded)
+        self._totals.pop(site, None)
 
-    async def generation(self, site: str) -> str | None:
-        """The site's load generation; it changes only when Redis lost the site and was refilled."""
+    async def generation(self, unit: str) -> str | None:
+        """The unit's load generation; it changes only when Redis lost the unit and it was
+        refilled."""
         try:
-            gen = await self.redis.hget(keys.site_key(site), keys.SITE_GEN)
+            gen = await self.redis.hget(keys.site_key(unit), keys.SITE_GEN)
         except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
         return cast(str | None, gen)
 
+    async def site_generation(self, site: str) -> str | None:
+        """The load generations of the site's units as one token ("|" between units, "" for
+        a unit not loaded); None when no unit is loaded."""
+        if self.units == 1:
+            return await self.generation(site)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for unit in self.units_of(site):
+                    pipe.hget(keys.site_key(unit), keys.SITE_GEN)
+                gens = await pipe.execute()
+        except CLIENT_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        if all(gen is None for gen in gens):
+            return None
+        return GENERATION_SEP.join(gen or "" for gen in gens)
+
     async def snapshot(
         self, batches: Mapping[str, str], fsync_timeout_ms: int | None
     ) -> tuple[list[Snapshot], bool | None]:
-        """Freeze the non-empty pending shards of each site in `batches` (site -> batch id)
+        """Freeze the non-empty pending shards of each unit in `batches` (unit -> batch id)
         under its batch id, in one pipeline.
 
         With `fsync_timeout_ms`, also wait (WAITAOF) until the moves are in Redis' AOF on disk,
         so a Redis crash cannot roll them back after a batch reached Postgres; the second
         value says whether that was confirmed (None: the server cannot confirm it).
         """
-        sites = list(batches)
+        unit_ids = list(batches)
         calls: list[Call] = []
         targets: list[list[str]] = []
-        for site, batch_id in batches.items():
-            site_targets = [
-                keys.snapshot_key(site, shard, batch_id) for shard in range(keys.PENDING_SHARDS)
+        for unit, batch_id in batches.items():
+            unit_targets = [
+                keys.snapshot_key(unit, shard, batch_id) for shard in range(keys.PENDING_SHARDS)
             ]
-            argv = [keys.site_key(site)]
-            for shard, target in enumerate(site_targets):
-                argv.extend((keys.pending_key(site, shard), target))
+            argv = [keys.site_key(unit)]
+            for shard, target in enumerate(unit_targets):
+                argv.extend((keys.pending_key(unit, shard), target))
             calls.append((scripts.SNAPSHOT, len(argv), argv))
-            targets.append(site_targets)
+            targets.append(unit_targets)
         try:
             if isinstance(self.redis, RedisCluster) and fsync_timeout_ms is not None:
-                results, fsynced = await self._snapshot_per_node(sites, calls, fsync_timeout_ms)
+                results, fsynced = await self._snapshot_per_node(unit_ids, calls, fsync_timeout_ms)
             else:
                 results, fsynced = await run_scripts(self.redis, calls, fsync_timeout_ms)
         except CLIENT_ERRORS as exc:
             raise _unavailable(exc) from exc
         snapshots = []
-        for site, site_targets, result in zip(sites, targets, results, strict=True):
+        for unit, unit_targets, result in zip(unit_ids, targets, results, strict=True):
             if isinstance(result, Exception):
                 raise _unavailable(result)
-            moved = [site_targets[i] for i in result[1:]]
-            snapshots.append(Snapshot(site=site, generation=result[0], keys=moved))
+            moved = [unit_targets[i] for i in result[1:]]
+            snapshots.append(Snapshot(unit=unit, generation=result[0], keys=moved))
         return snapshots, fsynced
 
     async def _snapshot_per_node(
-        self, sites: Sequence[str], calls: Sequence[Call], fsync_timeout_ms: int
+        self, unit_ids: Sequence[str], calls: Sequence[Call], fsync_timeout_ms: int
     ) -> tuple[list[Any], bool | None]:
         # WAITAOF waits for the writes of its own connection: on a Cluster, each node's
         # snapshots and their WAITAOF go down one connection to that node.
         groups: dict[int, tuple[Redis, list[int]]] = {}
-        for i, site in enumerate(sites):
-            client = self._node_client(keys.site_key(site))
+        for i, unit in enumerate(unit_ids):
+            client = self._node_client(keys.site_key(unit))
             groups.setdefault(id(client), (client, []))[1].append(i)
         results: list[Any] = [None] * len(calls)
         confirmations: list[bool | None] = []
@@ -661,17 +927,22 @@ class CounterStore:
             return results, False
         return results, None if None in confirmations else True
 
-    async def take_leases(self, sites: Sequence[str], owner: str, lease_ms: int) -> set[str]:
-        """Take or renew the flush lease of each site; the sites whose lease `owner` holds."""
+    async def take_leases(self, unit_ids: Sequence[str], owner: str, lease_ms: int) -> set[str]:
+        """Take or renew the flush lease of each unit; the units whose lease `owner` holds."""
         calls: list[Call] = [
-            (scripts.LEASE, 1, [keys.lease_key(s), owner, lease_ms]) for s in sites
+            (scripts.LEASE, 1, [keys.lease_key(u), owner, lease_ms]) for u in unit_ids
         ]
         results = await self._run(calls)
-        return {site for site, result in zip(sites, results, strict=True) if result[0] == 1}
+        return {unit for unit, result in zip(unit_ids, results, strict=True) if result[0] == 1}
 
-    async def release_leases(self, sites: Sequence[str], owner: str) -> None:
-        """Give up the flush leases `owner` holds among `sites`."""
-        await self._run([(scripts.RELEASE, 1, [keys.lease_key(s), owner]) for s in sites])
+    async def flushers_alive(self, owner: str, lease_ms: int) -> int:
+        """Record that flusher `owner` is alive; how many flushers were alive within the
+        last `lease_ms` (this one included). `lease_ms` -1: it is leaving."""
+        return int(await self._eval(scripts.FLUSHERS, (keys.FLUSHERS_KEY,), (owner, lease_ms)))
+
+    async def release_leases(self, unit_ids: Sequence[str], owner: str) -> None:
+        """Give up the flush leases `owner` holds among `unit_ids`."""
+        await self._run([(scripts.RELEASE, 1, [keys.lease_key(u), owner]) for u in unit_ids])
 
     async def _run(self, calls: Sequence[Call]) -> list[Any]:
         if not calls:
@@ -694,7 +965,7 @@ class CounterStore:
             raise _unavailable(exc) from exc
 
     async def find_work(self) -> tuple[set[str], dict[str, list[str]]]:
-        """Sites with pending deltas, and snapshot keys left in Redis grouped by batch id."""
+        """Units with pending deltas, and snapshot keys left in Redis grouped by batch id."""
         sites: set[str] = set()
         batches: dict[str, list[str]] = {}
         try:
@@ -768,13 +1039,40 @@ class CounterStore:
         page_deltas: Sequence[tuple[str, int]],
     ) -> int:
         """Add one chunk of a committed baseline change to the live totals, if the site is
-        still loaded under `generation` and the chunk is newer than the last one applied:
-        1 applied, 2 applied before, 0 not this generation (a load since included it)."""
-        flat: list[str | int] = [generation, change_id, chunk, site_delta]
+        still loaded under `generation` (site_generation's) and the chunk is newer than the
+        last one applied: 1 applied, 2 applied before, 0 not this generation (a load since
+        included it). Split over units, each unit takes its pages' deltas (and as many
+        on its part of the site total, which unit 0's part gives back) under its own
+        generation, each unit once."""
+        unit_ids = self.units_of(site)
+        gens = generation.split(GENERATION_SEP) if self.units > 1 else [generation]
+        if len(gens) != len(unit_ids):
+            return 0  # recorded under another layout: the units loaded since include it
+        deltas: dict[str, list[str | int]] = {unit: [] for unit in unit_ids}
+        parts = dict.fromkeys(unit_ids, 0)
         for page, delta in page_deltas:
-            flat.extend((page, delta))
-        return int(
-            await self._eval(
-                scripts.APPLY_BASELINE, (keys.site_key(site), keys.pages_key(site)), flat
+            unit = unit_of(site, page, self.units)
+            deltas[unit].extend((page, delta))
+            if unit != site:
+                parts[unit] += delta
+        parts[site] = site_delta - sum(parts.values())
+        calls: list[Call] = [
+            (
+                scripts.APPLY_BASELINE,
+                2,
+                [
+                    keys.site_key(unit),
+                    keys.pages_key(unit),
+                    gen,
+                    change_id,
+                    chunk,
+                    parts[unit],
+                    *deltas[unit],
+                ],
             )
-        )
+            for unit, gen in zip(unit_ids, gens, strict=True)
+            if gen and (unit == site or deltas[unit])
+        ]
+        outcomes = [int(r) for r in await self._run(calls)]
+        self._totals.pop(site, None)
+        return 1 if 1 in outcomes else 2 if 2 in outcomes else 0

@@ -74,7 +74,7 @@ async def serve(settings: Settings) -> int:
         max_connections=8,
         timeout_s=max(settings.redis_timeout, FSYNC_TIMEOUT_S),
     )
-    store = counter_store.CounterStore(redis)
+    store = counter_store.CounterStore(redis, units=settings.shards)
     pool = await repository.connect_pool(
         settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=4
     )
@@ -103,6 +103,7 @@ async def serve(settings: Settings) -> int:
     async def redis_ready() -> None:
         await store.ping()
         await store.refuse_eviction()
+        await store.check_layout()
 
     try:
         checks = {"redis": redis_ready, "postgres": lambda: health.check_migrations(repo)}

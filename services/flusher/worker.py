@@ -1,14 +1,16 @@
 """The flusher: moves pending deltas from Redis into Postgres, exactly once.
 
-One pass (`flush_once`):
-1. find the sites with pending deltas, and snapshots left by a crashed (or concurrent)
+The unit of work is a site's *unit* (keys.py: a site is split by page over
+VIEWCOUNTER_SHARDS units, one Redis Cluster slot each). One pass (`flush_once`):
+1. find the units with pending deltas, and snapshots left by a crashed (or concurrent)
    flusher;
-2. take or renew the flush lease of each of those sites: a site is flushed by one flusher at
-   a time, and the sites of a flusher that died are free once its leases run out;
-3. finish the leftover batches of the sites it holds: a batch whose id is in the ledger is
+2. take or renew the flush lease of its share of those units: a unit is flushed by one
+   flusher at a time, the flushers alive (each says so in Redis every pass) share the units
+   about evenly, and the units of a flusher that died are free once its leases run out;
+3. finish the leftover batches of the units it holds: a batch whose id is in the ledger is
    only deleted;
-4. freeze the pending shards of each site it holds under a new batch id per site (RENAME,
-   atomic), wait until Redis has that on disk (WAITAOF), apply each site's deltas and insert
+4. freeze the pending shards of each unit it holds under a new batch id per unit (RENAME,
+   atomic), wait until Redis has that on disk (WAITAOF), apply each unit's deltas and insert
    its batch id into the ledger in one Postgres transaction, and only after COMMIT delete the
    snapshot.
 A crash at any point leaves either the pending hash or a snapshot in Redis, and the ledger
@@ -22,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import random
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -89,7 +93,7 @@ class Flusher:
         self._seq = 0
         self._warned_no_fsync = False
         self._lease_ms = max(1, int(lease_s * 1000))
-        self._leased: set[str] = set()  # sites whose lease this flusher took (to release)
+        self._leased: set[str] = set()  # units whose lease this flusher took (to release)
         self.last_success: float | None = None
 
     def _new_batch_id(self) -> str:
@@ -100,24 +104,23 @@ class Flusher:
         """One pass: finish leftover batches, then move all pending deltas to Postgres."""
         report = FlushReport()
         pass_started = self._clock()  # metrics: the flush lag counts from here
-        sites, leftovers = await self._store.find_work()
-        flusher_metrics.found_work(len(sites), sum(len(k) for k in leftovers.values()))
-        leftover_sites = {
+        units, leftovers = await self._store.find_work()
+        flusher_metrics.found_work(len(units), sum(len(k) for k in leftovers.values()))
+        leftover_units = {
             batch: {parsed[0] for k in batch_keys if (parsed := keys.parse_snapshot_key(k))}
             for batch, batch_keys in leftovers.items()
         }
-        wanted = set(sites).union(*leftover_sites.values())
-        held = await self._store.take_leases(sorted(wanted), self.owner, self._lease_ms)
-        self._leased |= held
+        wanted = set(units).union(*leftover_units.values())
+        held = await self._take_share(wanted)
         for batch, batch_keys in sorted(leftovers.items()):
             # Ours, or left by a flusher whose lease ran out (dead, or stalled: then the
             # ledger keeps a late apply of its from counting twice).
-            if leftover_sites[batch] <= held:
+            if leftover_units[batch] <= held:
                 await self._finish(batch, sorted(batch_keys), None, report)
                 REPLAYED_BATCHES.inc()
-        # One batch (one transaction) per site: a site whose Redis data was lost and refilled
-        # meanwhile drops only its own batch, never another site's.
-        batches = {site: self._new_batch_id() for site in sorted(set(sites) & held)}
+        # One batch (one transaction) per unit: a unit whose Redis data was lost and refilled
+        # meanwhile drops only its own batch, never another's.
+        batches = {unit: self._new_batch_id() for unit in sorted(set(units) & held)}
         if batches:
             timeout = FSYNC_WAIT_MS if self._wait_fsync else None
             snapshots, fsynced = await self._store.snapshot(batches, timeout)
@@ -132,12 +135,33 @@ class Flusher:
             for snap in snapshots:
                 if snap.keys:
                     await self._finish(
-                        batches[snap.site], snap.keys, {snap.site: snap.generation}, report
+                        batches[snap.unit], snap.keys, {snap.unit: snap.generation}, report
                     )
         await self._settle_baselines()
         self.last_success = self._clock()
         flusher_metrics.pass_succeeded(pass_started, self.last_success)
         return report
+
+    async def _take_share(self, wanted: set[str]) -> set[str]:
+        """Take or renew leases on this flusher's share of the `wanted` units: the ones it
+        holds first, then free ones, up to an even share among the flushers alive; leases
+        beyond the share (another flusher started) are given back for it to take."""
+        alive = await self._store.flushers_alive(self.owner, self._lease_ms)
+        share = math.ceil(len(wanted) / max(1, alive))
+        mine = sorted(wanted & self._leased)
+        held = await self._store.take_leases(mine, self.owner, self._lease_ms)
+        if len(held) < share:
+            others = sorted(wanted - held)
+            random.shuffle(others)  # flushers starting together try different units first
+            held |= await self._store.take_leases(
+                others[: share - len(held)], self.owner, self._lease_ms
+            )
+        excess = sorted(held)[share:] if len(held) > share else []
+        if excess:
+            await self._store.release_leases(excess, self.owner)
+            held -= set(excess)
+        self._leased = (self._leased - set(mine)) | held
+        return held
 
     async def _settle_baselines(self) -> None:
         # A baseline change is committed in Postgres with its Redis deltas queued beside it;
@@ -160,11 +184,13 @@ class Flusher:
         report: FlushReport,
     ) -> None:
         rows = repository.BatchRows()
+        units: set[str] = set()
         for key in batch_keys:
             parsed = keys.parse_snapshot_key(key)
             if parsed is None:
                 continue
-            site = parsed[0]
+            units.add(parsed[0])
+            site = keys.site_of(parsed[0])
             async for field, hits in self._store.read_snapshot(key):
                 day, page = keys.split_pending_field(field)
                 rows.add(site, page, day, hits)
@@ -177,14 +203,13 @@ class Flusher:
         site_estimates, page_estimates = await self._store.visitor_estimates(site_days, page_days)
         rows.site_visitors = dict(zip(site_days, site_estimates, strict=True))
         rows.page_visitors = dict(zip(page_days, page_estimates, strict=True))
-        sites = sorted({site for site, _, _ in rows.daily})
         if generations is None:
-            generations = {site: await self._store.generation(site) for site in sites}
+            generations = {unit: await self._store.generation(unit) for unit in sorted(units)}
         expected = dict(generations)
 
         async def still_current() -> bool:
-            for site, gen in expected.items():
-                if await self._store.generation(site) != gen:
+            for unit, gen in expected.items():
+                if await self._store.generation(unit) != gen:
                     return False
             return True
 
@@ -192,7 +217,7 @@ class Flusher:
             outcome = await self._repo.apply_batch(batch, batch_keys, rows, still_current)
         except repository.GenerationChanged:
             log.error(
-                "batch %s dropped: Redis lost and refilled its sites meanwhile",
+                "batch %s dropped: Redis lost and refilled its units meanwhile",
                 batch,
                 extra={"batch": batch, "hits": rows.hits},
             )
@@ -261,6 +286,7 @@ class Flusher:
         """Give up this flusher's leases, so that others take its sites over at once."""
         leased, self._leased = sorted(self._leased), set()
         try:
+            await self._store.flushers_alive(self.owner, -1)
             await self._store.release_leases(leased, self.owner)
         except counter_store.CounterUnavailable as exc:
             log.warning("leases not released (they run out by themselves): %s", exc)
