@@ -196,7 +196,8 @@ async def site(api: httpx.AsyncClient) -> str:
 async def flusher_for(settings: Settings) -> AsyncIterator[Flusher]:
     """A Flusher with its own clients, as the flusher process builds it."""
     store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5)
+        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5),
+        units=settings.shards,
     )
     pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
     flusher = Flusher(store, repository.Repository(pool), interval_s=settings.flush_interval)

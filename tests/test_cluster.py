@@ -16,8 +16,7 @@ import pytest
 import yaml
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
-from services.config import Settings
-from services.config import CLUSTER_SHARDS
+from services.config import CLUSTER_SHARDS, Settings
 from services.counter import keys
 from services.counter.store import CounterUnavailable, unit_of
 from services.localservers import RedisCluster

@@ -935,10 +935,11 @@ class CounterStore:
         results = await self._run(calls)
         return {unit for unit, result in zip(unit_ids, results, strict=True) if result[0] == 1}
 
-    async def flushers_alive(self, owner: str, lease_ms: int) -> int:
-        """Record that flusher `owner` is alive; how many flushers were alive within the
-        last `lease_ms` (this one included). `lease_ms` -1: it is leaving."""
-        return int(await self._eval(scripts.FLUSHERS, (keys.FLUSHERS_KEY,), (owner, lease_ms)))
+    async def flushers_alive(self, owner: str, lease_ms: int) -> list[str]:
+        """Record that flusher `owner` is alive; the flushers alive within the last
+        `lease_ms` (this one included). `lease_ms` -1: it is leaving."""
+        alive = await self._eval(scripts.FLUSHERS, (keys.FLUSHERS_KEY,), (owner, lease_ms))
+        return [str(o) for o in alive]
 
     async def release_leases(self, unit_ids: Sequence[str], owner: str) -> None:
         """Give up the flush leases `owner` holds among `unit_ids`."""

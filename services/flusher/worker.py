@@ -6,7 +6,8 @@ VIEWCOUNTER_SHARDS units, one Redis Cluster slot each). One pass (`flush_once`):
    flusher;
 2. take or renew the flush lease of its share of those units: a unit is flushed by one
    flusher at a time, the flushers alive (each says so in Redis every pass) share the units
-   about evenly, and the units of a flusher that died are free once its leases run out;
+   out by rendezvous hashing (about evenly), and the units of a flusher that died are free,
+   and shared out among the others, once its leases run out;
 3. finish the leftover batches of the units it holds: a batch whose id is in the ledger is
    only deleted;
 4. freeze the pending shards of each unit it holds under a new batch id per unit (RENAME,
@@ -23,9 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
-import math
-import random
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +69,15 @@ class FlushReport:
 def batch_id(owner: str, seq: int, now_s: float) -> str:
     """A unique batch id that also tells its age and owner: `<unix ms>-<owner>-<seq>`."""
     return f"{int(now_s * 1000):013d}-{owner}-{seq}"
+
+
+def assigned_flusher(unit: str, alive: Sequence[str]) -> str:
+    """The flusher (among the `alive` owner tokens) whose share `unit` is: the highest
+    hash of owner and unit (rendezvous hashing)."""
+    return max(
+        alive,
+        key=lambda owner: hashlib.blake2b(f"{owner}/{unit}".encode(), digest_size=8).digest(),
+    )
 
 
 class Flusher:
@@ -143,24 +152,19 @@ class Flusher:
         return report
 
     async def _take_share(self, wanted: set[str]) -> set[str]:
-        """Take or renew leases on this flusher's share of the `wanted` units: the ones it
-        holds first, then free ones, up to an even share among the flushers alive; leases
-        beyond the share (another flusher started) are given back for it to take."""
+        """Take or renew leases on this flusher's share of the `wanted` units, and give back
+        the leases it holds beyond it (another flusher started): the units are shared out
+        among the flushers alive by rendezvous hashing, which every flusher computes alike
+        and which moves few units when one comes or goes."""
         alive = await self._store.flushers_alive(self.owner, self._lease_ms)
-        share = math.ceil(len(wanted) / max(1, alive))
-        mine = sorted(wanted & self._leased)
-        held = await self._store.take_leases(mine, self.owner, self._lease_ms)
-        if len(held) < share:
-            others = sorted(wanted - held)
-            random.shuffle(others)  # flushers starting together try different units first
-            held |= await self._store.take_leases(
-                others[: share - len(held)], self.owner, self._lease_ms
-            )
-        excess = sorted(held)[share:] if len(held) > share else []
-        if excess:
-            await self._store.release_leases(excess, self.owner)
-            held -= set(excess)
-        self._leased = (self._leased - set(mine)) | held
+        if self.owner not in alive:
+            alive.append(self.owner)
+        mine = {unit for unit in wanted if assigned_flusher(unit, alive) == self.owner}
+        given_back = sorted(u for u in self._leased if assigned_flusher(u, alive) != self.owner)
+        if given_back:
+            await self._store.release_leases(given_back, self.owner)
+        held = await self._store.take_leases(sorted(mine), self.owner, self._lease_ms)
+        self._leased = (self._leased - set(given_back) - mine) | held
         return held
 
     async def _settle_baselines(self) -> None:

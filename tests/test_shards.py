@@ -1,0 +1,275 @@
+"""A site split over several units (VIEWCOUNTER_SHARDS): hits, reads, loads, baselines, batches
+and flushes stay exact, and flushers share the units. On one Redis here; test_cluster.py runs
+the Cluster default (16 units over 3 nodes)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from services.config import Settings
+from services.counter import keys
+from services.counter import store as counter_store
+from services.db import repository
+from services.flusher.worker import Flusher, assigned_flusher
+from tests.checks import assert_consistent, totals
+from tests.conftest import ADMIN_TOKEN, SITE, make_settings, register_site, running_api
+
+UNITS = 4
+PAGES = [f"/tin-tuc/{n}" for n in range(24)]
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+INGEST_TOKEN = "ingest-token-0123456789abcdef"
+
+
+def unit(page: str) -> str:
+    return counter_store.unit_of(SITE, page, UNITS)
+
+
+def sharded(redis_url: str, database_url: str, **overrides: object) -> Settings:
+    return make_settings(
+        redis_url, database_url, shards=UNITS, ingest_token=INGEST_TOKEN, **overrides
+    )
+
+
+@asynccontextmanager
+async def flusher_of(settings: Settings) -> AsyncIterator[Flusher]:
+    store = counter_store.CounterStore(
+        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5),
+        units=settings.shards,
+    )
+    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
+    try:
+        yield Flusher(store, repository.Repository(pool), interval_s=1.0)
+    finally:
+        await pool.close()
+        await store.close()
+
+
+async def counts(client: httpx.AsyncClient, pages: list[str]) -> dict[str, object]:
+    response = await client.get(f"/v1/sites/{SITE}/counts", params={"page": pages})
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def hit(client: httpx.AsyncClient, page: str, visitor: str) -> dict[str, object]:
+    response = await client.post(f"/v1/sites/{SITE}/hits", json={"page": page, "visitor": visitor})
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def drop_unit(redis_url: str, lost: str) -> int:
+    """Delete every key of one unit, as a Cluster node that lost its data would."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        found = [k async for k in client.scan_iter(match=f"{keys.tag(lost)}:*")]
+        if found:
+            await client.delete(*found)
+        return len(found)
+    finally:
+        await client.aclose()
+
+
+def test_the_pages_of_a_site_spread_over_its_units() -> None:
+    assert len({unit(p) for p in PAGES}) == UNITS
+    assert keys.units(SITE, 3) == [SITE, f"{SITE}~1", f"{SITE}~2"]
+    assert {keys.site_of(u) for u in keys.units(SITE, 3)} == {SITE}
+    # A unit's pages still use every pending shard of it.
+    assert len({keys.shard_of(p) for p in PAGES[:24] if unit(p) == SITE}) > 1
+
+
+async def test_hits_reads_and_flushes_of_a_split_site_are_exact(
+    redis_url: str, database_url: str
+) -> None:
+    settings = sharded(redis_url, database_url, dedupe_window=1800)
+    sent: Counter[str] = Counter()
+    shown: list[int] = []
+    async with running_api(settings) as client, flusher_of(settings) as flusher:
+        await register_site(client)
+        for reader in range(6):
+            for page in PAGES[reader : reader + 10]:
+                for _ in range(2):  # the repeat is a duplicate
+                    body = await hit(client, page, f"reader-{reader}")
+                    shown.append(int(body["site_views"]))  # type: ignore[call-overload]
+                    sent[page] += 1 if body["counted"] else 0
+        live = await counts(client, PAGES)
+        report = await flusher.flush_once()
+        after_flush = await counts(client, PAGES)
+    assert sum(sent.values()) == 60
+    assert shown == sorted(shown) and shown[-1] == 60  # the footer never goes back
+    assert live["site_views"] == after_flush["site_views"] == 60
+    assert live["pages"] == after_flush["pages"] == {p: sent[p] for p in PAGES}
+    # Six readers over all units: the union of the units' sketches, not their sum.
+    assert live["site_visitors"] == 6
+    assert report.batches == len({unit(p) for p in sent})
+    stored = await totals(database_url, SITE)
+    assert_consistent(stored)
+    assert stored.site_views == 60
+    assert stored.pages == dict(sent)
+    conn = await asyncpg.connect(database_url)
+    try:
+        visitors = await conn.fetchval(
+            "SELECT sum(visitors) FROM site_views_daily WHERE site = $1", SITE
+        )
+    finally:
+        await conn.close()
+    assert visitors == 6
+
+
+async def test_a_lost_unit_is_refilled_from_postgres_alone(
+    redis_url: str, database_url: str
+) -> None:
+    settings = sharded(redis_url, database_url)
+    async with running_api(settings) as client, flusher_of(settings) as flusher:
+        await register_site(client)
+        response = await client.put(
+            f"/v1/sites/{SITE}/baseline", json={"baseline": 1000}, headers=ADMIN
+        )
+        assert response.status_code == 200, response.text
+        for n, page in enumerate(PAGES):
+            for _ in range(n % 3 + 1):
+                await hit(client, page, "r")
+        await flusher.flush_once()
+        before = await counts(client, PAGES)
+        # Unit 0 holds the site baseline's share, unit 2 only pages: lose each in turn.
+        for lost in (keys.unit(SITE, 2), SITE):
+            assert await drop_unit(redis_url, lost) > 0
+            again = await counts(client, PAGES)
+            assert again["pages"] == before["pages"]
+            assert again["site_views"] == before["site_views"] == 1000 + 48
+        # And counting goes on in the refilled units, exactly.
+        for page in PAGES:
+            await hit(client, page, "r")
+        await flusher.flush_once()
+        final = await counts(client, PAGES)
+    stored = await totals(database_url, SITE)
+    assert_consistent(stored)
+    assert stored.site_views == 48 + 24
+    assert final["site_views"] == 1000 + 48 + 24
+
+
+async def test_baselines_reach_each_unit_once(redis_url: str, database_url: str) -> None:
+    settings = sharded(redis_url, database_url)
+    legacy = {page: 100 * (n + 1) for n, page in enumerate(PAGES[:8])}
+    csv = "page,views\n" + "".join(f"{p},{v}\n" for p, v in legacy.items())
+    async with running_api(settings) as client:
+        await register_site(client)
+        for page in PAGES[:8]:
+            await hit(client, page, "r")
+
+        async def import_csv() -> None:
+            response = await client.post(
+                f"/v1/sites/{SITE}/import",
+                content=csv.encode(),
+                params={"site_total": 50_000},
+                headers={**ADMIN, "content-type": "text/csv"},
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["live_pending"] == 0
+
+        await import_csv()
+        first = await counts(client, PAGES[:8])
+        await import_csv()  # the same import again changes nothing
+        second = await counts(client, PAGES[:8])
+        for lost in keys.units(SITE, UNITS):  # a reload from Postgres shows the same
+            await drop_unit(redis_url, lost)
+        reloaded = await counts(client, PAGES[:8])
+    assert first["pages"] == second["pages"] == {p: v + 1 for p, v in legacy.items()}
+    assert first["site_views"] == second["site_views"] == 50_000 + 8
+    # The unflushed hits were lost with the units: the reload has the baselines alone.
+    assert reloaded["pages"] == legacy
+    assert reloaded["site_views"] == 50_000
+
+
+async def test_a_retried_batch_over_several_units_counts_once(
+    redis_url: str, database_url: str
+) -> None:
+    settings = sharded(redis_url, database_url)
+    batch = {"hits": [{"page": p, "visitor": f"v{i}"} for i, p in enumerate(PAGES * 20)]}
+    headers = {"authorization": f"Bearer {INGEST_TOKEN}", "idempotency-key": "c-1/b-1"}
+    url = f"/v1/sites/{SITE}/hits/batch"
+    async with running_api(settings) as client:
+        await register_site(client)
+        first = await client.post(url, json=batch, headers=headers)
+        again = await client.post(url, json=batch, headers=headers)
+        live = await counts(client, PAGES)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["outcomes"] == again.json()["outcomes"]
+    assert again.json()["replayed"] is True
+    assert live["site_views"] == 480
+    assert live["pages"] == dict.fromkeys(PAGES, 20)
+
+
+async def test_a_page_bound_is_shared_out_among_the_units(
+    redis_url: str, database_url: str
+) -> None:
+    settings = sharded(redis_url, database_url, max_pages_per_site=8)
+    async with running_api(settings) as client:
+        await register_site(client)
+        outcomes = {page: (await hit(client, page, "r"))["counted"] for page in PAGES}
+    counted = [p for p, ok in outcomes.items() if ok]
+    per_unit = Counter(unit(p) for p in counted)
+    assert max(per_unit.values()) == 2  # 8 pages / 4 units
+    assert len(counted) <= 8
+
+
+async def test_flushers_alive_share_the_units(redis_url: str, database_url: str) -> None:
+    settings = sharded(redis_url, database_url)
+    units = keys.units(SITE, UNITS)
+    async with (
+        running_api(settings) as client,
+        flusher_of(settings) as first,
+        flusher_of(settings) as second,
+    ):
+        first.owner, second.owner = "flusher-1", "flusher-2"  # a fixed, known split
+        share = {
+            owner: {u for u in units if assigned_flusher(u, ["flusher-1", "flusher-2"]) == owner}
+            for owner in ("flusher-1", "flusher-2")
+        }
+        await register_site(client)
+
+        async def hits_everywhere() -> None:
+            for page in PAGES:
+                await hit(client, page, "r")
+
+        await hits_everywhere()
+        alone = await first.flush_once()  # the only flusher alive: every unit
+        await hits_everywhere()
+        joined = await second.flush_once()  # the first still holds every lease
+        shrunk = await first.flush_once()  # two alive: gives back the second's share
+        took = await second.flush_once()  # takes it
+        await hits_everywhere()
+        even = [await first.flush_once(), await second.flush_once()]
+    assert all(share.values())  # both have a share, and together every unit
+    assert alone.batches == UNITS
+    assert joined.batches == 0
+    assert shrunk.batches == len(share["flusher-1"])
+    assert took.batches == len(share["flusher-2"])
+    assert [r.batches for r in even] == [len(share["flusher-1"]), len(share["flusher-2"])]
+    stored = await totals(database_url, SITE)
+    assert_consistent(stored)
+    assert stored.site_views == 3 * len(PAGES)
+
+
+async def test_another_number_of_units_is_refused(redis_url: str) -> None:
+    stores = [
+        counter_store.CounterStore(
+            counter_store.connect(redis_url, max_connections=2, timeout_s=5), units=n
+        )
+        for n in (UNITS, UNITS, 2)
+    ]
+    try:
+        await stores[0].check_layout()
+        await stores[1].check_layout()
+        with pytest.raises(counter_store.LayoutMismatch, match="split over 4 units"):
+            await stores[2].check_layout()
+    finally:
+        for store in stores:
+            await store.close()
