@@ -90,7 +90,8 @@ FLUSH_INTERVAL = Gauge(
 )
 PENDING_SITES = Gauge(
     "viewcounter_pending_sites",
-    "Sites whose pending keys held unflushed hits at the last scan",
+    "Units of sites (a site has VIEWCOUNTER_SHARDS) whose pending keys held unflushed hits "
+    "at the last scan",
     registry=REGISTRY,
 )
 SNAPSHOT_KEYS = Gauge(
