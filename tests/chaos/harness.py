@@ -76,7 +76,8 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         VIEWCOUNTER_DEDUPE_WINDOW=str(settings.dedupe_window),
         VIEWCOUNTER_RATE_LIMIT=str(settings.rate_limit),
         VIEWCOUNTER_ADMIN_RATE_LIMIT=str(settings.admin_rate_limit),
-        # A killed flusher's sites are free again this soon (the default is 15 s).
+        VIEWCOUNTER_SHARDS=str(settings.shards),
+        # A killed flusher's units are free again this soon (the default is 15 s).
         VIEWCOUNTER_FLUSH_LEASE="1",
         VIEWCOUNTER_METRICS_PORT=str(free_port()),
         VIEWCOUNTER_STARTUP_TIMEOUT="20",

@@ -1,4 +1,5 @@
-"""Three flusher processes share six sites; the one holding most of them is killed -9."""
+"""Three flusher processes share six sites (whole, or each split into 4 units); the one
+holding most leases is killed -9."""
 
 from __future__ import annotations
 
@@ -23,25 +24,25 @@ from tests.chaos.harness import (
     stop_gracefully,
     until,
 )
-from tests.conftest import make_settings, register_site
+from tests.conftest import make_settings, register_site, running_api
 
 pytestmark = pytest.mark.chaos
 SITES = [f"site{n}" for n in range(6)]
 OWNER = re.compile(r'"owner": ?"([0-9a-f]+)"')
 
 
-async def lease_holders(redis_url: str) -> dict[str, str]:
-    """site -> owner token of the flusher holding its lease (sites without one left out)."""
+async def lease_holders(redis_url: str, units: list[str]) -> dict[str, str]:
+    """unit -> owner token of the flusher holding its lease (units without one left out)."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        values = [await client.get(keys.lease_key(site)) for site in SITES]
+        values = [await client.get(keys.lease_key(unit)) for unit in units]
     finally:
         await client.aclose()
-    return {site: str(owner) for site, owner in zip(SITES, values, strict=True) if owner}
+    return {unit: str(owner) for unit, owner in zip(units, values, strict=True) if owner}
 
 
 async def batch_owners(database_url: str) -> dict[str, set[str]]:
-    """site -> owners of the batches committed for it (batch id: `<ms>-<owner>-<seq>`)."""
+    """unit -> owners of the batches committed for it (batch id: `<ms>-<owner>-<seq>`)."""
     conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch("SELECT batch_id, snapshot_keys FROM flush_batches")
@@ -57,10 +58,21 @@ async def batch_owners(database_url: str) -> dict[str, set[str]]:
     return owners
 
 
-async def test_three_flushers_one_killed_survivors_take_its_sites_exactly(
-    api: httpx.AsyncClient, settings: Settings, tmp_path: Path
+@pytest.mark.parametrize("shards", [1, 4])
+async def test_three_flushers_one_killed_survivors_take_its_units_exactly(
+    settings: Settings, tmp_path: Path, shards: int
 ) -> None:
-    settings = make_settings(settings.redis_url, settings.database_url, flush_interval=0.05)
+    settings = make_settings(
+        settings.redis_url, settings.database_url, flush_interval=0.05, shards=shards
+    )
+    units = [unit for site in SITES for unit in keys.units(site, shards)]
+    async with running_api(settings) as api:
+        await _three_flushers(api, settings, units, tmp_path)
+
+
+async def _three_flushers(
+    api: httpx.AsyncClient, settings: Settings, units: list[str], tmp_path: Path
+) -> None:
     for site in SITES:
         await register_site(api, site)
     loads = [Load(api, site, pages=10, seed=30 + n) for n, site in enumerate(SITES)]
@@ -77,31 +89,33 @@ async def test_three_flushers_one_killed_survivors_take_its_sites_exactly(
         owners = [OWNER.search(log.read_text()).group(1) for log in logs]  # type: ignore[union-attr]
 
         async def all_leased() -> bool:
-            return len(await lease_holders(settings.redis_url)) == len(SITES)
+            return len(await lease_holders(settings.redis_url, units)) == len(units)
 
-        await until(all_leased, "every site to be leased")
+        await until(all_leased, "every unit to be leased")
         for load in loads:
             await load.more_acked(50)
-        held = Counter((await lease_holders(settings.redis_url)).values())
+        held = Counter((await lease_holders(settings.redis_url, units)).values())
         victim_owner = held.most_common(1)[0][0]
         victim = owners.index(victim_owner)
-        victim_sites = sorted(
-            s for s, o in (await lease_holders(settings.redis_url)).items() if o == victim_owner
+        victim_units = sorted(
+            s
+            for s, o in (await lease_holders(settings.redis_url, units)).items()
+            if o == victim_owner
         )
         flushers[victim].send_signal(signal.SIGKILL)
         assert flushers[victim].wait(10) == -signal.SIGKILL
         survivors = [p for i, p in enumerate(flushers) if i != victim]
 
         async def taken_over() -> bool:
-            holders = await lease_holders(settings.redis_url)
+            holders = await lease_holders(settings.redis_url, units)
             done = await batch_owners(settings.database_url)
             return all(
                 holders.get(s, victim_owner) != victim_owner and done.get(s, set()) - {victim_owner}
-                for s in victim_sites
+                for s in victim_units
             )
 
-        await until(taken_over, "the survivors to lease and flush the victim's sites")
-        takers = set((await lease_holders(settings.redis_url)).values())
+        await until(taken_over, "the survivors to lease and flush the victim's units")
+        takers = set((await lease_holders(settings.redis_url, units)).values())
         for load in loads:
             await load.more_acked(50)
             await load.halt()
@@ -109,10 +123,12 @@ async def test_three_flushers_one_killed_survivors_take_its_sites_exactly(
             assert await stop_gracefully(proc) == 0
 
     result = await final_report(
-        "3 flushers, one kill -9", settings.database_url, loads, sampler,
+        f"3 flushers, one kill -9 ({settings.shards} unit(s) a site)", settings.database_url,
+        loads, sampler,
         notes=(
-            f"{len(SITES)} sites; leases before the kill {dict(sorted(held.items()))}; the "
-            f"killed one held {len(victim_sites)}; after it, held by {sorted(takers)}"
+            f"{len(SITES)} sites, {len(units)} units; leases before the kill "
+            f"{dict(sorted(held.items()))}; the killed one held {len(victim_units)}; after it, "
+            f"held by {sorted(takers)}"
         ),
     )  # fmt: skip
     assert victim_owner not in takers
