@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -26,6 +27,8 @@ from redis.client import NEVER_DECODE
 
 from services.counter import keys, scripts
 from services.counter.siteconfig import SiteConfig
+
+log = logging.getLogger("viewcounter.store")
 
 SNAPSHOT_SCAN_COUNT = 5000
 SALT_TTL_S = 2 * 86400
@@ -128,7 +131,8 @@ class _SiteTotal:
 
     until: float  # time.monotonic() after which the units are read again
     views: dict[str, int]  # unit -> its part of the site total, as last read or answered
-    complete: bool  # every unit was loaded at the last read
+    unloaded: bool  # a unit was not loaded at the last read (Redis lost it)
+    unreachable: bool  # a unit's node did not answer the last read
 
 
 Client = Redis | RedisCluster
@@ -450,8 +454,9 @@ class CounterStore:
             raise _unavailable(exc) from exc
 
     async def close(self) -> None:
-        """Finish pipelines in flight, then close the client."""
+        """Finish pipelines and reads in flight, then close the client."""
         await self._hits.drain()
+        await asyncio.gather(*self._reading.values(), return_exceptions=True)
         for client in self._node_clients.values():
             await client.aclose()
         await self.redis.aclose()
@@ -495,7 +500,7 @@ class CounterStore:
         if result is None or self.units == 1:
             return result
         unit = unit_of(request.site, request.page, self.units)
-        site_views, _ = await self._site_views(request.site, {unit: result.site_views})
+        site_views, _ = await self._site_views(request.site, {unit: result.site_views}, wait=False)
         return HitResult(result.outcome, result.page_views, site_views)
 
     def units_of(self, site: str) -> list[str]:
@@ -518,46 +523,79 @@ class CounterStore:
                 f"{self.units}: set it back, or drain Redis first (README, Scaling)"
             )
 
-    async def _site_views(self, site: str, fresh: Mapping[str, int]) -> tuple[int, bool]:
+    async def _site_views(
+        self, site: str, fresh: Mapping[str, int], *, wait: bool = True
+    ) -> tuple[int, _SiteTotal]:
         """The site's live total: the sum of its units' parts (read at most every
         SITE_TOTAL_CACHE_S, `fresh` ones just answered by a script), and whether every unit
-        was loaded. Between reads a part only grows, so answers that arrive out of order
-        do not make the total shown go back."""
-        cached = await self._site_total(site)
+        was loaded and reachable. Between reads a part only grows, so answers that arrive
+        out of order do not make the total shown go back."""
+        cached = await self._site_total(site, wait=wait)
         for unit, views in fresh.items():
             cached.views[unit] = max(cached.views.get(unit, views), views)
-        return sum(cached.views.values()), cached.complete
+        return sum(cached.views.values()), cached
 
-    async def _site_total(self, site: str) -> _SiteTotal:
+    async def _site_total(self, site: str, *, wait: bool = True) -> _SiteTotal:
+        """The site's units as read at most SITE_TOTAL_CACHE_S ago; past that, read again
+        (without `wait`, answer what was read last meanwhile: a hit is not held up by a
+        node that is slow or down)."""
         cached = self._totals.get(site)
         if cached is not None and cached.until > time.monotonic():
             return cached
         task = self._reading.get(site)
-        if task is None:  # one read of the units at a time, however many hits wait on it
+        if task is None:  # one read of the units at a time, however many wait on it
             task = asyncio.ensure_future(self._read_units(site, cached))
             self._reading[site] = task
-            task.add_done_callback(lambda _: self._reading.pop(site, None))
+            task.add_done_callback(self._read_done(site))
+        if cached is not None and not wait:
+            return cached
         return await asyncio.shield(task)
+
+    def _read_done(self, site: str) -> Callable[[asyncio.Task[_SiteTotal]], None]:
+        def done(task: asyncio.Task[_SiteTotal]) -> None:
+            self._reading.pop(site, None)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("reading the units of %s failed", site, exc_info=task.exception())
+
+        return done
 
     async def _read_units(self, site: str, before: _SiteTotal | None) -> _SiteTotal:
         unit_ids = self.units_of(site)
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for unit in unit_ids:
-                    pipe.hmget(keys.site_key(unit), [keys.SITE_GEN, keys.SITE_VIEWS])
-                answers = await pipe.execute()
-        except CLIENT_ERRORS as exc:
-            raise _unavailable(exc) from exc
+        fields = [keys.SITE_GEN, keys.SITE_VIEWS]
+        answers: list[Any]
+        if isinstance(self.redis, RedisCluster):
+            # Each unit on its own: a node that is down costs only its units' parts.
+            answers = []
+            for start in range(0, len(unit_ids), CLUSTER_CALLS_AT_ONCE):
+                chunk = unit_ids[start : start + CLUSTER_CALLS_AT_ONCE]
+                answers += await asyncio.gather(
+                    *(self.redis.hmget(keys.site_key(u), fields) for u in chunk),
+                    return_exceptions=True,
+                )
+        else:
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for unit in unit_ids:
+                        pipe.hmget(keys.site_key(unit), fields)
+                    answers = await pipe.execute()
+            except CLIENT_ERRORS as exc:
+                answers = [exc] * len(unit_ids)
         views: dict[str, int] = {}
-        complete = True
-        for unit, (gen, value) in zip(unit_ids, answers, strict=True):
-            if gen is not None:
-                views[unit] = int(value or 0)
-            else:  # lost (being refilled): its last known part until it is back
-                complete = False
-                if before is not None and unit in before.views:
-                    views[unit] = before.views[unit]
-        total = _SiteTotal(time.monotonic() + SITE_TOTAL_CACHE_S, views, complete)
+        unloaded = unreachable = False
+        for unit, answer in zip(unit_ids, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, CLIENT_ERRORS):
+                    raise answer  # cancellation, or a bug: not a Redis failure
+                unreachable = True
+            elif answer[0] is not None:
+                views[unit] = int(answer[1] or 0)
+                continue
+            else:
+                unloaded = True
+            # Lost or unreachable: its last known part until it is back.
+            if before is not None and unit in before.views:
+                views[unit] = before.views[unit]
+        total = _SiteTotal(time.monotonic() + SITE_TOTAL_CACHE_S, views, unloaded, unreachable)
         if len(self._totals) >= SITE_CACHE_MAX:
             self._totals.clear()
         self._totals[site] = total
@@ -693,8 +731,10 @@ class CounterStore:
             ):
                 views[page] = int(page_views)
                 visitors[page] = int(page_visitors)
-        site_views, complete = await self._site_views(site, fresh)
-        if not complete:
+        site_views, state = await self._site_views(site, fresh)
+        if state.unreachable:
+            raise CounterUnavailable("a Redis node holding part of the site does not answer")
+        if state.unloaded:
             return None
         return Counts(
             site_views=site_views,
