@@ -25,8 +25,8 @@ medians, the per-round ratios (hit and baseline from the same round) and their m
 a correctness check: the 200 answers to hits against the site's live total. Results also go
 to bench/last-run.json and, as JSON, to the last line of stdout.
 
-`--profile N` adds one more hit run of N seconds under py-spy (if installed) and prints the
-functions that take the most time in the api process.
+`--profile N` adds one more run of N seconds (hits, or `--profile-endpoint counts`) under
+py-spy (if installed) and prints the functions that take the most time in the api process.
 """
 
 from __future__ import annotations
@@ -147,6 +147,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile", type=int, default=0, metavar="SECONDS", help="extra hit run under py-spy"
+    )
+    parser.add_argument(
+        "--profile-endpoint",
+        default=HIT,
+        choices=sorted(KNOWN_ENDPOINTS),
+        help="what the --profile run sends (default: hit)",
     )
     args = parser.parse_args(argv)
     if min(args.workers, args.duration, args.connections, args.rounds, args.pages) < 1:
@@ -500,7 +506,8 @@ def summarize_profile(raw: str, top: int = 20) -> str:
 def profile_hits(
     args: argparse.Namespace, kind: str, port: int, api_pid: int, tmp: Path
 ) -> tuple[RunResult | None, str]:
-    """A hit run of --profile seconds with py-spy sampling the api; (run, report).
+    """A run of --profile seconds (of --profile-endpoint, hits by default) with py-spy
+    sampling the api; (run, report).
 
     --nonblocking: pausing the api for every sample slows it tenfold (and anyio then grows its
     thread pool), which distorts the picture more than the odd truncated stack does.
@@ -517,7 +524,9 @@ def profile_hits(
         command.append("--subprocesses")
     spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        run = run_load(args, kind, port, api_pid, HIT, args.profile, phase="profile")
+        run = run_load(
+            args, kind, port, api_pid, args.profile_endpoint, args.profile, phase="profile"
+        )
         _, err = spy.communicate(timeout=30)
     finally:
         if spy.poll() is None:

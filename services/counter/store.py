@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import hiredis
 from redis import exceptions as redis_errors
@@ -38,6 +38,9 @@ SALT_TTL_S = 2 * 86400
 # flight, keep both busy (BENCHMARKS.md: +13% hits/s at 64 connections).
 PIPELINES_IN_FLIGHT = 4
 HITS_PER_BATCH = 32
+# Counts reads leave together the same way, at most this many a batch (the api lets a read
+# name up to 100 pages: a counts.lua call then reads at most 1,600 pages).
+COUNTS_PER_BATCH = 16
 # Bounds how long one script call keeps Redis busy (about a microsecond per hit).
 MAX_HITS_PER_CALL = 256
 VISITOR_READ_CHUNK = 1000
@@ -50,6 +53,8 @@ GENERATION_SEP = "|"
 # (per node there) above PIPELINES_IN_FLIGHT times this.
 CLUSTER_CALLS_AT_ONCE = 4
 _REDIS_OPTIONS = frozenset(inspect.signature(Redis.__init__).parameters)
+Q = TypeVar("Q")
+A = TypeVar("A")
 
 
 class CounterUnavailable(Exception):
@@ -331,31 +336,33 @@ def _counts_call(unit: str, day: str, pages: Sequence[str]) -> tuple[list[str], 
 
 
 @dataclass(slots=True)
-class _QueuedHit:
-    request: HitRequest
-    future: asyncio.Future[HitResult | None]
+class _Queued(Generic[Q, A]):
+    request: Q
+    future: asyncio.Future[A]
 
 
-class _HitBatcher:
-    """Sends the hits taken within one event-loop turn as one script call per site.
+class _GroupCommit(Generic[Q, A]):
+    """Sends the requests taken within one event-loop turn together, as few script calls as
+    they allow.
 
-    Like a group commit: while PIPELINES_IN_FLIGHT calls are out, hits queue up and leave
-    together (HITS_PER_BATCH at most per call) when one returns, so under load a call carries
-    many hits and the fixed cost of a round trip (and of redis-py's per-command work) is
-    shared; when idle, a hit leaves at once.
+    Like a group commit: while PIPELINES_IN_FLIGHT batches are out, requests queue up and
+    leave together (`per_batch` at most) when one returns, so under load a call carries many
+    of them and the fixed cost of a round trip (and of redis-py's per-command work) is
+    shared; when idle, a request leaves at once.
     """
 
-    def __init__(self, redis: Client, units: int) -> None:
+    def __init__(self, redis: Client, units: int, per_batch: int) -> None:
         self._redis = redis
         self._units = units
-        self._queue: list[_QueuedHit] = []
+        self._per_batch = per_batch
+        self._queue: list[_Queued[Q, A]] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def hit(self, request: HitRequest) -> HitResult | None:
-        """Queue one hit and wait for its answer (None: the site is not loaded)."""
-        future: asyncio.Future[HitResult | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_QueuedHit(request, future))
+    async def submit(self, request: Q) -> A:
+        """Queue one request and wait for its answer."""
+        future: asyncio.Future[A] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(request, future))
         self._schedule()
         return await future
 
@@ -366,7 +373,7 @@ class _HitBatcher:
 
     def _dispatch(self) -> None:
         self._scheduled = False
-        batch, self._queue = self._queue[:HITS_PER_BATCH], self._queue[HITS_PER_BATCH:]
+        batch, self._queue = self._queue[: self._per_batch], self._queue[self._per_batch :]
         task = asyncio.create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._sent)
@@ -376,7 +383,7 @@ class _HitBatcher:
         self._tasks.discard(task)
         self._schedule()
 
-    async def _send(self, batch: list[_QueuedHit]) -> None:
+    async def _send(self, batch: list[_Queued[Q, A]]) -> None:
         try:
             await self._send_batch(batch)
         except Exception as exc:
@@ -384,8 +391,40 @@ class _HitBatcher:
             _fail(batch, exc)
             raise
 
-    async def _send_batch(self, batch: list[_QueuedHit]) -> None:
-        groups: dict[str, list[_QueuedHit]] = {}
+    async def _send_batch(self, batch: list[_Queued[Q, A]]) -> None:
+        raise NotImplementedError
+
+    async def _run_calls(
+        self, chunks: Sequence[list[_Queued[Q, A]]], calls: Sequence[Call]
+    ) -> list[Any]:
+        """Run one call per chunk; a chunk whose call failed is failed (its result None)."""
+        try:
+            results, _ = await run_scripts(self._redis, calls)
+        except CLIENT_ERRORS as exc:
+            for chunk in chunks:
+                _fail(chunk, _unavailable(exc))
+            return [None] * len(chunks)
+        for i, (chunk, result) in enumerate(zip(chunks, results, strict=True)):
+            if isinstance(result, Exception):
+                _fail(chunk, _unavailable(result))
+                results[i] = None
+        return results
+
+    async def drain(self) -> None:
+        """Wait for the calls in flight."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class _HitBatcher(_GroupCommit[HitRequest, HitResult | None]):
+    """Hits, HITS_PER_BATCH at most a batch, one hits.lua call per unit of a site in it.
+    A hit is answered None when its unit is not loaded (nothing was written)."""
+
+    def __init__(self, redis: Client, units: int) -> None:
+        super().__init__(redis, units, HITS_PER_BATCH)
+
+    async def _send_batch(self, batch: list[_Queued[HitRequest, HitResult | None]]) -> None:
+        groups: dict[str, list[_Queued[HitRequest, HitResult | None]]] = {}
         for item in batch:
             unit = unit_of(item.request.site, item.request.page, self._units)
             groups.setdefault(unit, []).append(item)
@@ -397,14 +436,9 @@ class _HitBatcher:
         calls = [
             hits_call(unit, [item.request for item in chunk], self._units) for unit, chunk in chunks
         ]
-        try:
-            results, _ = await run_scripts(self._redis, calls)
-        except CLIENT_ERRORS as exc:
-            _fail(batch, _unavailable(exc))
-            return
+        results = await self._run_calls([chunk for _, chunk in chunks], calls)
         for (_, chunk), result in zip(chunks, results, strict=True):
-            if isinstance(result, Exception):
-                _fail(chunk, _unavailable(result))
+            if result is None:
                 continue
             for i, item in enumerate(chunk):
                 if item.future.done():  # the request went away; its hit still counted
@@ -415,13 +449,56 @@ class _HitBatcher:
                     outcome, page_views, site_views = result[1 + 3 * i : 4 + 3 * i]
                     item.future.set_result(HitResult(OUTCOMES[outcome], page_views, site_views))
 
-    async def drain(self) -> None:
-        """Wait for the calls in flight."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+@dataclass(frozen=True, slots=True)
+class _CountsRequest:
+    unit: str
+    day: str
+    pages: Sequence[str]
 
 
-def _fail(items: list[_QueuedHit], error: Exception) -> None:
+# The answer of a counts read of one unit: None when the unit is not loaded, else its part
+# of the site total, its visitors sketch's count, and each page's (views, visitors).
+_UnitCounts = tuple[int, int, dict[str, tuple[int, int]]] | None
+
+
+class _CountsBatcher(_GroupCommit[_CountsRequest, _UnitCounts]):
+    """Reads of live totals, COUNTS_PER_BATCH at most a batch: the reads of one unit and day
+    in a batch share one counts.lua call (their pages together, each page once)."""
+
+    def __init__(self, redis: Client, units: int) -> None:
+        super().__init__(redis, units, COUNTS_PER_BATCH)
+
+    async def _send_batch(self, batch: list[_Queued[_CountsRequest, _UnitCounts]]) -> None:
+        groups: dict[tuple[str, str], list[_Queued[_CountsRequest, _UnitCounts]]] = {}
+        for item in batch:
+            groups.setdefault((item.request.unit, item.request.day), []).append(item)
+        chunks: list[list[_Queued[_CountsRequest, _UnitCounts]]] = []
+        calls: list[Call] = []
+        pages_of_call: list[list[str]] = []
+        for (unit, day), items in groups.items():
+            pages = list(dict.fromkeys(p for item in items for p in item.request.pages))
+            key_list, argv = _counts_call(unit, day, pages)
+            chunks.append(items)
+            calls.append((scripts.COUNTS, len(key_list), [*key_list, *argv]))
+            pages_of_call.append(pages)
+        results = await self._run_calls(chunks, calls)
+        for items, pages, result in zip(chunks, pages_of_call, results, strict=True):
+            if result is None:
+                continue
+            answer: _UnitCounts = None
+            if result[0] != 0:
+                per_page = {
+                    page: (int(views), int(visitors))
+                    for page, views, visitors in zip(pages, result[3::2], result[4::2], strict=True)
+                }
+                answer = (int(result[1]), int(result[2]), per_page)
+            for item in items:
+                if not item.future.done():
+                    item.future.set_result(answer)
+
+
+def _fail(items: Sequence[_Queued[Any, Any]], error: Exception) -> None:
     for item in items:
         if not item.future.done():
             item.future.set_exception(error)
@@ -440,6 +517,7 @@ class CounterStore:
         self.redis = redis
         self.units = units
         self._hits = _HitBatcher(redis, units)
+        self._counts = _CountsBatcher(redis, units)
         self._node_clients: dict[str, Redis] = {}
         self._totals: dict[str, _SiteTotal] = {}
         self._reading: dict[str, asyncio.Task[_SiteTotal]] = {}
@@ -456,6 +534,7 @@ class CounterStore:
     async def close(self) -> None:
         """Finish pipelines and reads in flight, then close the client."""
         await self._hits.drain()
+        await self._counts.drain()
         await asyncio.gather(*self._reading.values(), return_exceptions=True)
         for client in self._node_clients.values():
             await client.aclose()
@@ -496,7 +575,7 @@ class CounterStore:
     async def hit(self, request: HitRequest) -> HitResult | None:
         """Take one page view; None when the site (the page's unit of it) is not loaded:
         nothing was written then."""
-        result = await self._hits.hit(request)
+        result = await self._hits.submit(request)
         if result is None or self.units == 1:
             return result
         unit = unit_of(request.site, request.page, self.units)
@@ -701,46 +780,39 @@ class CounterStore:
 
     async def counts(self, site: str, day: str, pages: Sequence[str]) -> Counts | None:
         """Live totals of `site` and `pages`, and their distinct visitors on local `day`;
-        None when the site (a unit of it) is not loaded."""
-        if self.units == 1:
-            result = await self._eval(scripts.COUNTS, *_counts_call(site, day, pages))
-            if result[0] == 0:
-                return None
-            return Counts(
-                site_views=int(result[1]),
-                pages={page: int(v) for page, v in zip(pages, result[3::2], strict=True)},
-                site_visitors=int(result[2]),
-                page_visitors={page: int(v) for page, v in zip(pages, result[4::2], strict=True)},
-            )
-        groups: dict[str, list[str]] = {}
+        None when the site (a unit of it) is not loaded. Reads taken together leave
+        together (group commit, as hits do)."""
+        groups: dict[str, list[str]] = {site: []} if self.units == 1 else {}
         for page in dict.fromkeys(pages):
             groups.setdefault(unit_of(site, page, self.units), []).append(page)
-        calls: list[Call] = []
-        for unit, unit_pages in groups.items():
-            key_list, argv = _counts_call(unit, day, unit_pages)
-            calls.append((scripts.COUNTS, len(key_list), [*key_list, *argv]))
-        views: dict[str, int] = {}
-        visitors: dict[str, int] = {}
+        answers = await asyncio.gather(
+            *(self._counts.submit(_CountsRequest(u, day, p)) for u, p in groups.items()),
+            return_exceptions=True,
+        )
+        per_page: dict[str, tuple[int, int]] = {}
         fresh: dict[str, int] = {}
-        for (unit, unit_pages), result in zip(groups.items(), await self._run(calls), strict=True):
-            if result[0] == 0:
+        site_views = site_visitors = 0
+        for unit, answer in zip(groups, answers, strict=True):
+            if isinstance(answer, BaseException):
+                raise answer  # every read was answered (no error left unread)
+            if answer is None:
                 return None
-            fresh[unit] = int(result[1])
-            for page, page_views, page_visitors in zip(
-                unit_pages, result[3::2], result[4::2], strict=True
-            ):
-                views[page] = int(page_views)
-                visitors[page] = int(page_visitors)
-        site_views, state = await self._site_views(site, fresh)
-        if state.unreachable:
-            raise CounterUnavailable("a Redis node holding part of the site does not answer")
-        if state.unloaded:
-            return None
+            fresh[unit] = answer[0]
+            per_page.update(answer[2])
+            if self.units == 1:
+                site_views, site_visitors = answer[0], answer[1]
+        if self.units > 1:
+            site_views, state = await self._site_views(site, fresh)
+            if state.unreachable:
+                raise CounterUnavailable("a Redis node holding part of the site does not answer")
+            if state.unloaded:
+                return None
+            site_visitors = await self._site_visitors(site, day)
         return Counts(
             site_views=site_views,
-            pages={page: views[page] for page in pages},
-            site_visitors=await self._site_visitors(site, day),
-            page_visitors={page: visitors[page] for page in pages},
+            pages={page: per_page[page][0] for page in pages},
+            site_visitors=site_visitors,
+            page_visitors={page: per_page[page][1] for page in pages},
         )
 
     async def site_config(self, site: str) -> SiteConfig | None:
