@@ -437,7 +437,7 @@ def fig_memory(b: Bench) -> None:
         r = run.run_load(args, b.kind, port, pid, run.HIT, max(b.args.duration, 6))
         _show("memory", r)
     after = int(client.info("memory")["used_memory"])
-    pages = int(client.hlen(keys.pages_key(MEMORY_SITE)))
+    pages = int(client.hget(keys.site_key(MEMORY_SITE), keys.SITE_PAGES) or 0)
     usage: dict[str, int] = {"pages": 0, "pend": 0, "uvp": 0, "seen": 0, "other": 0}
     for key in client.scan_iter(match=f"{keys.tag(MEMORY_SITE)}:*", count=1000):
         kind = key.decode().split(":")[2] if key.count(b":") >= 2 else "other"
@@ -447,7 +447,7 @@ def fig_memory(b: Bench) -> None:
     b.rows.append(
         Row(
             "5. Redis bytes per page counter",
-            f"{per_page['pages']:.0f} B (pages hash)",
+            f"{per_page['pages']:.0f} B (page buckets)",
             "32 B",
             per_page["pages"],
             32.0,

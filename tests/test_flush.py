@@ -206,11 +206,13 @@ async def test_two_flushers_at_once_count_exactly(
 
 
 async def leases_run_out(settings: Settings) -> None:
-    """What time does to the leases of a flusher that died: they expire."""
+    """What time does to a flusher that died: its leases expire, and its heartbeat drops out
+    of the flushers alive (the live ones beat again on their next pass)."""
     client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:
         for key in [k async for k in client.scan_iter(match="{vc:*}:lease")]:
             await client.delete(key)
+        await client.delete(keys.FLUSHERS_KEY)
     finally:
         await client.aclose()
 

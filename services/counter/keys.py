@@ -12,6 +12,7 @@ idempotency) live in unit 0.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 
 PREFIX = "vc"
@@ -30,6 +31,15 @@ SITE_GEN = "gen"  # present once the live totals were loaded from Postgres
 SITE_VIEWS = "views"  # live total shown in the footer: Postgres views + baseline + pending
 SITE_TZ = "tz"
 SITE_CONFIG = "cfg"  # the site's settings as JSON (siteconfig.SiteConfig)
+SITE_PAGES = "npages"  # distinct pages the unit's page buckets hold (for the page bound)
+
+# A unit's page totals are spread over this many small hashes ("buckets"), each field a
+# PAGE_FIELD_BYTES digest of the page id: Redis keeps a hash of up to 128 short fields as a
+# compact listpack (about 16 B a page here) instead of a hash table (about 47 B), and page
+# ids longer than 64 bytes would make it a hash table too. Up to ~100,000 pages a unit stay
+# compact; past that, more units (VIEWCOUNTER_SHARDS) keep them so.
+PAGE_BUCKETS = 1024
+PAGE_FIELD_BYTES = 8
 
 # Unique-visitor HyperLogLogs live this long after their last change: long enough for the
 # flusher to read a day's final estimate after the day ends, even after a long outage.
@@ -68,9 +78,13 @@ def site_key(unit: str) -> str:
     return f"{tag(unit)}:site"
 
 
-def pages_key(unit: str) -> str:
-    """Hash page -> live total (views + baseline + pending) of the unit's pages."""
-    return f"{tag(unit)}:pages"
+def page_entry(unit: str, page: str) -> tuple[str, bytes]:
+    """(bucket key, field) holding `page`'s live total (views + baseline + pending): the
+    field is a digest of the page id (a collision would merge two pages' live totals, about
+    once in 10^8 for a unit of a million pages; Postgres keeps pages by name regardless)."""
+    field = hashlib.blake2b(page.encode(), digest_size=PAGE_FIELD_BYTES).digest()
+    bucket = int.from_bytes(field[:4], "big") % PAGE_BUCKETS
+    return f"{tag(unit)}:pages:{bucket}", field
 
 
 def shard_of(page: str) -> int:

@@ -299,17 +299,19 @@ def hits_call(
     Split over several units, a site's page bound applies per unit as its share (rounded
     up), and a client's rate limit per unit: a unit cannot see the others' counts.
     """
-    key_list = [keys.site_key(unit), keys.pages_key(unit)]
+    key_list = [keys.site_key(unit)]
     key_list.extend(keys.pending_key(unit, shard) for shard in range(keys.PENDING_SHARDS))
     key_list.append(keys.idempotency_key(unit, idempotency_token))
-    args: list[str | int] = [keep_s]
+    args: list[str | int | bytes] = [keep_s]
     for r in requests:
+        bucket, field = keys.page_entry(unit, r.page)
         key_list.extend(
             (
                 keys.seen_key(unit, r.seen_token),
                 keys.rate_key(unit, r.client_token, r.minute),
                 keys.site_visitors_key(unit, r.day),
                 keys.page_visitors_key(unit, r.day, r.page),
+                bucket,
             )
         )
         page_rule = r.page_rule
@@ -324,15 +326,40 @@ def hits_call(
                 r.rate_limit,
                 page_rule,
                 r.visitor_token,
+                field,
             )
         )
     return (scripts.HITS, len(key_list), [*key_list, *args])
 
 
-def _counts_call(unit: str, day: str, pages: Sequence[str]) -> tuple[list[str], Sequence[str]]:
-    key_list = [keys.site_key(unit), keys.pages_key(unit), keys.site_visitors_key(unit, day)]
-    key_list.extend(keys.page_visitors_key(unit, day, page) for page in pages)
-    return key_list, pages
+def _pages_call(
+    script: scripts.Script,
+    unit: str,
+    head: Sequence[str | int],
+    pages: Sequence[str],
+    values: Sequence[int] | None = None,
+) -> Call:
+    """A call of a script taking the unit hash and a bucket per page as KEYS, and `head`,
+    then each page's field (followed by its value, with `values`) as ARGV."""
+    key_list = [keys.site_key(unit)]
+    argv: list[str | int | bytes] = [*head]
+    for i, page in enumerate(pages):
+        bucket, field = keys.page_entry(unit, page)
+        key_list.append(bucket)
+        argv.append(field)
+        if values is not None:
+            argv.append(values[i])
+    return (script, len(key_list), [*key_list, *argv])
+
+
+def _counts_call(unit: str, day: str, pages: Sequence[str]) -> tuple[list[str], list[bytes]]:
+    key_list = [keys.site_key(unit), keys.site_visitors_key(unit, day)]
+    fields: list[bytes] = []
+    for page in pages:
+        bucket, field = keys.page_entry(unit, page)
+        key_list.extend((bucket, keys.page_visitors_key(unit, day, page)))
+        fields.append(field)
+    return key_list, fields
 
 
 @dataclass(slots=True)
@@ -836,18 +863,8 @@ class CounterStore:
         groups: dict[str, list[str]] = {unit: [] for unit in self.units_of(site)}
         for page in new_pages:
             groups[unit_of(site, page, self.units)].append(page)
-        calls: list[Call] = [
-            (
-                scripts.SET_CONFIG,
-                2,
-                [
-                    keys.site_key(unit),
-                    keys.pages_key(unit),
-                    config.timezone,
-                    config.to_json(),
-                    *unit_pages,
-                ],
-            )
+        calls = [
+            _pages_call(scripts.SET_CONFIG, unit, (config.timezone, config.to_json()), unit_pages)
             for unit, unit_pages in groups.items()
         ]
         return all(await self._run(calls))
@@ -920,17 +937,19 @@ class CounterStore:
         loading = set(unit_ids)
         parts = dict.fromkeys(unit_ids, 0)
         async for chunk in page_totals:
-            flat: dict[str, list[str | int]] = {}
+            found: dict[str, tuple[list[str], list[int]]] = {}
             for page, total in chunk:
                 unit = unit_of(site, page, self.units)
                 parts[unit] += total
                 if unit in loading:
-                    flat.setdefault(unit, []).extend((page, total))
-            calls: list[Call] = [
-                (scripts.LOAD_PAGES, 2, [keys.site_key(u), keys.pages_key(u), *args])
-                for u, args in flat.items()
+                    unit_pages, totals = found.setdefault(unit, ([], []))
+                    unit_pages.append(page)
+                    totals.append(total)
+            calls = [
+                _pages_call(scripts.LOAD_PAGES, u, (), unit_pages, totals)
+                for u, (unit_pages, totals) in found.items()
             ]
-            for unit, written in zip(flat, await self._run(calls), strict=True):
+            for unit, written in zip(found, await self._run(calls), strict=True):
                 if not written:
                     loading.discard(unit)  # loaded meanwhile by another process
             if not loading:
@@ -1161,30 +1180,26 @@ class CounterStore:
         gens = generation.split(GENERATION_SEP) if self.units > 1 else [generation]
         if len(gens) != len(unit_ids):
             return 0  # recorded under another layout: the units loaded since include it
-        deltas: dict[str, list[str | int]] = {unit: [] for unit in unit_ids}
+        pages: dict[str, list[str]] = {unit: [] for unit in unit_ids}
+        deltas: dict[str, list[int]] = {unit: [] for unit in unit_ids}
         parts = dict.fromkeys(unit_ids, 0)
         for page, delta in page_deltas:
             unit = unit_of(site, page, self.units)
-            deltas[unit].extend((page, delta))
+            pages[unit].append(page)
+            deltas[unit].append(delta)
             if unit != site:
                 parts[unit] += delta
         parts[site] = site_delta - sum(parts.values())
-        calls: list[Call] = [
-            (
+        calls = [
+            _pages_call(
                 scripts.APPLY_BASELINE,
-                2,
-                [
-                    keys.site_key(unit),
-                    keys.pages_key(unit),
-                    gen,
-                    change_id,
-                    chunk,
-                    parts[unit],
-                    *deltas[unit],
-                ],
+                unit,
+                (gen, change_id, chunk, parts[unit]),
+                pages[unit],
+                deltas[unit],
             )
             for unit, gen in zip(unit_ids, gens, strict=True)
-            if gen and (unit == site or deltas[unit])
+            if gen and (unit == site or pages[unit])
         ]
         outcomes = [int(r) for r in await self._run(calls)]
         self._totals.pop(site, None)

@@ -5,9 +5,9 @@
 -- ("change:chunk" in the site hash), and chunks are applied in order, so a chunk sent again
 -- (a retry after a timeout, two processes settling at once) changes nothing. Atomic so the
 -- check, the deltas and the mark cannot be separated.
--- KEYS[1] site hash ({vc:SITE}:site), KEYS[2] pages hash ({vc:SITE}:pages)
--- ARGV[1] generation, ARGV[2] change id, ARGV[3] chunk, ARGV[4] site delta,
--- ARGV[5..] page, delta, page, delta, ...
+-- KEYS[1] unit hash ({vc:UNIT}:site), KEYS[1 + i] the bucket of page i
+-- ARGV[1] generation, ARGV[2] change id, ARGV[3] chunk, ARGV[4] the unit's part of the site
+-- delta, ARGV[5..] field, delta, field, delta, ... (fields: digests of the page ids)
 -- Returns 1 applied, 2 applied before (nothing done), 0 not for this generation (nothing done).
 if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then
   return 0
@@ -26,8 +26,16 @@ end
 if ARGV[4] ~= '0' then
   redis.call('HINCRBY', KEYS[1], 'views', ARGV[4])
 end
-for i = 5, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+local added = 0
+for i = 2, #KEYS do
+  local field = ARGV[2 * i + 1]
+  if redis.call('HEXISTS', KEYS[i], field) == 0 then
+    added = added + 1
+  end
+  redis.call('HINCRBY', KEYS[i], field, ARGV[2 * i + 2])
+end
+if added > 0 then
+  redis.call('HINCRBY', KEYS[1], 'npages', added)
 end
 redis.call('HSET', KEYS[1], 'blmark', ARGV[2] .. ':' .. ARGV[3])
 return 1

@@ -1,28 +1,29 @@
--- Take page views of one site: every hit the api took while its previous call was out, in
--- one call. Atomic so that each page's live total, the site's live total, the pending deltas
--- (what the flusher will move to Postgres), the unique-visitor sketches, the dedupe marks and
--- the rate counters can never disagree; one call per site per batch keeps a round trip's
--- fixed cost off each hit.
--- KEYS[1]      site hash   ({vc:SITE}:site)   fields: gen, views, tz, cfg
--- KEYS[2]      pages hash  ({vc:SITE}:pages)  page -> live total
--- KEYS[3..10]  pending shards 0..7 ({vc:SITE}:pend:k), day..page -> delta not yet in Postgres
--- KEYS[11]     this call's idempotency record ({vc:SITE}:idem:...), used when ARGV[1] > 0
--- then for hit j (1-based), at b = 11 + 4(j-1):
---   KEYS[b+1] its dedupe mark            ({vc:SITE}:seen:TOKEN)
---   KEYS[b+2] its client's rate counter  ({vc:SITE}:rate:TOKEN:MIN)
---   KEYS[b+3] the site's visitors of the day  ({vc:SITE}:uv:DAY, HyperLogLog)
---   KEYS[b+4] the page's visitors of the day  ({vc:SITE}:uvp:DAY:PAGE, HyperLogLog)
--- ARGV[1] seconds to keep this call's answer under KEYS[11] (0: not idempotent): a call
+-- Take page views of one unit of a site (keys.py): every hit the api took while its previous
+-- call was out, in one call. Atomic so that each page's live total, the site's live total,
+-- the pending deltas (what the flusher will move to Postgres), the unique-visitor sketches,
+-- the dedupe marks and the rate counters can never disagree; one call per unit per batch
+-- keeps a round trip's fixed cost off each hit.
+-- KEYS[1]      unit hash   ({vc:UNIT}:site)   fields: gen, views, npages, tz, cfg
+-- KEYS[2..9]   pending shards 0..7 ({vc:UNIT}:pend:k), day..page -> delta not yet in Postgres
+-- KEYS[10]     this call's idempotency record ({vc:UNIT}:idem:...), used when ARGV[1] > 0
+-- then for hit j (1-based), at b = 10 + 5(j-1):
+--   KEYS[b+1] its dedupe mark            ({vc:UNIT}:seen:TOKEN)
+--   KEYS[b+2] its client's rate counter  ({vc:UNIT}:rate:TOKEN:MIN)
+--   KEYS[b+3] the unit's visitors of the day  ({vc:UNIT}:uv:DAY, HyperLogLog)
+--   KEYS[b+4] the page's visitors of the day  ({vc:UNIT}:uvp:DAY:PAGE, HyperLogLog)
+--   KEYS[b+5] the page's bucket          ({vc:UNIT}:pages:N, page digest -> live total)
+-- ARGV[1] seconds to keep this call's answer under KEYS[10] (0: not idempotent): a call
 --         sent again with the same record answers what the first one did, counting nothing
--- ARGV  then per hit, 7 values: pending shard index (0-based), page id, local day,
+-- ARGV  then per hit, 8 values: pending shard index (0-based), page id, local day,
 --       dedupe window in seconds (0: off), hits allowed per client per minute (0: off),
---       page rule (0: any page; n > 0: at most n distinct pages; -1: only pages the site
---       has already), visitor token (what the visitor sketches count)
--- Returns {1, outcome_1, page_views_1, site_views_1, ...} in hit order, where outcome is
+--       page rule (0: any page; n > 0: at most n distinct pages in the unit; -1: only pages
+--       the unit has already), visitor token (what the visitor sketches count), the page's
+--       field in its bucket (a digest of the page id)
+-- Returns {1, outcome_1, page_views_1, unit_views_1, ...} in hit order, where outcome is
 -- 1 counted, 2 duplicate (same visitor and page inside the window), 3 rate limited,
--- 4 page limit (a new page on a site that has its maximum of pages), 5 unknown page (a new
+-- 4 page limit (a new page on a unit that has its maximum of pages), 5 unknown page (a new
 -- page on a site that counts only its registered pages); or {0}
--- when the site's live totals are not loaded (unknown site, or Redis lost its data): then
+-- when the unit's live totals are not loaded (unknown site, or Redis lost its data): then
 -- nothing was written, and the caller loads the totals from Postgres first so that counts
 -- shown never go backwards.
 -- Keys that expire are only dedupe marks, rate counters and visitor sketches: never anything
@@ -32,21 +33,23 @@ if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
 end
 local idempotent_for = tonumber(ARGV[1])
 if idempotent_for > 0 then
-  local done = redis.call('GET', KEYS[11])
+  local done = redis.call('GET', KEYS[10])
   if done then
     return cjson.decode(done)
   end
 end
 local out = {1}
 local visitors_ttl = 259200
-for j = 1, (#ARGV - 1) / 7 do
-  local a = 1 + (j - 1) * 7
-  local b = 11 + (j - 1) * 4
+for j = 1, (#ARGV - 1) / 8 do
+  local a = 1 + (j - 1) * 8
+  local b = 10 + (j - 1) * 5
   local page = ARGV[a + 2]
+  local field = ARGV[a + 8]
   local window = tonumber(ARGV[a + 4])
   local limit = tonumber(ARGV[a + 5])
   local rule = tonumber(ARGV[a + 6])
   local outcome = 1
+  local known = nil
   if limit > 0 then
     local n = redis.call('INCR', KEYS[b + 2])
     if n == 1 then
@@ -56,11 +59,14 @@ for j = 1, (#ARGV - 1) / 7 do
       outcome = 3
     end
   end
-  if outcome == 1 and rule ~= 0 and redis.call('HEXISTS', KEYS[2], page) == 0 then
-    if rule < 0 then
-      outcome = 5
-    elseif redis.call('HLEN', KEYS[2]) >= rule then
-      outcome = 4
+  if outcome == 1 and rule ~= 0 then
+    known = redis.call('HEXISTS', KEYS[b + 5], field) == 1
+    if not known then
+      if rule < 0 then
+        outcome = 5
+      elseif tonumber(redis.call('HGET', KEYS[1], 'npages') or '0') >= rule then
+        outcome = 4
+      end
     end
   end
   if outcome == 1 and window > 0
@@ -68,10 +74,16 @@ for j = 1, (#ARGV - 1) / 7 do
     outcome = 2
   end
   if outcome == 1 then
+    if known == nil then
+      known = redis.call('HEXISTS', KEYS[b + 5], field) == 1
+    end
+    if not known then
+      redis.call('HINCRBY', KEYS[1], 'npages', 1)
+    end
     out[#out + 1] = 1
-    out[#out + 1] = redis.call('HINCRBY', KEYS[2], page, 1)
+    out[#out + 1] = redis.call('HINCRBY', KEYS[b + 5], field, 1)
     out[#out + 1] = redis.call('HINCRBY', KEYS[1], 'views', 1)
-    redis.call('HINCRBY', KEYS[3 + tonumber(ARGV[a + 1])], ARGV[a + 3] .. page, 1)
+    redis.call('HINCRBY', KEYS[2 + tonumber(ARGV[a + 1])], ARGV[a + 3] .. page, 1)
     for k = b + 3, b + 4 do
       if redis.call('PFADD', KEYS[k], ARGV[a + 7]) == 1 then
         redis.call('EXPIRE', KEYS[k], visitors_ttl, 'NX')
@@ -79,11 +91,11 @@ for j = 1, (#ARGV - 1) / 7 do
     end
   else
     out[#out + 1] = outcome
-    out[#out + 1] = tonumber(redis.call('HGET', KEYS[2], page) or '0')
+    out[#out + 1] = tonumber(redis.call('HGET', KEYS[b + 5], field) or '0')
     out[#out + 1] = tonumber(redis.call('HGET', KEYS[1], 'views') or '0')
   end
 end
 if idempotent_for > 0 then
-  redis.call('SET', KEYS[11], cjson.encode(out), 'EX', idempotent_for)
+  redis.call('SET', KEYS[10], cjson.encode(out), 'EX', idempotent_for)
 end
 return out

@@ -1,13 +1,17 @@
--- Record changed settings of a loaded site (an unloaded one gets them when it is loaded),
+-- Record changed settings of a loaded unit (an unloaded one gets them when it is loaded),
 -- and add newly registered pages to its live totals.
--- KEYS[1] site hash, KEYS[2] pages hash
--- ARGV[1] time zone, ARGV[2] settings (JSON), ARGV[3..] pages to add with no views yet
--- Returns 1 when the site is loaded (and was updated), 0 when it is not.
+-- KEYS[1] unit hash, KEYS[1 + i] the bucket of new page i
+-- ARGV[1] time zone, ARGV[2] settings (JSON), ARGV[2 + i] new page i's field (a digest)
+-- Returns 1 when the unit is loaded (and was updated), 0 when it is not.
 if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
   return 0
 end
 redis.call('HSET', KEYS[1], 'tz', ARGV[1], 'cfg', ARGV[2])
-for i = 3, #ARGV do
-  redis.call('HSETNX', KEYS[2], ARGV[i], 0)
+local added = 0
+for i = 2, #KEYS do
+  added = added + redis.call('HSETNX', KEYS[i], ARGV[i + 1], 0)
+end
+if added > 0 then
+  redis.call('HINCRBY', KEYS[1], 'npages', added)
 end
 return 1
