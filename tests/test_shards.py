@@ -4,6 +4,7 @@ the Cluster default (16 units over 3 nodes)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -277,3 +278,42 @@ async def test_another_number_of_units_is_refused(redis_url: str) -> None:
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_page_totals_of_an_older_release_move_into_page_buckets(
+    redis_url: str, database_url: str
+) -> None:
+    settings = make_settings(redis_url, database_url)
+    async with running_api(settings) as client:
+        await register_site(client)
+        await hit(client, "/b", "r")  # makes the site loaded (and writes one bucket)
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        # As an older release left it: one hash of page ids, no page buckets, no layout key.
+        for key in [k async for k in raw.scan_iter(match=f"{keys.tag(SITE)}:pages:*")]:
+            await raw.delete(key)
+        await raw.hdel(keys.site_key(SITE), keys.SITE_PAGES)
+        await raw.delete(keys.LAYOUT_KEY)
+        await raw.hset(keys.legacy_pages_key(SITE), mapping={"/a": 2, "/b": 1, "/c": 5})
+        # A hit the new release counted before the move.
+        await raw.hset(*keys.page_entry(SITE, "/a"), 1)
+        await raw.hset(keys.site_key(SITE), keys.SITE_PAGES, 1)
+        stores = [
+            counter_store.CounterStore(
+                counter_store.connect(redis_url, max_connections=2, timeout_s=5)
+            )
+            for _ in range(2)
+        ]
+        try:
+            await asyncio.gather(*(store.check_layout() for store in stores))  # two at once
+            counts = await stores[0].counts(SITE, "2026-01-01", ["/a", "/b", "/c"])
+        finally:
+            for store in stores:
+                await store.close()
+        left = await raw.exists(keys.legacy_pages_key(SITE))
+        npages = await raw.hget(keys.site_key(SITE), keys.SITE_PAGES)
+    finally:
+        await raw.aclose()
+    assert counts is not None
+    assert counts.pages == {"/a": 3, "/b": 1, "/c": 5}
+    assert (left, npages) == (0, b"3")

@@ -78,6 +78,24 @@ def site_key(unit: str) -> str:
     return f"{tag(unit)}:site"
 
 
+def legacy_pages_key(unit: str) -> str:
+    """The single page id -> live total hash of releases before page buckets (migrated into
+    the buckets at start-up, then gone)."""
+    return f"{tag(unit)}:pages"
+
+
+LEGACY_PAGES_PATTERN = f"{{{PREFIX}:*}}:pages"
+
+
+def parse_legacy_pages_key(key: str) -> str | None:
+    """The unit of a pre-bucket pages hash key, or None when `key` is not one."""
+    head, tail = f"{{{PREFIX}:", "}:pages"
+    if not (key.startswith(head) and key.endswith(tail)):
+        return None
+    unit = key[len(head) : -len(tail)]
+    return unit if unit and "}" not in unit else None
+
+
 def page_entry(unit: str, page: str) -> tuple[str, bytes]:
     """(bucket key, field) holding `page`'s live total (views + baseline + pending): the
     field is a digest of the page id (a collision would merge two pages' live totals, about

@@ -37,6 +37,7 @@ VISITORS = _load("visitors")
 APPLY_BASELINE = _load("apply_baseline")
 MERGE_VISITORS = _load("merge_visitors")
 FLUSHERS = _load("flushers")
+MIGRATE_PAGES = _load("migrate_pages")
 ALL = (
     HITS,
     COUNTS,
@@ -51,4 +52,5 @@ ALL = (
     APPLY_BASELINE,
     MERGE_VISITORS,
     FLUSHERS,
+    MIGRATE_PAGES,
 )

@@ -44,6 +44,7 @@ COUNTS_PER_BATCH = 16
 # Bounds how long one script call keeps Redis busy (about a microsecond per hit).
 MAX_HITS_PER_CALL = 256
 VISITOR_READ_CHUNK = 1000
+MIGRATE_CHUNK = 500
 # A site split over several units: how long the sum of its units' totals (and the union of
 # their visitor sketches) is reused before it is read again.
 SITE_TOTAL_CACHE_S = 1.0
@@ -615,8 +616,11 @@ class CounterStore:
 
     async def check_layout(self) -> None:
         """Raise LayoutMismatch when this Redis holds counts split over another number of
-        units; record ours when it holds none."""
+        units; record ours when it holds none (after moving page totals written by releases
+        before page buckets into the buckets)."""
         try:
+            if not await self.redis.exists(keys.LAYOUT_KEY):
+                await self._migrate_page_hashes()
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.set(keys.LAYOUT_KEY, self.units, nx=True)
                 pipe.get(keys.LAYOUT_KEY)
@@ -628,6 +632,23 @@ class CounterStore:
                 f"Redis holds sites split over {recorded} units, VIEWCOUNTER_SHARDS says "
                 f"{self.units}: set it back, or drain Redis first (README, Scaling)"
             )
+
+    async def _migrate_page_hashes(self) -> None:
+        async for old in self.redis.scan_iter(match=keys.LEGACY_PAGES_PATTERN, count=1000):
+            unit = keys.parse_legacy_pages_key(old)
+            if unit is None:
+                continue
+            while True:
+                # The script removes what it moves: a scan from the start finds the rest.
+                _, chunk = await self.redis.hscan(old, 0, count=MIGRATE_CHUNK)
+                if not chunk:
+                    break
+                pages = cast(dict[str, str], chunk)  # decode_responses: page ids as str
+                entries = [(page, *keys.page_entry(unit, page)) for page in pages]
+                key_list = [old, keys.site_key(unit), *(bucket for _, bucket, _ in entries)]
+                pairs = [x for page, _, field in entries for x in (page, field)]
+                await self._eval(scripts.MIGRATE_PAGES, key_list, pairs)
+            log.info("page totals of %s moved into page buckets", unit)
 
     async def _site_views(
         self, site: str, fresh: Mapping[str, int], *, wait: bool = True
