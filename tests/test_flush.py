@@ -15,7 +15,7 @@ from services.config import Settings
 from services.counter import keys
 from services.counter import store as counter_store
 from services.db import repository
-from services.flusher.worker import Flusher, FlushReport, batch_id
+from services.flusher.worker import Flusher, FlushReport, assigned_flusher, batch_id
 from tests.checks import Totals, assert_consistent, totals
 from tests.conftest import ADMIN_TOKEN, flusher_for
 
@@ -231,6 +231,11 @@ async def test_a_site_is_flushed_by_the_flusher_holding_its_lease(
     counted: Counter[str] = Counter()
     await send_hits(api, site, ["a", "b"], counted)
     async with flusher_for(settings) as one, flusher_for(settings) as two:
+        # Owners such that the site is `one`'s share with both alive (rendezvous hashing).
+        one.owner, two.owner = sorted(
+            ("flusher-1", "flusher-2"),
+            key=lambda o: assigned_flusher(site, ["flusher-1", "flusher-2"]) != o,
+        )
         first = await one.flush_once()
         await send_hits(api, site, ["a"], counted)
         # `two` finds work but the site is `one`'s: it leaves the work (and the snapshot) be.

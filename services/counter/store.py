@@ -8,6 +8,7 @@ fact), and the loop does not pay redis-py's per-command overhead once per reques
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import math
@@ -139,6 +140,8 @@ class _SiteTotal:
     views: dict[str, int]  # unit -> its part of the site total, as last read or answered
     unloaded: bool  # a unit was not loaded at the last read (Redis lost it)
     unreachable: bool  # a unit's node did not answer the last read
+    # Parts answered by scripts since the next read began: newer than what it may bring.
+    answered: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 Client = Redis | RedisCluster
@@ -660,6 +663,7 @@ class CounterStore:
         cached = await self._site_total(site, wait=wait)
         for unit, views in fresh.items():
             cached.views[unit] = max(cached.views.get(unit, views), views)
+            cached.answered[unit] = max(cached.answered.get(unit, views), views)
         return sum(cached.views.values()), cached
 
     async def _site_total(self, site: str, *, wait: bool = True) -> _SiteTotal:
@@ -687,7 +691,36 @@ class CounterStore:
         return done
 
     async def _read_units(self, site: str, before: _SiteTotal | None) -> _SiteTotal:
+        if before is not None:
+            before.answered.clear()  # from now on: what this read may not include
         unit_ids = self.units_of(site)
+        answers = await self._read_parts(unit_ids)
+        views: dict[str, int] = {}
+        unloaded = unreachable = False
+        for unit, answer in zip(unit_ids, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, CLIENT_ERRORS):
+                    raise answer  # cancellation, or a bug: not a Redis failure
+                unreachable = True
+            elif answer[0] is not None:
+                views[unit] = int(answer[1] or 0)
+                continue
+            else:
+                unloaded = True
+            # Lost or unreachable: its last known part until it is back.
+            if before is not None and unit in before.views:
+                views[unit] = before.views[unit]
+        if before is not None:
+            for unit, value in before.answered.items():  # answered while this read was out
+                views[unit] = max(views.get(unit, value), value)
+        total = _SiteTotal(time.monotonic() + SITE_TOTAL_CACHE_S, views, unloaded, unreachable)
+        if len(self._totals) >= SITE_CACHE_MAX:
+            self._totals.clear()
+        self._totals[site] = total
+        return total
+
+    async def _read_parts(self, unit_ids: Sequence[str]) -> list[Any]:
+        """Each unit's [generation, part of the site total], or the error reading it."""
         fields = [keys.SITE_GEN, keys.SITE_VIEWS]
         answers: list[Any]
         if isinstance(self.redis, RedisCluster):
@@ -707,26 +740,7 @@ class CounterStore:
                     answers = await pipe.execute()
             except CLIENT_ERRORS as exc:
                 answers = [exc] * len(unit_ids)
-        views: dict[str, int] = {}
-        unloaded = unreachable = False
-        for unit, answer in zip(unit_ids, answers, strict=True):
-            if isinstance(answer, BaseException):
-                if not isinstance(answer, CLIENT_ERRORS):
-                    raise answer  # cancellation, or a bug: not a Redis failure
-                unreachable = True
-            elif answer[0] is not None:
-                views[unit] = int(answer[1] or 0)
-                continue
-            else:
-                unloaded = True
-            # Lost or unreachable: its last known part until it is back.
-            if before is not None and unit in before.views:
-                views[unit] = before.views[unit]
-        total = _SiteTotal(time.monotonic() + SITE_TOTAL_CACHE_S, views, unloaded, unreachable)
-        if len(self._totals) >= SITE_CACHE_MAX:
-            self._totals.clear()
-        self._totals[site] = total
-        return total
+        return answers
 
     async def _site_visitors(self, site: str, day: str, *, cached: bool = True) -> int:
         """Distinct visitors of a site split over several units on `day`: the union of the
