@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import asyncpg
 import httpx
@@ -17,10 +15,16 @@ import redis.asyncio as aioredis
 from services.config import Settings
 from services.counter import keys
 from services.counter import store as counter_store
-from services.db import repository
-from services.flusher.worker import Flusher, assigned_flusher
+from services.flusher.worker import assigned_flusher
 from tests.checks import assert_consistent, totals
-from tests.conftest import ADMIN_TOKEN, SITE, make_settings, register_site, running_api
+from tests.conftest import (
+    ADMIN_TOKEN,
+    SITE,
+    flusher_for,
+    make_settings,
+    register_site,
+    running_api,
+)
 
 UNITS = 4
 PAGES = [f"/tin-tuc/{n}" for n in range(24)]
@@ -36,20 +40,6 @@ def sharded(redis_url: str, database_url: str, **overrides: object) -> Settings:
     return make_settings(
         redis_url, database_url, shards=UNITS, ingest_token=INGEST_TOKEN, **overrides
     )
-
-
-@asynccontextmanager
-async def flusher_of(settings: Settings) -> AsyncIterator[Flusher]:
-    store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5),
-        units=settings.shards,
-    )
-    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
-    try:
-        yield Flusher(store, repository.Repository(pool), interval_s=1.0)
-    finally:
-        await pool.close()
-        await store.close()
 
 
 async def counts(client: httpx.AsyncClient, pages: list[str]) -> dict[str, object]:
@@ -96,7 +86,7 @@ async def test_hits_reads_and_flushes_of_a_split_site_are_exact(
     settings = sharded(redis_url, database_url, dedupe_window=1800)
     sent: Counter[str] = Counter()
     shown: list[int] = []
-    async with running_api(settings) as client, flusher_of(settings) as flusher:
+    async with running_api(settings) as client, flusher_for(settings) as flusher:
         await register_site(client)
         for reader in range(6):
             for page in PAGES[reader : reader + 10]:
@@ -132,7 +122,7 @@ async def test_a_lost_unit_is_refilled_from_postgres_alone(
     redis_url: str, database_url: str
 ) -> None:
     settings = sharded(redis_url, database_url)
-    async with running_api(settings) as client, flusher_of(settings) as flusher:
+    async with running_api(settings) as client, flusher_for(settings) as flusher:
         await register_site(client)
         response = await client.put(
             f"/v1/sites/{SITE}/baseline", json={"baseline": 1000}, headers=ADMIN
@@ -230,8 +220,8 @@ async def test_flushers_alive_share_the_units(redis_url: str, database_url: str)
     units = keys.units(SITE, UNITS)
     async with (
         running_api(settings) as client,
-        flusher_of(settings) as first,
-        flusher_of(settings) as second,
+        flusher_for(settings) as first,
+        flusher_for(settings) as second,
     ):
         first.owner, second.owner = "flusher-1", "flusher-2"  # a fixed, known split
         share = {
