@@ -47,17 +47,36 @@ RETURNING batch_id;
 -- name: batch_keys
 SELECT snapshot_keys FROM flush_batches WHERE batch_id = $1;
 
--- name: add_page_views
--- Rows arrive sorted by (site, page), so concurrent flushers lock rows in the same order.
+-- name: record_batch_size
+-- A batch is claimed before its rows are streamed in; its size is recorded once they are.
+UPDATE flush_batches SET hits = $2, rows = $3 WHERE batch_id = $1;
+
+-- name: flush_create_rows
+-- A batch's (site, page, day) deltas, COPYed in as they are read from Redis; the upserts
+-- below aggregate them (a bucket may come twice: its hits add up, its largest estimate wins).
+CREATE TEMP TABLE flush_rows (
+    site      text NOT NULL,
+    page      text NOT NULL,
+    day       date NOT NULL,
+    hits      bigint NOT NULL,
+    visitors  bigint NOT NULL
+) ON COMMIT DROP;
+
+-- name: flush_add_page_views
+-- Sorted by (site, page), as imports lock page rows, so concurrent writers cannot deadlock.
 INSERT INTO page_views AS pv (site, page, views)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+SELECT site, page, sum(hits)::bigint FROM flush_rows
+GROUP BY site, page
+ORDER BY site, page
 ON CONFLICT (site, page) DO UPDATE SET views = pv.views + EXCLUDED.views, last_seen = now();
 
--- name: add_page_views_daily
+-- name: flush_add_page_views_daily
 -- visitors is an estimate of a set's size, not a delta: the larger of old and new wins, so
 -- applying a batch again (or an older estimate after a newer one) changes nothing.
 INSERT INTO page_views_daily AS d (site, page, day, views, visitors)
-SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::bigint[], $5::bigint[])
+SELECT site, page, day, sum(hits)::bigint, max(visitors) FROM flush_rows
+GROUP BY site, page, day
+ORDER BY site, page, day
 ON CONFLICT (site, page, day) DO UPDATE SET
     views = d.views + EXCLUDED.views,
     visitors = GREATEST(d.visitors, EXCLUDED.visitors);
