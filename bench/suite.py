@@ -28,6 +28,7 @@ over a 10-minute soak.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -49,7 +50,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench import run  # noqa: E402
-from services.localservers import PostgresProcess, RedisProcess  # noqa: E402
+from services.localservers import PostgresProcess, RedisProcess, free_port  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 PLOT_FILE = RESULTS_DIR / "hit-load.png"
@@ -60,9 +61,13 @@ PACED_FRACTIONS = (0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.2)
 PACED_CONNECTIONS = 64
 PACED_LATENCY_MS = 2.0
 T = TypeVar("T")
-FIGURES = ("hit", "latency", "workers", "counts", "batch", "memory")
+FIGURES = ("hit", "latency", "workers", "counts", "batch", "memory", "flusher", "soak")
 MEMORY_SITE = "mem"
 MEMORY_PAGES = 20_000
+SOAK_SITE = "soak"
+SOAK_PAGES = 100_000
+SOAK_FRACTION = 0.5
+SOAK_SAMPLE_S = 10.0
 
 
 @dataclass
@@ -98,6 +103,7 @@ class Bench:
     env: dict[str, str]
     tmp: Path
     hit_rps: float = 0.0  # the 1-worker hit rate, once the `hit` figure measured it
+    soak_samples: list[tuple[float, int, int]] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
 
 
@@ -463,6 +469,114 @@ def fig_memory(b: Bench) -> None:
     )
 
 
+def _rss_kib(pid: int) -> int:
+    """Resident set size of a process (VmRSS), KiB; 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@contextlib.contextmanager
+def flusher_process(env: dict[str, str], log_file: Path) -> Iterator[int]:
+    """`viewcounter flusher` (the real command) in the background; yields its pid."""
+    env = dict(env, VIEWCOUNTER_METRICS_PORT=str(free_port()))
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "flusher"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield proc.pid
+    finally:
+        run._stop_group(proc, 30)
+
+
+def fig_soak(b: Bench) -> None:
+    """The api's RSS over a soak at a steady fraction of its hit rate, sampled every
+    SOAK_SAMPLE_S; first minute against last minute."""
+    seconds = max(120, int(b.args.soak_minutes * 60))
+    run.cli(b.env, "sites", "add", SOAK_SITE)
+    args = _run_args(b.args, "--pages", str(SOAK_PAGES), "--site", SOAK_SITE)
+    app = "services.api.app:create_app_from_env"  # the product's app, nothing of the bench's
+    with (
+        run.api_server(b.env, app, 1, b.tmp / "api-soak.log") as (port, pid),
+        flusher_process(b.env, b.tmp / "flusher-soak.log") as flusher_pid,
+    ):
+        run.run_load(args, b.kind, port, pid, run.HIT, 2, phase="warm-up")
+        capacity = run.run_load(args, b.kind, port, pid, run.HIT, 5, phase="capacity")
+        _show("capacity", capacity)
+        offered = SOAK_FRACTION * capacity.rps
+        delay_ms = max(1, round(args.connections * 1000 / offered - PACED_LATENCY_MS))
+        args.wrk_script = _paced_script(delay_ms, b.tmp)
+        print(
+            f"  soak: {seconds} s at ~{offered:.0f} hits/s ({SOAK_FRACTION:.0%} of capacity,"
+            f" {SOAK_PAGES} pages, a new visitor each hit), RSS every {SOAK_SAMPLE_S:g} s",
+            flush=True,
+        )
+        samples: list[tuple[float, int, int]] = []  # (s since start, api KiB, flusher KiB)
+        result: list[run.RunResult] = []
+        load = threading.Thread(
+            target=lambda: result.append(
+                run.run_load(args, b.kind, port, pid, run.HIT, seconds, phase="soak")
+            )
+        )
+        started = time.monotonic()
+        load.start()
+        while load.is_alive():
+            at = time.monotonic() - started
+            samples.append((at, _rss_kib(pid), _rss_kib(flusher_pid)))
+            if len(samples) % 6 == 1:
+                print(
+                    f"  {at:6.0f} s  api RSS {samples[-1][1] / 1024:7.1f} MiB"
+                    f"  flusher RSS {samples[-1][2] / 1024:7.1f} MiB",
+                    flush=True,
+                )
+            load.join(SOAK_SAMPLE_S)
+        samples.append((time.monotonic() - started, _rss_kib(pid), _rss_kib(flusher_pid)))
+    if not result:
+        raise SystemExit("soak: the load generator failed")
+    r = result[0]
+    _show("soak", r)
+    first = [s for s in samples if s[0] <= 60]
+    last = [s for s in samples if s[0] >= samples[-1][0] - 60]
+    api_first = statistics.median(s[1] for s in first)
+    api_last = statistics.median(s[1] for s in last)
+    flusher_first = statistics.median(s[2] for s in first)
+    flusher_last = statistics.median(s[2] for s in last)
+    b.soak_samples = samples
+    rss = [x[1] for x in samples]
+    b.rows.append(
+        Row(
+            "5b. api RSS, last minute / first minute",
+            f"last {api_last / 1024:.1f} MiB",
+            f"first {api_first / 1024:.1f} MiB",
+            api_last,
+            api_first,
+            "<= 1.1 (flat)",
+            api_last / api_first <= 1.1,
+            r.p50_ms,
+            r.p99_ms,
+            f"{seconds / 60:g} min soak, {r.ok} hits answered 200 ({r.rps:.0f}/s paced,"
+            f" {SOAK_FRACTION:.0%} of the closed-loop {capacity.rps:.0f}/s), {SOAK_PAGES} pages,"
+            f" a new visitor each hit, flusher running; medians of the samples (every"
+            f" {SOAK_SAMPLE_S:g} s) in each minute; api RSS min {min(rss) / 1024:.1f},"
+            f" max {max(rss) / 1024:.1f} MiB; flusher RSS"
+            f" {flusher_first / 1024:.1f} -> {flusher_last / 1024:.1f} MiB;"
+            f" errors {r.non2xx + r.socket_errors}",
+        )
+    )
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -485,11 +599,12 @@ def table(rows: Sequence[Row]) -> str:
 
 
 def write_results(
-    b: Bench, started: str, load_before: str, points: list[tuple[float, ...]]
+    b: Bench, started: str, load_before: str, points: list[tuple[float, ...]], name: str
 ) -> Path:
-    """bench/results/<date>.md: the table, the machine, the command, the paced points."""
+    """bench/results/<date><name>.md: the table, the machine, the command, the paced points,
+    the soak's RSS samples."""
     RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{time.strftime('%Y-%m-%d')}.md"
+    path = RESULTS_DIR / f"{time.strftime('%Y-%m-%d')}{name}.md"
     text = [
         f"# Benchmark results {started}",
         "",
@@ -509,6 +624,15 @@ def write_results(
             "| offered/s | achieved/s | p50 ms | p99 ms |",
             "|---|---|---|---|",
             *[f"| {p[0]:.0f} | {p[1]:.0f} | {p[2]:.2f} | {p[3]:.2f} |" for p in points],
+            "",
+        ]
+    if b.soak_samples:
+        text += [
+            "api and flusher RSS during the soak (MiB):",
+            "",
+            "| s | api | flusher |",
+            "|---|---|---|",
+            *[f"| {t:.0f} | {a / 1024:.1f} | {f / 1024:.1f} |" for t, a, f in b.soak_samples],
             "",
         ]
     path.write_text("\n".join(text))
@@ -533,6 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=6, help="seconds per measured run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--soak-minutes", type=float, default=10.0, help="soak: minutes of load")
     ns = parser.parse_args(argv)
     figures = FIGURES if "all" in ns.figures else tuple(dict.fromkeys(ns.figures))
     started, load_before = time.strftime("%Y-%m-%d %H:%M:%S %Z"), _loadavg()
@@ -542,6 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workers": fig_workers,
         "batch": fig_batch,
         "memory": fig_memory,
+        "soak": fig_soak,
     }
     points: list[tuple[float, ...]] = []
     with tempfile.TemporaryDirectory(prefix="vc-suite-") as tmp_name:
@@ -558,15 +684,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "latency" in figures:
                 print("\n== latency at paced loads")
                 points = [tuple(p) for p in fig_latency(b)]
-            for name in ("workers", "batch", "memory"):
+            for name in ("workers", "batch", "memory", "soak"):
                 if name in figures:
                     print(f"\n== {name}")
                     steps[name](b)
     print()
     print(table(b.rows))
     print(f"\nload average after {_loadavg()}")
-    if set(figures) == set(FIGURES):
-        print(f"results: {write_results(b, started, load_before, points).relative_to(REPO_ROOT)}")
+    # `all` writes <date>.md; a run of some figures <date>-<figures>.md beside it.
+    name = "" if set(figures) == set(FIGURES) else "-" + "-".join(figures)
+    path = write_results(b, started, load_before, points, name)
+    print(f"results: {path.relative_to(REPO_ROOT)}")
     return 0
 
 
