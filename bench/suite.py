@@ -32,6 +32,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -42,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -64,6 +65,8 @@ T = TypeVar("T")
 FIGURES = ("hit", "latency", "workers", "counts", "batch", "memory", "flusher", "soak")
 MEMORY_SITE = "mem"
 MEMORY_PAGES = 20_000
+FLUSH_SITE = "fb"
+FLUSH_CHUNK_ROWS_NOTE = "10,000 rows (services/flusher/worker.py FLUSH_CHUNK_ROWS)"
 SOAK_SITE = "soak"
 SOAK_PAGES = 100_000
 SOAK_FRACTION = 0.5
@@ -104,6 +107,7 @@ class Bench:
     tmp: Path
     hit_rps: float = 0.0  # the 1-worker hit rate, once the `hit` figure measured it
     soak_samples: list[tuple[float, int, int]] = field(default_factory=list)
+    flush_template: str = ""
     rows: list[Row] = field(default_factory=list)
 
 
@@ -469,6 +473,138 @@ def fig_memory(b: Bench) -> None:
     )
 
 
+def _flush_step(b: Bench, step: str, *argv: str) -> dict[str, Any]:
+    """One step of bench/flush.py in its own process; its FLUSHJSON result."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.flush", step, *argv],
+        cwd=REPO_ROOT,
+        env=b.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"^FLUSHJSON (\{.*\})$", done.stdout, re.MULTILINE)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"bench.flush {step} failed:\n{done.stdout}{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(found.group(1))
+    return result
+
+
+def _flush_database(b: Bench, name: str) -> str:
+    """A new database copied from the flusher figure's migrated template; its URL."""
+    if not b.flush_template:
+        b.flush_template = "flush_template"
+        b.postgres.psql(f"CREATE DATABASE {b.flush_template}")
+        env = dict(b.env, VIEWCOUNTER_DATABASE_URL=b.postgres.url(b.flush_template))
+        run.cli(env, "migrate")
+        run.cli(env, "sites", "add", FLUSH_SITE)
+    b.postgres.psql(f"CREATE DATABASE {name} TEMPLATE {b.flush_template}")
+    return b.postgres.url(name)
+
+
+def _ours(b: Bench, database: str, pages: int, *flush_args: str, fresh: bool) -> dict[str, Any]:
+    """N dirty pages into Redis (`fresh`: FLUSHALL first, for a new database), then one
+    timed flush_once."""
+    common = ("--redis", b.redis.url, "--database", database)
+    # No FLUSHALL before a round into a database that has the pages already: loading a site
+    # of more than ~4,000 pages back into Redis fails (load_pages.lua unpacks 10,000 pages of
+    # ARGV at once, over Lua's limit), a bug left to the owner of the key layout.
+    more = ("--flushall",) if fresh else ()
+    prep = _flush_step(b, "prep", *common, "--site", FLUSH_SITE, "--pages", str(pages), *more)
+    result = _flush_step(b, "flush", *common, *flush_args)
+    if (result["rows"], result["hits"], result["batches"]) != (pages, pages, 1):
+        raise SystemExit(f"flush: expected one batch of {pages} rows and hits: {result}")
+    result["prep_s"] = prep["seconds"]
+    return result
+
+
+def fig_flusher(b: Bench) -> None:
+    """Rows/s of Flusher.flush_once() over a bare asyncpg COPY upsert of the same rows, into
+    a new database (insert) and again into the same one (update); then one batch of
+    --flush-big-pages for the flusher's peak memory."""
+    pages = b.args.flush_pages
+    rates: dict[tuple[str, str], list[float]] = {}
+    notes: dict[str, list[str]] = {"insert": [], "update": []}
+    for n, who in _rotating(["ours", "bare"], b.args.rounds):
+        database = _flush_database(b, f"flush_{who}_{n}")
+        for phase in ("insert", "update"):
+            if who == "ours":
+                r = _ours(b, database, pages, fresh=phase == "insert")
+                extra = (
+                    f" (prep {r['prep_s']:.1f} s; find_work SCAN alone {r['find_work_s']:.2f} s;"
+                    f" peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB)"
+                )
+                notes[phase].append(f"find_work {r['find_work_s']:.2f} s")
+            else:
+                common = ("--database", database, "--site", FLUSH_SITE)
+                r = _flush_step(b, "bare", *common, "--pages", str(pages))
+                extra = ""
+            rate = r["rows"] / r["seconds"]
+            rates.setdefault((who, phase), []).append(rate)
+            print(
+                f"  round {n} {who:<4} {phase:<6} {r['rows']} rows in {r['seconds']:.2f} s:"
+                f" {rate:>8.0f} rows/s{extra}",
+                flush=True,
+            )
+    for phase in ("insert", "update"):
+        ours, bare = rates["ours", phase], rates["bare", phase]
+        ours_rate, bare_rate = statistics.median(ours), statistics.median(bare)
+        what = "new rows" if phase == "insert" else "rows already in Postgres"
+        b.rows.append(
+            Row(
+                f"4. flusher / bare COPY upsert ({phase})",
+                f"flush_once {ours_rate:.0f} rows/s",
+                f"asyncpg COPY + upserts {bare_rate:.0f} rows/s",
+                ours_rate,
+                bare_rate,
+                ">= 0.8",
+                ours_rate / bare_rate >= 0.8,
+                None,
+                None,
+                f"{pages} dirty pages of one site in one batch ({what}); flush_once from"
+                f" find_work to the deleted snapshot, WAITAOF included;"
+                f" {'; '.join(notes[phase])}",
+                [a / c for a, c in zip(ours, bare, strict=True)],
+            )
+        )
+    big = b.args.flush_big_pages
+    if not big:
+        return
+    database = _flush_database(b, "flush_big")
+    r = _ours(b, database, big, fresh=True)
+    print(
+        f"  {big} pages, one batch: {r['seconds']:.1f} s ({r['rows'] / r['seconds']:.0f} rows/s),"
+        f" flusher RSS {r['rss_before_kib'] / 1024:.0f} MiB before,"
+        f" peak {r['peak_rss_kib'] / 1024:.0f} MiB",
+        flush=True,
+    )
+    traced = _ours(b, _flush_database(b, "flush_big_traced"), big, "--tracemalloc", fresh=True)
+    print(
+        f"  again under tracemalloc: peak of Python allocations"
+        f" {traced['tracemalloc_peak_bytes'] / 2**20:.1f} MiB, peak RSS"
+        f" {traced['peak_rss_kib'] / 1024:.0f} MiB ({traced['seconds']:.1f} s)",
+        flush=True,
+    )
+    b.rows.append(
+        Row(
+            "4. flusher memory, one batch of 1M pages"
+            if big == 1_000_000
+            else f"4. flusher memory, one batch of {big} pages",
+            f"peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB",
+            f"RSS before the flush {r['rss_before_kib'] / 1024:.0f} MiB",
+            r["peak_rss_kib"],
+            r["rss_before_kib"],
+            "bounded (by the chunk)",
+            None,
+            None,
+            None,
+            f"{r['rows']} rows in {r['seconds']:.1f} s ({r['rows'] / r['seconds']:.0f} rows/s);"
+            f" tracemalloc peak {traced['tracemalloc_peak_bytes'] / 2**20:.1f} MiB (another"
+            f" run of the same size); chunk {FLUSH_CHUNK_ROWS_NOTE}",
+        )
+    )
+
+
 def _rss_kib(pid: int) -> int:
     """Resident set size of a process (VmRSS), KiB; 0 once it is gone."""
     try:
@@ -657,6 +793,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=6, help="seconds per measured run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--flush-pages", type=int, default=200_000, help="flusher: dirty pages per ratio run"
+    )
+    parser.add_argument(
+        "--flush-big-pages", type=int, default=1_000_000, help="flusher: the memory run; 0: none"
+    )
     parser.add_argument("--soak-minutes", type=float, default=10.0, help="soak: minutes of load")
     ns = parser.parse_args(argv)
     figures = FIGURES if "all" in ns.figures else tuple(dict.fromkeys(ns.figures))
@@ -667,6 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workers": fig_workers,
         "batch": fig_batch,
         "memory": fig_memory,
+        "flusher": fig_flusher,
         "soak": fig_soak,
     }
     points: list[tuple[float, ...]] = []
@@ -684,7 +827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "latency" in figures:
                 print("\n== latency at paced loads")
                 points = [tuple(p) for p in fig_latency(b)]
-            for name in ("workers", "batch", "memory", "soak"):
+            for name in ("workers", "batch", "memory", "flusher", "soak"):
                 if name in figures:
                     print(f"\n== {name}")
                     steps[name](b)

@@ -52,18 +52,19 @@ SELECT snapshot_keys FROM flush_batches WHERE batch_id = $1;
 UPDATE flush_batches SET hits = $2, rows = $3 WHERE batch_id = $1;
 
 -- name: flush_create_rows
--- A batch's (site, page, day) deltas, COPYed in as they are read from Redis; the upserts
--- below aggregate them (a bucket may come twice: its hits add up, its largest estimate wins).
+-- A batch's (site, page, day) deltas, COPYed in chunk by chunk as they are read from Redis
+-- (day as the text Redis holds); the upserts below aggregate them: a bucket may come twice,
+-- its hits add up and its largest estimate wins.
 CREATE TEMP TABLE flush_rows (
     site      text NOT NULL,
     page      text NOT NULL,
-    day       date NOT NULL,
+    day       text NOT NULL,
     hits      bigint NOT NULL,
     visitors  bigint NOT NULL
 ) ON COMMIT DROP;
 
 -- name: flush_add_page_views
--- Sorted by (site, page), as imports lock page rows, so concurrent writers cannot deadlock.
+-- Sorted by (site, page), so concurrent flushers (and imports) lock page rows in one order.
 INSERT INTO page_views AS pv (site, page, views)
 SELECT site, page, sum(hits)::bigint FROM flush_rows
 GROUP BY site, page
@@ -74,12 +75,15 @@ ON CONFLICT (site, page) DO UPDATE SET views = pv.views + EXCLUDED.views, last_s
 -- visitors is an estimate of a set's size, not a delta: the larger of old and new wins, so
 -- applying a batch again (or an older estimate after a newer one) changes nothing.
 INSERT INTO page_views_daily AS d (site, page, day, views, visitors)
-SELECT site, page, day, sum(hits)::bigint, max(visitors) FROM flush_rows
+SELECT site, page, day::date, sum(hits)::bigint, max(visitors) FROM flush_rows
 GROUP BY site, page, day
 ORDER BY site, page, day
 ON CONFLICT (site, page, day) DO UPDATE SET
     views = d.views + EXCLUDED.views,
     visitors = GREATEST(d.visitors, EXCLUDED.visitors);
+
+-- name: flush_site_days
+SELECT site, day, sum(hits)::bigint AS hits FROM flush_rows GROUP BY site, day ORDER BY site, day;
 
 -- name: add_site_views_daily
 INSERT INTO site_views_daily AS d (site, day, views, visitors)

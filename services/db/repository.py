@@ -49,6 +49,7 @@ class GenerationChanged(Exception):
 
 DailyRow = tuple[str, str, str, int, int]
 """(site, page, local day YYYY-MM-DD, hits, distinct visitors of the page that day)."""
+FLUSH_COLUMNS = ("site", "page", "day", "hits", "visitors")
 
 
 class BatchStream:
@@ -59,7 +60,7 @@ class BatchStream:
     add up and its largest visitor estimate (an absolute estimate, not a delta) wins.
     `site_visitors` answers the distinct-visitor estimates of (site, day) buckets, in order;
     it is asked once every chunk is in. `sites` are the sites the batch covers. `hits` and
-    `rows` (distinct (site, page, day) buckets) count what was written.
+    `rows` (distinct (site, page, day) buckets) are what was written, once it was.
     """
 
     def __init__(
@@ -69,34 +70,10 @@ class BatchStream:
         site_visitors: Callable[[Sequence[tuple[str, str]]], Awaitable[Sequence[int]]],
     ) -> None:
         self.sites = frozenset(sites)
+        self.chunks = chunks
+        self.site_visitors = site_visitors
         self.hits = 0
         self.rows = 0
-        self._chunks = chunks
-        self._site_visitors = site_visitors
-        self._site_days: dict[tuple[str, str], int] = {}  # (site, day) -> hits
-        self._dates: dict[str, date] = {}
-
-    async def records(self) -> AsyncIterator[tuple[str, str, date, int, int]]:
-        """The rows as COPY records, tallying hits per (site, day) as they pass."""
-        site_days, dates = self._site_days, self._dates
-        async for chunk in self._chunks:
-            for site, page, day, hits, visitors in chunk:
-                when = dates.get(day)
-                if when is None:
-                    when = dates[day] = date.fromisoformat(day)
-                site_days[site, day] = site_days.get((site, day), 0) + hits
-                self.hits += hits
-                yield site, page, when, hits, visitors
-
-    async def site_days(self) -> list[tuple[str, date, int, int]]:
-        """(site, day, hits, visitors) of each (site, day) the records touched, sorted; once
-        every record went through."""
-        touched = sorted(self._site_days.items())
-        visitors = await self._site_visitors([k for k, _ in touched])
-        return [
-            (site, self._dates[day], hits, v)
-            for ((site, day), hits), v in zip(touched, visitors, strict=True)
-        ]
 
 
 @dataclass(frozen=True)
@@ -286,22 +263,24 @@ def _config(row: asyncpg.Record) -> SiteConfig:
 
 async def _write_rows(conn: Conn, rows: BatchStream) -> None:
     await conn.execute(Q["flush_create_rows"])
-    await conn.copy_records_to_table(
-        "flush_rows", records=rows.records(), columns=("site", "page", "day", "hits", "visitors")
-    )
+    # One COPY per chunk: no statement lasts longer than reading one chunk from Redis.
+    async for chunk in rows.chunks:
+        await conn.copy_records_to_table("flush_rows", records=chunk, columns=FLUSH_COLUMNS)
     await conn.execute(Q["flush_add_page_views"])
     rows.rows = _affected(await conn.execute(Q["flush_add_page_views_daily"]))
-    site_days = await rows.site_days()
+    site_days = await conn.fetch(Q["flush_site_days"])
+    visitors = await rows.site_visitors([(r["site"], r["day"]) for r in site_days])
     await conn.execute(
         Q["add_site_views_daily"],
-        [site for site, _, _, _ in site_days],
-        [day for _, day, _, _ in site_days],
-        [hits for _, _, hits, _ in site_days],
-        [visitors for _, _, _, visitors in site_days],
+        [r["site"] for r in site_days],
+        [date.fromisoformat(r["day"]) for r in site_days],
+        [r["hits"] for r in site_days],
+        list(visitors),
     )
     sites: dict[str, int] = {}
-    for site, _, hits, _ in site_days:
-        sites[site] = sites.get(site, 0) + hits
+    for r in site_days:
+        sites[r["site"]] = sites.get(r["site"], 0) + r["hits"]
+    rows.hits = sum(sites.values())
     # Last, and in site order: these row locks are what a concurrent loader waits on.
     for site, hits in sorted(sites.items()):
         await conn.execute(Q["add_site_views"], site, hits)
