@@ -27,6 +27,7 @@ from asyncpg.pool import PoolConnectionProxy
 from services.counter.siteconfig import SiteConfig
 
 Conn = asyncpg.Connection | PoolConnectionProxy
+ROWS_PER_STATEMENT = 20_000
 LOAD_FETCH_ROWS = 10_000
 
 
@@ -266,8 +267,12 @@ async def _write_rows(conn: Conn, rows: BatchStream) -> None:
     # One COPY per chunk: no statement lasts longer than reading one chunk from Redis.
     async for chunk in rows.chunks:
         await conn.copy_records_to_table("flush_rows", records=chunk, columns=FLUSH_COLUMNS)
-    await conn.execute(Q["flush_add_page_views"])
-    rows.rows = _affected(await conn.execute(Q["flush_add_page_views_daily"]))
+    rows.rows = _affected(await conn.execute(Q["flush_group_rows"]))
+    await conn.execute(Q["flush_index_groups"])
+    for first in range(0, rows.rows, ROWS_PER_STATEMENT):
+        last = first + ROWS_PER_STATEMENT
+        await conn.execute(Q["flush_add_page_views"], first, last)
+        await conn.execute(Q["flush_add_page_views_daily"], first, last)
     site_days = await conn.fetch(Q["flush_site_days"])
     visitors = await rows.site_visitors([(r["site"], r["day"]) for r in site_days])
     await conn.execute(
@@ -287,7 +292,7 @@ async def _write_rows(conn: Conn, rows: BatchStream) -> None:
 
 
 def _affected(status: str) -> int:
-    """Rows an INSERT/UPDATE/COPY touched, from its command status ("INSERT 0 42")."""
+    """Rows a statement wrote, from its command status ("INSERT 0 42", "SELECT 42")."""
     return int(status.rsplit(" ", 1)[1])
 
 

@@ -179,18 +179,33 @@ class Flusher:
     ) -> AsyncGenerator[list[repository.DailyRow]]:
         """The rows of (snapshot key, site) pairs, FLUSH_CHUNK_ROWS at a time (HSCAN), each
         chunk with its pages' visitor estimates (one pipelined read per chunk)."""
-        rows: list[tuple[str, str, str]] = []
-        hits: list[int] = []
-        for key, site in snapshots:
-            async for field, n in self._store.read_snapshot(key):
-                day, page = keys.split_pending_field(field)
-                rows.append((site, page, day))
-                hits.append(n)
-                if len(rows) >= FLUSH_CHUNK_ROWS:
-                    yield await self._with_visitors(rows, hits)
-                    rows, hits = [], []
-        if rows:
-            yield await self._with_visitors(rows, hits)
+        # A chunk's estimates are read while the next chunk is scanned (and the chunk before
+        # goes to Postgres): at most two chunks are in hand.
+        estimating: asyncio.Task[list[repository.DailyRow]] | None = None
+        try:
+            rows: list[tuple[str, str, str]] = []
+            hits: list[int] = []
+            for key, site in snapshots:
+                async for field, n in self._store.read_snapshot(key):
+                    day, page = keys.split_pending_field(field)
+                    rows.append((site, page, day))
+                    hits.append(n)
+                    if len(rows) >= FLUSH_CHUNK_ROWS:
+                        if estimating is not None:
+                            yield await estimating
+                        estimating = asyncio.create_task(self._with_visitors(rows, hits))
+                        rows, hits = [], []
+            if estimating is not None:
+                yield await estimating
+                estimating = None
+            if rows:
+                yield await self._with_visitors(rows, hits)
+        finally:
+            if estimating is not None:  # the reading stopped early: no orphan task
+                estimating.cancel()
+                await asyncio.wait([estimating])
+                if not estimating.cancelled():
+                    estimating.exception()  # the error that matters is the one in flight
 
     async def _with_visitors(
         self, rows: list[tuple[str, str, str]], hits: list[int]
