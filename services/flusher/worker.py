@@ -20,6 +20,7 @@ cannot apply a batch twice; the lease only keeps flushers from doing the same wo
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import secrets
@@ -48,6 +49,7 @@ MAX_BACKOFF_S = 60.0
 DEFAULT_LEASE_S = 15.0
 # Rows read from Redis (and held in memory) at a time while a batch streams into Postgres.
 FLUSH_CHUNK_ROWS = 10_000
+ESTIMATES_IN_FLIGHT = 2  # chunks whose visitor estimates are being read at once
 
 
 class FlushDeferred(Exception):
@@ -179,9 +181,10 @@ class Flusher:
     ) -> AsyncGenerator[list[repository.DailyRow]]:
         """The rows of (snapshot key, site) pairs, FLUSH_CHUNK_ROWS at a time (HSCAN), each
         chunk with its pages' visitor estimates (one pipelined read per chunk)."""
-        # A chunk's estimates are read while the next chunk is scanned (and the chunk before
-        # goes to Postgres): at most two chunks are in hand.
-        estimating: asyncio.Task[list[repository.DailyRow]] | None = None
+        # Chunks' estimates are read while the next chunks are scanned (and the one before goes
+        # to Postgres), so Redis and this process both keep working: at most
+        # ESTIMATES_IN_FLIGHT + 1 chunks are in hand.
+        estimating: collections.deque[asyncio.Task[list[repository.DailyRow]]] = collections.deque()
         try:
             rows: list[tuple[str, str, str]] = []
             hits: list[int] = []
@@ -191,21 +194,22 @@ class Flusher:
                     rows.append((site, page, day))
                     hits.append(n)
                     if len(rows) >= FLUSH_CHUNK_ROWS:
-                        if estimating is not None:
-                            yield await estimating
-                        estimating = asyncio.create_task(self._with_visitors(rows, hits))
+                        if len(estimating) >= ESTIMATES_IN_FLIGHT:
+                            yield await estimating.popleft()
+                        estimating.append(asyncio.create_task(self._with_visitors(rows, hits)))
                         rows, hits = [], []
-            if estimating is not None:
-                yield await estimating
-                estimating = None
             if rows:
-                yield await self._with_visitors(rows, hits)
+                estimating.append(asyncio.create_task(self._with_visitors(rows, hits)))
+            while estimating:
+                yield await estimating.popleft()
         finally:
-            if estimating is not None:  # the reading stopped early: no orphan task
-                estimating.cancel()
-                await asyncio.wait([estimating])
-                if not estimating.cancelled():
-                    estimating.exception()  # the error that matters is the one in flight
+            for task in estimating:  # the reading stopped early: no orphan task
+                task.cancel()
+            if estimating:
+                await asyncio.wait(estimating)
+            for task in estimating:
+                if not task.cancelled():
+                    task.exception()  # the error that matters is the one in flight
 
     async def _with_visitors(
         self, rows: list[tuple[str, str, str]], hits: list[int]
