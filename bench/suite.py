@@ -20,9 +20,18 @@ machine noise falls on both sides of a ratio):
 - `batch`    hits/s through POST /hits/batch (10,000 views a request, 2 clients) over
              redis-benchmark's pipelined EVALSHA of the same hits.lua with one hit per call
              (-P 64); target >= 0.5.
+- `flusher`  rows/s of `Flusher.flush_once()` over a bare asyncpg COPY upsert of the same rows
+             (bench/flush.py; each side in its own process, each round a new database from a
+             migrated template): --flush-pages dirty pages of one site in one batch, into
+             new rows (insert) and again into the same rows (update); target >= 0.8. Then
+             one batch of --flush-big-pages (1,000,000) for the flusher's peak RSS and, in a
+             second run, its tracemalloc peak: bounded by the chunk, not the batch.
+- `soak`     the api's RSS (VmRSS, every 10 s) over --soak-minutes (10) of paced hits at half
+             the closed-loop hit rate, 100,000 pages, a new visitor each hit, a flusher
+             running: the last minute's median over the first minute's; target <= 1.1.
 
-Not measured here (see BENCHMARKS.md): the flusher against a bare COPY upsert and the api's RSS
-over a 10-minute soak.
+`all` runs every figure and writes bench/results/<date>.md; a run of some figures writes
+bench/results/<date>-<figures>.md.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench import run  # noqa: E402
+from services.flusher import worker  # noqa: E402
 from services.localservers import PostgresProcess, RedisProcess, free_port  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
@@ -66,7 +76,6 @@ FIGURES = ("hit", "latency", "workers", "counts", "batch", "memory", "flusher", 
 MEMORY_SITE = "mem"
 MEMORY_PAGES = 20_000
 FLUSH_SITE = "fb"
-FLUSH_CHUNK_ROWS_NOTE = "10,000 rows (services/flusher/worker.py FLUSH_CHUNK_ROWS)"
 SOAK_SITE = "soak"
 SOAK_PAGES = 100_000
 SOAK_FRACTION = 0.5
@@ -534,7 +543,7 @@ def fig_flusher(b: Bench) -> None:
                     f" (prep {r['prep_s']:.1f} s; find_work SCAN alone {r['find_work_s']:.2f} s;"
                     f" peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB)"
                 )
-                notes[phase].append(f"find_work {r['find_work_s']:.2f} s")
+                notes[phase].append(f"{r['find_work_s']:.2f}")
             else:
                 common = ("--database", database, "--site", FLUSH_SITE)
                 r = _flush_step(b, "bare", *common, "--pages", str(pages))
@@ -562,8 +571,8 @@ def fig_flusher(b: Bench) -> None:
                 None,
                 None,
                 f"{pages} dirty pages of one site in one batch ({what}); flush_once from"
-                f" find_work to the deleted snapshot, WAITAOF included;"
-                f" {'; '.join(notes[phase])}",
+                f" find_work to the deleted snapshot, WAITAOF included; find_work's SCAN alone"
+                f" {', '.join(notes[phase])} s",
                 [a / c for a, c in zip(ours, bare, strict=True)],
             )
         )
@@ -600,7 +609,8 @@ def fig_flusher(b: Bench) -> None:
             None,
             f"{r['rows']} rows in {r['seconds']:.1f} s ({r['rows'] / r['seconds']:.0f} rows/s);"
             f" tracemalloc peak {traced['tracemalloc_peak_bytes'] / 2**20:.1f} MiB (another"
-            f" run of the same size); chunk {FLUSH_CHUNK_ROWS_NOTE}",
+            f" run of the same size); chunks of {worker.FLUSH_CHUNK_ROWS:,} rows"
+            f" (services/flusher/worker.py FLUSH_CHUNK_ROWS)",
         )
     )
 
