@@ -20,17 +20,28 @@ machine noise falls on both sides of a ratio):
 - `batch`    hits/s through POST /hits/batch (10,000 views a request, 2 clients) over
              redis-benchmark's pipelined EVALSHA of the same hits.lua with one hit per call
              (-P 64); target >= 0.5.
+- `flusher`  rows/s of `Flusher.flush_once()` over a bare asyncpg COPY upsert of the same rows
+             (bench/flush.py; each side in its own process, each round a new database from a
+             migrated template): --flush-pages dirty pages of one site in one batch, into
+             new rows (insert) and again into the same rows (update); target >= 0.8. Then
+             one batch of --flush-big-pages (1,000,000) for the flusher's peak RSS and, in a
+             second run, its tracemalloc peak: bounded by the chunk, not the batch.
+- `soak`     the api's RSS (VmRSS, every 10 s) over --soak-minutes (10) of paced hits at half
+             the closed-loop hit rate, 100,000 pages, a new visitor each hit, a flusher
+             running: the last minute's median over the first minute's; target <= 1.1.
 
-Not measured here (see BENCHMARKS.md): the flusher against a bare COPY upsert and the api's RSS
-over a 10-minute soak.
+`all` runs every figure and writes bench/results/<date>.md; a run of some figures writes
+bench/results/<date>-<figures>.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -41,7 +52,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -49,7 +60,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench import run  # noqa: E402
-from services.localservers import PostgresProcess, RedisProcess  # noqa: E402
+from services.flusher import worker  # noqa: E402
+from services.localservers import PostgresProcess, RedisProcess, free_port  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 PLOT_FILE = RESULTS_DIR / "hit-load.png"
@@ -60,9 +72,14 @@ PACED_FRACTIONS = (0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.2)
 PACED_CONNECTIONS = 64
 PACED_LATENCY_MS = 2.0
 T = TypeVar("T")
-FIGURES = ("hit", "latency", "workers", "counts", "batch", "memory")
+FIGURES = ("hit", "latency", "workers", "counts", "batch", "memory", "flusher", "soak")
 MEMORY_SITE = "mem"
 MEMORY_PAGES = 20_000
+FLUSH_SITE = "fb"
+SOAK_SITE = "soak"
+SOAK_PAGES = 100_000
+SOAK_FRACTION = 0.5
+SOAK_SAMPLE_S = 10.0
 
 
 @dataclass
@@ -98,6 +115,8 @@ class Bench:
     env: dict[str, str]
     tmp: Path
     hit_rps: float = 0.0  # the 1-worker hit rate, once the `hit` figure measured it
+    soak_samples: list[tuple[float, int, int]] = field(default_factory=list)
+    flush_template: str = ""
     rows: list[Row] = field(default_factory=list)
 
 
@@ -463,6 +482,247 @@ def fig_memory(b: Bench) -> None:
     )
 
 
+def _flush_step(b: Bench, step: str, *argv: str) -> dict[str, Any]:
+    """One step of bench/flush.py in its own process; its FLUSHJSON result."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.flush", step, *argv],
+        cwd=REPO_ROOT,
+        env=b.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"^FLUSHJSON (\{.*\})$", done.stdout, re.MULTILINE)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"bench.flush {step} failed:\n{done.stdout}{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(found.group(1))
+    return result
+
+
+def _flush_database(b: Bench, name: str) -> str:
+    """A new database copied from the flusher figure's migrated template; its URL."""
+    if not b.flush_template:
+        b.flush_template = "flush_template"
+        b.postgres.psql(f"CREATE DATABASE {b.flush_template}")
+        env = dict(b.env, VIEWCOUNTER_DATABASE_URL=b.postgres.url(b.flush_template))
+        run.cli(env, "migrate")
+        run.cli(env, "sites", "add", FLUSH_SITE)
+    b.postgres.psql(f"CREATE DATABASE {name} TEMPLATE {b.flush_template}")
+    return b.postgres.url(name)
+
+
+def _ours(b: Bench, database: str, pages: int, *flush_args: str, fresh: bool) -> dict[str, Any]:
+    """N dirty pages into Redis (`fresh`: FLUSHALL first, for a new database), then one
+    timed flush_once."""
+    common = ("--redis", b.redis.url, "--database", database)
+    # No FLUSHALL before a round into a database that has the pages already: loading a site
+    # of more than ~4,000 pages back into Redis fails (load_pages.lua unpacks 10,000 pages of
+    # ARGV at once, over Lua's limit), a bug left to the owner of the key layout.
+    more = ("--flushall",) if fresh else ()
+    prep = _flush_step(b, "prep", *common, "--site", FLUSH_SITE, "--pages", str(pages), *more)
+    result = _flush_step(b, "flush", *common, *flush_args)
+    if (result["rows"], result["hits"], result["batches"]) != (pages, pages, 1):
+        raise SystemExit(f"flush: expected one batch of {pages} rows and hits: {result}")
+    result["prep_s"] = prep["seconds"]
+    return result
+
+
+def fig_flusher(b: Bench) -> None:
+    """Rows/s of Flusher.flush_once() over a bare asyncpg COPY upsert of the same rows, into
+    a new database (insert) and again into the same one (update); then one batch of
+    --flush-big-pages for the flusher's peak memory."""
+    pages = b.args.flush_pages
+    rates: dict[tuple[str, str], list[float]] = {}
+    notes: dict[str, list[str]] = {"insert": [], "update": []}
+    for n, who in _rotating(["ours", "bare"], b.args.rounds):
+        database = _flush_database(b, f"flush_{who}_{n}")
+        for phase in ("insert", "update"):
+            if who == "ours":
+                r = _ours(b, database, pages, fresh=phase == "insert")
+                extra = (
+                    f" (prep {r['prep_s']:.1f} s; find_work SCAN alone {r['find_work_s']:.2f} s;"
+                    f" peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB)"
+                )
+                notes[phase].append(f"{r['find_work_s']:.2f}")
+            else:
+                common = ("--database", database, "--site", FLUSH_SITE)
+                r = _flush_step(b, "bare", *common, "--pages", str(pages))
+                extra = ""
+            rate = r["rows"] / r["seconds"]
+            rates.setdefault((who, phase), []).append(rate)
+            print(
+                f"  round {n} {who:<4} {phase:<6} {r['rows']} rows in {r['seconds']:.2f} s:"
+                f" {rate:>8.0f} rows/s{extra}",
+                flush=True,
+            )
+    for phase in ("insert", "update"):
+        ours, bare = rates["ours", phase], rates["bare", phase]
+        ours_rate, bare_rate = statistics.median(ours), statistics.median(bare)
+        what = "new rows" if phase == "insert" else "rows already in Postgres"
+        b.rows.append(
+            Row(
+                f"4. flusher / bare COPY upsert ({phase})",
+                f"flush_once {ours_rate:.0f} rows/s",
+                f"asyncpg COPY + upserts {bare_rate:.0f} rows/s",
+                ours_rate,
+                bare_rate,
+                ">= 0.8",
+                ours_rate / bare_rate >= 0.8,
+                None,
+                None,
+                f"{pages} dirty pages of one site in one batch ({what}); flush_once from"
+                f" find_work to the deleted snapshot, WAITAOF included; find_work's SCAN alone"
+                f" {', '.join(notes[phase])} s",
+                [a / c for a, c in zip(ours, bare, strict=True)],
+            )
+        )
+    big = b.args.flush_big_pages
+    if not big:
+        return
+    database = _flush_database(b, "flush_big")
+    r = _ours(b, database, big, fresh=True)
+    print(
+        f"  {big} pages, one batch: {r['seconds']:.1f} s ({r['rows'] / r['seconds']:.0f} rows/s),"
+        f" flusher RSS {r['rss_before_kib'] / 1024:.0f} MiB before,"
+        f" peak {r['peak_rss_kib'] / 1024:.0f} MiB",
+        flush=True,
+    )
+    traced = _ours(b, _flush_database(b, "flush_big_traced"), big, "--tracemalloc", fresh=True)
+    print(
+        f"  again under tracemalloc: peak of Python allocations"
+        f" {traced['tracemalloc_peak_bytes'] / 2**20:.1f} MiB, peak RSS"
+        f" {traced['peak_rss_kib'] / 1024:.0f} MiB ({traced['seconds']:.1f} s)",
+        flush=True,
+    )
+    b.rows.append(
+        Row(
+            "4. flusher memory, one batch of 1M pages"
+            if big == 1_000_000
+            else f"4. flusher memory, one batch of {big} pages",
+            f"peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB",
+            f"RSS before the flush {r['rss_before_kib'] / 1024:.0f} MiB",
+            r["peak_rss_kib"],
+            r["rss_before_kib"],
+            "bounded (by the chunk)",
+            None,
+            None,
+            None,
+            f"{r['rows']} rows in {r['seconds']:.1f} s ({r['rows'] / r['seconds']:.0f} rows/s);"
+            f" tracemalloc peak {traced['tracemalloc_peak_bytes'] / 2**20:.1f} MiB (another"
+            f" run of the same size); chunks of {worker.FLUSH_CHUNK_ROWS:,} rows"
+            f" (services/flusher/worker.py FLUSH_CHUNK_ROWS)",
+        )
+    )
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident set size of a process (VmRSS), KiB; 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@contextlib.contextmanager
+def flusher_process(env: dict[str, str], log_file: Path) -> Iterator[int]:
+    """`viewcounter flusher` (the real command) in the background; yields its pid."""
+    env = dict(env, VIEWCOUNTER_METRICS_PORT=str(free_port()))
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "flusher"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield proc.pid
+    finally:
+        run._stop_group(proc, 30)
+
+
+def fig_soak(b: Bench) -> None:
+    """The api's RSS over a soak at a steady fraction of its hit rate, sampled every
+    SOAK_SAMPLE_S; first minute against last minute."""
+    seconds = max(120, int(b.args.soak_minutes * 60))
+    run.cli(b.env, "sites", "add", SOAK_SITE)
+    args = _run_args(b.args, "--pages", str(SOAK_PAGES), "--site", SOAK_SITE)
+    app = "services.api.app:create_app_from_env"  # the product's app, nothing of the bench's
+    with (
+        run.api_server(b.env, app, 1, b.tmp / "api-soak.log") as (port, pid),
+        flusher_process(b.env, b.tmp / "flusher-soak.log") as flusher_pid,
+    ):
+        run.run_load(args, b.kind, port, pid, run.HIT, 2, phase="warm-up")
+        capacity = run.run_load(args, b.kind, port, pid, run.HIT, 5, phase="capacity")
+        _show("capacity", capacity)
+        offered = SOAK_FRACTION * capacity.rps
+        delay_ms = max(1, round(args.connections * 1000 / offered - PACED_LATENCY_MS))
+        args.wrk_script = _paced_script(delay_ms, b.tmp)
+        print(
+            f"  soak: {seconds} s at ~{offered:.0f} hits/s ({SOAK_FRACTION:.0%} of capacity,"
+            f" {SOAK_PAGES} pages, a new visitor each hit), RSS every {SOAK_SAMPLE_S:g} s",
+            flush=True,
+        )
+        samples: list[tuple[float, int, int]] = []  # (s since start, api KiB, flusher KiB)
+        result: list[run.RunResult] = []
+        load = threading.Thread(
+            target=lambda: result.append(
+                run.run_load(args, b.kind, port, pid, run.HIT, seconds, phase="soak")
+            )
+        )
+        started = time.monotonic()
+        load.start()
+        while load.is_alive():
+            at = time.monotonic() - started
+            samples.append((at, _rss_kib(pid), _rss_kib(flusher_pid)))
+            if len(samples) % 6 == 1:
+                print(
+                    f"  {at:6.0f} s  api RSS {samples[-1][1] / 1024:7.1f} MiB"
+                    f"  flusher RSS {samples[-1][2] / 1024:7.1f} MiB",
+                    flush=True,
+                )
+            load.join(SOAK_SAMPLE_S)
+        samples.append((time.monotonic() - started, _rss_kib(pid), _rss_kib(flusher_pid)))
+    if not result:
+        raise SystemExit("soak: the load generator failed")
+    r = result[0]
+    _show("soak", r)
+    first = [s for s in samples if s[0] <= 60]
+    last = [s for s in samples if s[0] >= samples[-1][0] - 60]
+    api_first = statistics.median(s[1] for s in first)
+    api_last = statistics.median(s[1] for s in last)
+    flusher_first = statistics.median(s[2] for s in first)
+    flusher_last = statistics.median(s[2] for s in last)
+    b.soak_samples = samples
+    rss = [x[1] for x in samples]
+    b.rows.append(
+        Row(
+            "5b. api RSS, last minute / first minute",
+            f"last {api_last / 1024:.1f} MiB",
+            f"first {api_first / 1024:.1f} MiB",
+            api_last,
+            api_first,
+            "<= 1.1 (flat)",
+            api_last / api_first <= 1.1,
+            r.p50_ms,
+            r.p99_ms,
+            f"{seconds / 60:g} min soak, {r.ok} hits answered 200 ({r.rps:.0f}/s paced,"
+            f" {SOAK_FRACTION:.0%} of the closed-loop {capacity.rps:.0f}/s), {SOAK_PAGES} pages,"
+            f" a new visitor each hit, flusher running; medians of the samples (every"
+            f" {SOAK_SAMPLE_S:g} s) in each minute; api RSS min {min(rss) / 1024:.1f},"
+            f" max {max(rss) / 1024:.1f} MiB; flusher RSS"
+            f" {flusher_first / 1024:.1f} -> {flusher_last / 1024:.1f} MiB;"
+            f" errors {r.non2xx + r.socket_errors}",
+        )
+    )
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -485,11 +745,12 @@ def table(rows: Sequence[Row]) -> str:
 
 
 def write_results(
-    b: Bench, started: str, load_before: str, points: list[tuple[float, ...]]
+    b: Bench, started: str, load_before: str, points: list[tuple[float, ...]], name: str
 ) -> Path:
-    """bench/results/<date>.md: the table, the machine, the command, the paced points."""
+    """bench/results/<date><name>.md: the table, the machine, the command, the paced points,
+    the soak's RSS samples."""
     RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{time.strftime('%Y-%m-%d')}.md"
+    path = RESULTS_DIR / f"{time.strftime('%Y-%m-%d')}{name}.md"
     text = [
         f"# Benchmark results {started}",
         "",
@@ -509,6 +770,15 @@ def write_results(
             "| offered/s | achieved/s | p50 ms | p99 ms |",
             "|---|---|---|---|",
             *[f"| {p[0]:.0f} | {p[1]:.0f} | {p[2]:.2f} | {p[3]:.2f} |" for p in points],
+            "",
+        ]
+    if b.soak_samples:
+        text += [
+            "api and flusher RSS during the soak (MiB):",
+            "",
+            "| s | api | flusher |",
+            "|---|---|---|",
+            *[f"| {t:.0f} | {a / 1024:.1f} | {f / 1024:.1f} |" for t, a, f in b.soak_samples],
             "",
         ]
     path.write_text("\n".join(text))
@@ -533,6 +803,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=6, help="seconds per measured run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--flush-pages", type=int, default=200_000, help="flusher: dirty pages per ratio run"
+    )
+    parser.add_argument(
+        "--flush-big-pages", type=int, default=1_000_000, help="flusher: the memory run; 0: none"
+    )
+    parser.add_argument("--soak-minutes", type=float, default=10.0, help="soak: minutes of load")
     ns = parser.parse_args(argv)
     figures = FIGURES if "all" in ns.figures else tuple(dict.fromkeys(ns.figures))
     started, load_before = time.strftime("%Y-%m-%d %H:%M:%S %Z"), _loadavg()
@@ -542,6 +819,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workers": fig_workers,
         "batch": fig_batch,
         "memory": fig_memory,
+        "flusher": fig_flusher,
+        "soak": fig_soak,
     }
     points: list[tuple[float, ...]] = []
     with tempfile.TemporaryDirectory(prefix="vc-suite-") as tmp_name:
@@ -558,15 +837,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "latency" in figures:
                 print("\n== latency at paced loads")
                 points = [tuple(p) for p in fig_latency(b)]
-            for name in ("workers", "batch", "memory"):
+            for name in ("workers", "batch", "memory", "flusher", "soak"):
                 if name in figures:
                     print(f"\n== {name}")
                     steps[name](b)
     print()
     print(table(b.rows))
     print(f"\nload average after {_loadavg()}")
-    if set(figures) == set(FIGURES):
-        print(f"results: {write_results(b, started, load_before, points).relative_to(REPO_ROOT)}")
+    # `all` writes <date>.md; a run of some figures <date>-<figures>.md beside it.
+    name = "" if set(figures) == set(FIGURES) else "-" + "-".join(figures)
+    path = write_results(b, started, load_before, points, name)
+    print(f"results: {path.relative_to(REPO_ROOT)}")
     return 0
 
 

@@ -7,6 +7,7 @@ import random
 from collections import Counter
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
@@ -15,6 +16,7 @@ from services.config import Settings
 from services.counter import keys
 from services.counter import store as counter_store
 from services.db import repository
+from services.flusher import worker
 from services.flusher.worker import Flusher, FlushReport, assigned_flusher, batch_id
 from tests.checks import Totals, assert_consistent, totals
 from tests.conftest import ADMIN_TOKEN, flusher_for
@@ -290,8 +292,8 @@ async def test_a_site_refilled_meanwhile_drops_only_its_own_batch(
         """`site` (only) was lost and reloaded in Redis while its batch was in hand."""
 
         async def apply_batch(self, *args: Any, **kwargs: Any) -> Any:
-            rows: repository.BatchRows = args[2]
-            if any(s == site for s, _, _ in rows.daily):
+            rows: repository.BatchStream = args[2]
+            if site in rows.sites:
                 client = aioredis.Redis.from_url(settings.redis_url)
                 await client.hset(keys.site_key(site), keys.SITE_GEN, "reloaded")
                 await client.aclose()
@@ -317,3 +319,42 @@ async def pending_keys(settings: Settings) -> list[str]:
         return [k async for k in client.scan_iter(match="{vc:*}:pend:*")]
     finally:
         await client.aclose()
+
+
+async def test_a_batch_of_many_chunks_lands_exactly_with_its_visitors(
+    api: httpx.AsyncClient,
+    site: str,
+    settings: Settings,
+    flusher: Flusher,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker, "FLUSH_CHUNK_ROWS", 3)  # 25 pages: 9 chunks, the last short
+    counted: Counter[str] = Counter()
+    readers: dict[str, set[str]] = {}
+    for i in range(60):
+        page, reader = f"p{i % 25}", f"reader-{i % 7}"
+        response = await api.post(f"/v1/sites/{site}/hits", json={"page": page, "visitor": reader})
+        assert response.status_code == 200, response.text
+        if response.json()["counted"]:
+            counted[page] += 1
+            readers.setdefault(page, set()).add(reader)
+
+    report = await flusher.flush_once()
+
+    assert (report.batches, report.hits, report.rows) == (1, sum(counted.values()), 25)
+    expect(await totals(settings.database_url, site), counted)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        ledger = await conn.fetchrow("SELECT hits, rows FROM flush_batches")
+        page_visitors = dict(
+            await conn.fetch("SELECT page, visitors FROM page_views_daily WHERE site = $1", site)
+        )
+        site_visitors = await conn.fetchval(
+            "SELECT sum(visitors) FROM site_views_daily WHERE site = $1", site
+        )
+    finally:
+        await conn.close()
+    assert (ledger["hits"], ledger["rows"]) == (sum(counted.values()), 25)
+    assert page_visitors == {page: len(who) for page, who in readers.items()}
+    assert site_visitors == len(set().union(*readers.values()))
+    assert await leftover_snapshots(settings) == []

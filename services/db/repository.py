@@ -6,9 +6,17 @@ asyncpg and OS errors become `DatabaseUnavailable` here, so callers deal with on
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from importlib import resources
 from typing import Any
@@ -40,27 +48,33 @@ class GenerationChanged(Exception):
     """Redis lost a site's live totals while its batch was in hand; the batch was rolled back."""
 
 
-@dataclass
-class BatchRows:
-    """Deltas of one batch, aggregated: per (site, page, day), with derived page/site sums.
+DailyRow = tuple[str, str, str, int, int]
+"""(site, page, local day YYYY-MM-DD, hits, distinct visitors of the page that day)."""
+FLUSH_COLUMNS = ("site", "page", "day", "hits", "visitors")
 
-    `page_visitors` and `site_visitors` are distinct-visitor estimates (absolute, not deltas)
-    of the (site, page, day) and (site, day) buckets the batch touches.
+
+class BatchStream:
+    """A batch's deltas for `apply_batch`, streamed in chunks so that memory is bounded by the
+    chunk, not by the batch.
+
+    `chunks` yields lists of DailyRow; a (site, page, day) may come more than once: its hits
+    add up and its largest visitor estimate (an absolute estimate, not a delta) wins.
+    `site_visitors` answers the distinct-visitor estimates of (site, day) buckets, in order;
+    it is asked once every chunk is in. `sites` are the sites the batch covers. `hits` and
+    `rows` (distinct (site, page, day) buckets) are what was written, once it was.
     """
 
-    daily: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    page_visitors: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    site_visitors: dict[tuple[str, str], int] = field(default_factory=dict)
-
-    def add(self, site: str, page: str, day: str, hits: int) -> None:
-        """Add `hits` for `page` of `site` on local `day` (YYYY-MM-DD)."""
-        key = (site, page, day)
-        self.daily[key] = self.daily.get(key, 0) + hits
-
-    @property
-    def hits(self) -> int:
-        """Total hits in the batch."""
-        return sum(self.daily.values())
+    def __init__(
+        self,
+        sites: Iterable[str],
+        chunks: AsyncIterable[Sequence[DailyRow]],
+        site_visitors: Callable[[Sequence[tuple[str, str]]], Awaitable[Sequence[int]]],
+    ) -> None:
+        self.sites = frozenset(sites)
+        self.chunks = chunks
+        self.site_visitors = site_visitors
+        self.hits = 0
+        self.rows = 0
 
 
 @dataclass(frozen=True)
@@ -201,31 +215,36 @@ class Repository:
         self,
         batch_id: str,
         snapshot_keys: Sequence[str],
-        rows: BatchRows,
+        rows: BatchStream,
         still_current: Callable[[], Awaitable[bool]],
     ) -> Applied | AlreadyApplied:
         """Add a batch's deltas and record its id, in one transaction; exactly once per id.
 
-        `still_current` is asked after the sites' totals rows are locked and before COMMIT:
-        if Redis was refilled meanwhile the batch is rolled back (GenerationChanged).
+        The rows are streamed in with COPY (into a temporary table) once the id is claimed;
+        whatever reading them raises rolls everything back. `still_current` is asked after
+        the sites' totals rows are locked and before COMMIT: if Redis was refilled meanwhile
+        the batch is rolled back (GenerationChanged).
         """
         async with _translated(), self.pool.acquire() as conn:
             try:
                 async with conn.transaction():
+                    # Claimed first: a second flusher with the same batch waits here for our
+                    # COMMIT, then finds the id taken. Its size is known once the rows are in.
                     claimed = await conn.fetchval(
-                        Q["claim_batch"], batch_id, rows.hits, len(rows.daily), list(snapshot_keys)
+                        Q["claim_batch"], batch_id, 0, 0, list(snapshot_keys)
                     )
                     if claimed is None:
                         keys: list[str] = await conn.fetchval(Q["batch_keys"], batch_id)
                         return AlreadyApplied(keys)
                     await _write_rows(conn, rows)
+                    await conn.execute(Q["record_batch_size"], batch_id, rows.hits, rows.rows)
                     if not await still_current():
                         raise GenerationChanged(batch_id)
             except GenerationChanged:
                 raise  # rolled back cleanly; the connection is fine
             except BaseException:
-                # Cancelled or failed mid-transaction, or the server went away: never hand
-                # this connection back to the pool in an unknown state.
+                # Cancelled or failed mid-transaction (COPY cut mid-stream too), or the server
+                # went away: never hand this connection back to the pool in an unknown state.
                 if not conn.is_closed():
                     conn.terminate()
                 raise
@@ -243,48 +262,39 @@ def _config(row: asyncpg.Record) -> SiteConfig:
     )
 
 
-async def _write_rows(conn: Conn, rows: BatchRows) -> None:
-    pages: dict[tuple[str, str], int] = {}
-    site_days: dict[tuple[str, str], int] = {}
-    sites: dict[str, int] = {}
-    for (site, page, day), hits in rows.daily.items():
-        pages[(site, page)] = pages.get((site, page), 0) + hits
-        site_days[(site, day)] = site_days.get((site, day), 0) + hits
-        sites[site] = sites.get(site, 0) + hits
-
-    page_items = sorted(pages.items())
-    for chunk in _chunks(page_items):
-        await conn.execute(
-            Q["add_page_views"],
-            [s for (s, _), _ in chunk],
-            [p for (_, p), _ in chunk],
-            [n for _, n in chunk],
-        )
-    daily_items = sorted(rows.daily.items())
-    for chunk in _chunks(daily_items):
-        await conn.execute(
-            Q["add_page_views_daily"],
-            [s for (s, _, _), _ in chunk],
-            [p for (_, p, _), _ in chunk],
-            [date.fromisoformat(d) for (_, _, d), _ in chunk],
-            [n for _, n in chunk],
-            [rows.page_visitors.get(k, 0) for k, _ in chunk],
-        )
-    site_day_items = sorted(site_days.items())
+async def _write_rows(conn: Conn, rows: BatchStream) -> None:
+    await conn.execute(Q["flush_create_rows"])
+    # One COPY per chunk: no statement lasts longer than reading one chunk from Redis.
+    async for chunk in rows.chunks:
+        await conn.copy_records_to_table("flush_rows", records=chunk, columns=FLUSH_COLUMNS)
+    await conn.execute(Q["flush_analyze_rows"])
+    rows.rows = _affected(await conn.execute(Q["flush_group_rows"]))
+    await conn.execute(Q["flush_index_groups"])
+    for first in range(0, rows.rows, ROWS_PER_STATEMENT):
+        last = first + ROWS_PER_STATEMENT
+        await conn.execute(Q["flush_add_page_views"], first, last)
+        await conn.execute(Q["flush_add_page_views_daily"], first, last)
+    site_days = await conn.fetch(Q["flush_site_days"])
+    visitors = await rows.site_visitors([(r["site"], r["day"]) for r in site_days])
     await conn.execute(
         Q["add_site_views_daily"],
-        [s for (s, _), _ in site_day_items],
-        [date.fromisoformat(d) for (_, d), _ in site_day_items],
-        [n for _, n in site_day_items],
-        [rows.site_visitors.get(k, 0) for k, _ in site_day_items],
+        [r["site"] for r in site_days],
+        [date.fromisoformat(r["day"]) for r in site_days],
+        [r["hits"] for r in site_days],
+        list(visitors),
     )
+    sites: dict[str, int] = {}
+    for r in site_days:
+        sites[r["site"]] = sites.get(r["site"], 0) + r["hits"]
+    rows.hits = sum(sites.values())
     # Last, and in site order: these row locks are what a concurrent loader waits on.
     for site, hits in sorted(sites.items()):
         await conn.execute(Q["add_site_views"], site, hits)
 
 
-def _chunks(items: list[Any]) -> list[list[Any]]:
-    return [items[i : i + ROWS_PER_STATEMENT] for i in range(0, len(items), ROWS_PER_STATEMENT)]
+def _affected(status: str) -> int:
+    """Rows a statement wrote, from its command status ("INSERT 0 42", "SELECT 42")."""
+    return int(status.rsplit(" ", 1)[1])
 
 
 # --- Baselines (legacy counts) and reports: issue 6 ----------------------------------------

@@ -23,12 +23,13 @@ cannot apply a batch twice; the lease only keeps flushers from doing the same wo
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from services import baselines
@@ -50,6 +51,9 @@ log = logging.getLogger("viewcounter.flusher")
 FSYNC_WAIT_MS = 2000
 MAX_BACKOFF_S = 60.0
 DEFAULT_LEASE_S = 15.0
+# Rows read from Redis (and held in memory) at a time while a batch streams into Postgres.
+FLUSH_CHUNK_ROWS = 10_000
+ESTIMATES_IN_FLIGHT = 2  # chunks whose visitor estimates are being read at once
 
 
 class FlushDeferred(Exception):
@@ -187,28 +191,79 @@ class Flusher:
         generations: Mapping[str, str | None] | None,
         report: FlushReport,
     ) -> None:
-        rows = repository.BatchRows()
-        units: set[str] = set()
-        for key in batch_keys:
-            parsed = keys.parse_snapshot_key(key)
-            if parsed is None:
-                continue
-            units.add(parsed[0])
-            site = keys.site_of(parsed[0])
-            async for field, hits in self._store.read_snapshot(key):
-                day, page = keys.split_pending_field(field)
-                rows.add(site, page, day, hits)
-        if not rows.daily:
-            return  # keys already gone: whoever deleted them had committed their batch
+        parsed_keys = [(k, p[0]) for k in batch_keys if (p := keys.parse_snapshot_key(k))]
+        snapshots = [(k, keys.site_of(unit)) for k, unit in parsed_keys]
+        units = sorted({unit for _, unit in parsed_keys})
+        chunks = self._read_batch(snapshots)
+        async with contextlib.aclosing(chunks):
+            # The first chunk is read before the transaction: none at all means the keys are
+            # gone, and whoever deleted them had committed their batch. A batch of one chunk is
+            # thus read whole before Postgres sees any of it; a larger one streams in.
+            first = await anext(chunks, None)
+            if first is None:
+                return
+            async with contextlib.aclosing(_chained(first, chunks)) as stream:
+                sites = sorted({site for _, site in snapshots})
+                await self._apply(batch, batch_keys, sites, units, generations, stream, report)
+
+    async def _read_batch(
+        self, snapshots: Sequence[tuple[str, str]]
+    ) -> AsyncGenerator[list[repository.DailyRow]]:
+        """The rows of (snapshot key, site) pairs, FLUSH_CHUNK_ROWS at a time (HSCAN), each
+        chunk with its pages' visitor estimates (one pipelined read per chunk)."""
+        # Chunks' estimates are read while the next chunks are scanned (and the one before goes
+        # to Postgres), so Redis and this process both keep working: at most
+        # ESTIMATES_IN_FLIGHT + 1 chunks are in hand.
+        estimating: collections.deque[asyncio.Task[list[repository.DailyRow]]] = collections.deque()
+        try:
+            rows: list[tuple[str, str, str]] = []
+            hits: list[int] = []
+            for key, site in snapshots:
+                async for field, n in self._store.read_snapshot(key):
+                    day, page = keys.split_pending_field(field)
+                    rows.append((site, page, day))
+                    hits.append(n)
+                    if len(rows) >= FLUSH_CHUNK_ROWS:
+                        if len(estimating) >= ESTIMATES_IN_FLIGHT:
+                            yield await estimating.popleft()
+                        estimating.append(asyncio.create_task(self._with_visitors(rows, hits)))
+                        rows, hits = [], []
+            if rows:
+                estimating.append(asyncio.create_task(self._with_visitors(rows, hits)))
+            while estimating:
+                yield await estimating.popleft()
+        finally:
+            for task in estimating:  # the reading stopped early: no orphan task
+                task.cancel()
+            if estimating:
+                await asyncio.wait(estimating)
+            for task in estimating:
+                if not task.cancelled():
+                    task.exception()  # the error that matters is the one in flight
+
+    async def _with_visitors(
+        self, rows: list[tuple[str, str, str]], hits: list[int]
+    ) -> list[repository.DailyRow]:
         # Distinct visitors are estimates, not deltas: read them now (they include every hit
         # of this batch) and let Postgres keep the larger of old and new.
-        page_days = list(rows.daily)
-        site_days = sorted({(site, day) for site, _, day in page_days})
-        site_estimates, page_estimates = await self._store.visitor_estimates(site_days, page_days)
-        rows.site_visitors = dict(zip(site_days, site_estimates, strict=True))
-        rows.page_visitors = dict(zip(page_days, page_estimates, strict=True))
+        _, estimates = await self._store.visitor_estimates((), rows)
+        return [
+            (site, page, day, n, v)
+            for (site, page, day), n, v in zip(rows, hits, estimates, strict=True)
+        ]
+
+    async def _apply(
+        self,
+        batch: str,
+        batch_keys: Sequence[str],
+        sites: Sequence[str],
+        units: Sequence[str],
+        generations: Mapping[str, str | None] | None,
+        chunks: AsyncGenerator[list[repository.DailyRow]],
+        report: FlushReport,
+    ) -> None:
         if generations is None:
-            generations = {unit: await self._store.generation(unit) for unit in sorted(units)}
+            generations = {unit: await self._store.generation(unit) for unit in units}
         expected = dict(generations)
 
         async def still_current() -> bool:
@@ -217,6 +272,11 @@ class Flusher:
                     return False
             return True
 
+        async def site_visitors(site_days: Sequence[tuple[str, str]]) -> list[int]:
+            estimates, _ = await self._store.visitor_estimates(site_days, ())
+            return estimates
+
+        rows = repository.BatchStream(sites, chunks, site_visitors)
         try:
             outcome = await self._repo.apply_batch(batch, batch_keys, rows, still_current)
         except repository.GenerationChanged:
@@ -233,14 +293,11 @@ class Flusher:
             await self._store.delete(batch_keys)
             report.batches += 1
             report.hits += rows.hits
-            report.rows += len(rows.daily)
+            report.rows += rows.rows
             FLUSHED_BATCHES.inc()
             FLUSHED_HITS.inc(rows.hits)
-            FLUSHED_ROWS.inc(len(rows.daily))
-            log.info(
-                "batch applied",
-                extra={"batch": batch, "hits": rows.hits, "rows": len(rows.daily)},
-            )
+            FLUSHED_ROWS.inc(rows.rows)
+            log.info("batch applied", extra={"batch": batch, "hits": rows.hits, "rows": rows.rows})
             return
         await self._settle_applied(batch, batch_keys, outcome.keys, report)
 
@@ -318,3 +375,12 @@ class Flusher:
         if report.batches:
             log.debug("flush pass", extra={"batches": report.batches, "hits": report.hits})
         return True
+
+
+async def _chained(
+    first: list[repository.DailyRow], rest: AsyncGenerator[list[repository.DailyRow]]
+) -> AsyncGenerator[list[repository.DailyRow]]:
+    """`first`, then what `rest` yields."""
+    yield first
+    async for chunk in rest:
+        yield chunk

@@ -56,7 +56,7 @@ def install(phase: str) -> None:
         self: repository.Repository,
         batch_id: str,
         snapshot_keys: Sequence[str],
-        rows: repository.BatchRows,
+        rows: repository.BatchStream,
         still_current: Callable[[], Awaitable[bool]],
     ) -> Any:
         async def check_then_crash() -> bool:
