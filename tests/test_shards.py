@@ -307,3 +307,30 @@ async def test_page_totals_of_an_older_release_move_into_page_buckets(
     assert counts is not None
     assert counts.pages == {"/a": 3, "/b": 1, "/c": 5}
     assert (left, npages) == (0, b"3")
+
+
+@pytest.mark.parametrize("shards", [1, UNITS])
+async def test_a_site_of_many_pages_is_refilled_whole(
+    redis_url: str, database_url: str, shards: int
+) -> None:
+    """More pages than one load chunk (10,000), after Redis lost everything."""
+    settings = make_settings(redis_url, database_url, shards=shards)
+    many = [(SITE, f"/bai-viet/{n}", n % 7 + 1) for n in range(25_000)]
+    async with running_api(settings) as client:
+        await register_site(client)
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.copy_records_to_table(
+                "page_views", records=many, columns=["site", "page", "views"]
+            )
+            await conn.execute(
+                "UPDATE site_views SET views = $2 WHERE site = $1", SITE, sum(v for *_, v in many)
+            )
+        finally:
+            await conn.close()
+        for lost in keys.units(SITE, shards):
+            await drop_unit(redis_url, lost)
+        sample = [page for _, page, _ in many[::997]]
+        body = await counts(client, sample)
+    assert body["pages"] == {page: views for _, page, views in many[::997]}
+    assert body["site_views"] == sum(v for *_, v in many)
