@@ -15,7 +15,7 @@ machine noise falls on both sides of a ratio):
              alternating; target >= 1.7.
 - `counts`   GET counts of 20 pages over the hit, same server; target >= 0.5.
 - `memory`   Redis bytes per page of a site after hits to MEMORY_PAGES distinct pages (no
-             flusher running): the live counter alone (the pages hash) and everything the hits
+             flusher running): the live counter alone (the page buckets) and everything the hits
              left (pending deltas, per-page visitor sketches, dedupe marks); target <= 32.
 - `batch`    hits/s through POST /hits/batch (10,000 views a request, 2 clients) over
              redis-benchmark's pipelined EVALSHA of the same hits.lua with one hit per call
@@ -389,12 +389,14 @@ def _redis_benchmark_command(b: Bench, site: str, requests: int) -> list[str] | 
         page_rule=0,
         visitor_token="v__rand_int__",
     )
-    script, numkeys, key_args = store.hits_call([request])
+    script, numkeys, key_args = store.hits_call(site, [request])
     assert script is scripts.HITS
     port = b.redis.url.rsplit(":", 1)[1].split("/")[0]
     return [
         tool, "-p", port, "-n", str(requests), "-P", "64", "-c", "4", "-r", "1000",
-        "--csv", "EVALSHA", scripts.HITS.sha, str(numkeys), *[str(a) for a in key_args],
+        "--csv", "EVALSHA", scripts.HITS.sha, str(numkeys),
+        # The page's field is a binary digest: hex on a command line (no NUL bytes there).
+        *[a.hex() if isinstance(a, bytes) else str(a) for a in key_args],
     ]  # fmt: skip
 
 
