@@ -2,7 +2,7 @@
 
 `python -m bench.pyload --port P --path /x --duration 10 --connections 64 --pages 1000` keeps
 `connections` keep-alive connections busy, each sending the next POST as soon as the previous
-answer arrived, and prints one `WRKJSON {...}` line in the same shape as bench/wrk_post.lua.
+answer arrived, and prints one `WRKJSON {...}` line in the same shape as bench/wrk.lua.
 At the deadline every connection finishes the request it has in flight, so the count of 200
 answers is exact (wrk abandons in-flight requests instead).
 """

@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -63,8 +63,7 @@ from services.localservers import PostgresProcess, RedisProcess, free_port  # no
 
 PYTHON = sys.executable
 T = TypeVar("T")
-WRK_SCRIPT = BENCH_DIR / "wrk_post.lua"
-WRK_GET_SCRIPT = BENCH_DIR / "wrk_get.lua"
+WRK_SCRIPT = BENCH_DIR / "wrk.lua"
 RESULT_FILE = BENCH_DIR / "last-run.json"
 PROFILE_FILE = BENCH_DIR / "last-profile.txt"
 API_LOG_FILE = BENCH_DIR / "last-api.log"
@@ -250,9 +249,23 @@ def api_server(
         "--workers", str(workers), "--log-level", "warning",
     ]  # fmt: skip
     print("  api: " + " ".join(command[2:]))
+    proc = spawn(command, env, log_file)
+    try:
+        _wait_api(proc, port, log_file)
+        yield port, proc.pid
+    finally:
+        _stop_group(proc, API_STOP_TIMEOUT_S)
+
+
+def spawn(
+    command: Sequence[str], env: Mapping[str, str], log_file: Path
+) -> subprocess.Popen[bytes]:
+    """`command` in the background from the repository root, output appended to `log_file`.
+
+    Own session: a terminal Ctrl-C reaches us, and we stop the process (group) in order.
+    """
     with log_file.open("ab") as log:
-        # Own session: a terminal Ctrl-C reaches us, and we stop the api in order.
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             command,
             cwd=REPO_ROOT,
             env=env,
@@ -261,11 +274,6 @@ def api_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    try:
-        _wait_api(proc, port, log_file)
-        yield port, proc.pid
-    finally:
-        _stop_group(proc, API_STOP_TIMEOUT_S)
 
 
 def _wait_api(proc: subprocess.Popen[bytes], port: int, log_file: Path) -> None:
@@ -327,9 +335,7 @@ def loadgen_command(
 ) -> list[str]:
     """The wrk or bench.pyload command for one run."""
     if kind == "wrk":
-        script = getattr(args, "wrk_script", None) or (
-            WRK_GET_SCRIPT if "/counts" in path else WRK_SCRIPT
-        )
+        script = getattr(args, "wrk_script", None) or WRK_SCRIPT
         return [
             "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s",
             "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}",

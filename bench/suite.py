@@ -203,7 +203,7 @@ def fig_hit_and_counts(b: Bench, with_counts: bool) -> None:
 
 
 def _paced_script(delay_ms: int, tmp: Path) -> Path:
-    """wrk_post.lua plus a per-request delay: each connection sends, waits for the answer,
+    """wrk.lua plus a per-request delay: each connection sends, waits for the answer,
     then waits `delay_ms` (a paced, nearly open-loop load when latency << delay)."""
     script = tmp / f"wrk_paced_{delay_ms}.lua"
     script.write_text(
@@ -633,16 +633,7 @@ def _rss_kib(pid: int) -> int:
 def flusher_process(env: dict[str, str], log_file: Path) -> Iterator[int]:
     """`viewcounter flusher` (the real command) in the background; yields its pid."""
     env = dict(env, VIEWCOUNTER_METRICS_PORT=str(free_port()))
-    with log_file.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "flusher"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = run.spawn([sys.executable, "-m", "services.cli", "flusher"], env, log_file)
     try:
         yield proc.pid
     finally:
