@@ -382,9 +382,8 @@ class _GroupCommit(Generic[Q, A]):
     shared; when idle, a request leaves at once.
     """
 
-    def __init__(self, redis: Client, units: int, per_batch: int) -> None:
+    def __init__(self, redis: Client, per_batch: int) -> None:
         self._redis = redis
-        self._units = units
         self._per_batch = per_batch
         self._queue: list[_Queued[Q, A]] = []
         self._scheduled = False
@@ -452,7 +451,8 @@ class _HitBatcher(_GroupCommit[HitRequest, HitResult | None]):
     A hit is answered None when its unit is not loaded (nothing was written)."""
 
     def __init__(self, redis: Client, units: int) -> None:
-        super().__init__(redis, units, HITS_PER_BATCH)
+        super().__init__(redis, HITS_PER_BATCH)
+        self._units = units
 
     async def _send_batch(self, batch: list[_Queued[HitRequest, HitResult | None]]) -> None:
         groups: dict[str, list[_Queued[HitRequest, HitResult | None]]] = {}
@@ -497,8 +497,8 @@ class _CountsBatcher(_GroupCommit[_CountsRequest, _UnitCounts]):
     """Reads of live totals, COUNTS_PER_BATCH at most a batch: the reads of one unit and day
     in a batch share one counts.lua call (their pages together, each page once)."""
 
-    def __init__(self, redis: Client, units: int) -> None:
-        super().__init__(redis, units, COUNTS_PER_BATCH)
+    def __init__(self, redis: Client) -> None:
+        super().__init__(redis, COUNTS_PER_BATCH)
 
     async def _send_batch(self, batch: list[_Queued[_CountsRequest, _UnitCounts]]) -> None:
         groups: dict[tuple[str, str], list[_Queued[_CountsRequest, _UnitCounts]]] = {}
@@ -548,7 +548,7 @@ class CounterStore:
         self.redis = redis
         self.units = units
         self._hits = _HitBatcher(redis, units)
-        self._counts = _CountsBatcher(redis, units)
+        self._counts = _CountsBatcher(redis)
         self._node_clients: dict[str, Redis] = {}
         self._totals: dict[str, _SiteTotal] = {}
         self._reading: dict[str, asyncio.Task[_SiteTotal]] = {}
@@ -657,8 +657,8 @@ class CounterStore:
         self, site: str, fresh: Mapping[str, int], *, wait: bool = True
     ) -> tuple[int, _SiteTotal]:
         """The site's live total: the sum of its units' parts (read at most every
-        SITE_TOTAL_CACHE_S, `fresh` ones just answered by a script), and whether every unit
-        was loaded and reachable. Between reads a part only grows, so answers that arrive
+        SITE_TOTAL_CACHE_S, `fresh` ones just answered by a script), and that read (whether
+        a unit was unloaded or unreachable). Between reads a part only grows, so answers that arrive
         out of order do not make the total shown go back."""
         cached = await self._site_total(site, wait=wait)
         for unit, views in fresh.items():
@@ -817,7 +817,7 @@ class CounterStore:
                     )
                 )
                 positions.append(chunk)
-        answers: list[HitResult | None] = [None] * len(requests)
+        answers: dict[int, HitResult] = {}
         for chunk, result in zip(positions, await self._run(calls), strict=True):
             if result[0] == 0:
                 return None  # the calls that ran answer the same when sent again
@@ -826,7 +826,7 @@ class CounterStore:
                 answers[position] = HitResult(
                     OUTCOMES[int(outcome)], int(page_views), int(unit_views)
                 )
-        return [answer for answer in answers if answer is not None]
+        return [answers[position] for position in range(len(requests))]
 
     async def daily_salt(self, day: str) -> bytes:
         """The shared random salt of `day` for visitor hashes (created by the first asker)."""
