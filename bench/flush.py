@@ -41,8 +41,8 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from services import live
 from services.counter import store as counter_store
+from services.counting import live
 from services.db import repository
 from services.flusher.worker import Flusher
 

@@ -60,8 +60,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench import run  # noqa: E402
+from services.cli.localservers import PostgresProcess, RedisProcess, free_port  # noqa: E402
 from services.flusher import worker  # noqa: E402
-from services.localservers import PostgresProcess, RedisProcess, free_port  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 PLOT_FILE = RESULTS_DIR / "hit-load.png"

@@ -3,7 +3,7 @@ their exposition, also across several uvicorn workers.
 
 Several workers: prometheus-client's multiprocess mode. `PROMETHEUS_MULTIPROC_DIR` must be in
 the environment before prometheus_client is first imported in a worker (`viewcounter api
---workers N` sets it, see services/cli.py); each worker then writes its values to its own
+--workers N` sets it, see services/cli/main.py); each worker then writes its values to its own
 files there and a scrape, whichever worker answers it, merges all of them. Counters of a
 worker that died stay in the sum (totals never go backwards); live gauges of a dead worker
 are dropped at the next scrape.

@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from services.cli.localservers import free_port
 from services.config import Settings
-from services.localservers import free_port
 
 CHROMIUM_ENV = "VIEWCOUNTER_CHROMIUM"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")

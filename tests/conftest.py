@@ -22,11 +22,11 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from services.api.app import create_app, server_options
+from services.cli.localservers import PostgresProcess, RedisProcess, free_port
 from services.config import Settings
 from services.counter import store as counter_store
 from services.db import migrate, repository
 from services.flusher.worker import Flusher
-from services.localservers import PostgresProcess, RedisProcess, free_port
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 TEMPLATE_DB = "vc_template"

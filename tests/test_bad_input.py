@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 
 from services.api.hit_body import URL_MAX_CHARS, VISITOR_MAX_CHARS
 from services.api.hits import MAX_PAGES_PER_READ
+from services.cli.localservers import PostgresProcess, RedisProcess
 from services.config import Settings
 from services.counter import ids
 from services.counter.ids import PAGE_ID_MAX_BYTES
 from services.flusher.worker import Flusher
-from services.localservers import PostgresProcess, RedisProcess
 from tests.checks import assert_consistent, totals, views
 from tests.conftest import ADMIN_TOKEN, copy_template, make_settings, register_site, running_api
 

@@ -9,9 +9,9 @@ import httpx
 
 from services.config import Settings
 from services.counter import store as counter_store
+from services.counting.live import LiveCounts, View
 from services.db import repository
 from services.flusher.worker import Flusher
-from services.live import LiveCounts, View
 from tests.checks import assert_consistent, totals
 from tests.conftest import ADMIN_TOKEN, SITE, make_settings, register_site, running_api
 

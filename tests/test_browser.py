@@ -17,9 +17,9 @@ import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page
 
-from services import up
+from services.cli import up
+from services.cli.localservers import free_port
 from services.config import Settings
-from services.localservers import free_port
 from tests.browser import ARTIFACTS, HostPages, seed_baselines, serve_host_pages, session_browser
 from tests.conftest import BROWSER_UA, SITE, make_settings, register_site, running_api
 

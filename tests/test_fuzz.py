@@ -21,7 +21,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.openapi import from_dict
 
 from services.api.app import create_app, server_options
-from services.localservers import free_port
+from services.cli.localservers import free_port
 from tests.conftest import ADMIN_TOKEN, BROWSER_UA, SITE, SITE_TZ, make_settings
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import httpx
 import redis.asyncio as aioredis
 
+from services.cli.localservers import RedisProcess
 from services.config import Settings
 from services.flusher.worker import Flusher
-from services.localservers import RedisProcess
 from tests.checks import days_around_now, totals, views
 from tests.conftest import ADMIN_TOKEN, SITE_TZ, make_settings, register_site, running_api
 

@@ -18,9 +18,9 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 
-from services import baselines
 from services.config import Settings
 from services.counter import store as counter_store
+from services.counting import baselines
 from services.db import repository
 from services.flusher.worker import Flusher
 from tests.checks import assert_consistent, totals

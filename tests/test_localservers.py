@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from services import localservers
+from services.cli import localservers
 from tests.conftest import pid_exists
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import asyncpg
 
+from services.cli.localservers import PostgresProcess
 from services.db import migrate
-from services.localservers import PostgresProcess
 from tests.conftest import create_database
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,8 +23,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.cli.localservers import PostgresProcess, RedisProcess, free_port
 from services.config import Settings
-from services.localservers import PostgresProcess, RedisProcess, free_port
 from tests.conftest import (
     ADMIN_TOKEN,
     BROWSER_UA,

@@ -11,9 +11,9 @@ from prometheus_client import REGISTRY
 
 from services.counter import keys
 from services.counter import store as counter_store
+from services.counting.live import LiveCounts
 from services.db import repository
 from services.flusher.worker import Flusher
-from services.live import LiveCounts
 from tests.checks import views
 from tests.conftest import SITE, make_settings, register_site, running_api
 

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import redis.asyncio as aioredis
 
+from services.cli.localservers import RedisProcess, free_port
 from services.config import Settings
 from services.counter import store as counter_store
-from services.localservers import RedisProcess, free_port
 from tests.checks import views
 from tests.conftest import SITE, make_settings, register_site, running_api
 

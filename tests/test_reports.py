@@ -19,8 +19,8 @@ import pytest
 
 from services.config import Settings
 from services.counter import store as counter_store
+from services.counting.live import LiveCounts
 from services.db import repository
-from services.live import LiveCounts
 from tests.conftest import ADMIN_TOKEN, flusher_for, make_settings, running_api
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services import up
+from services.cli import up
 from tests.conftest import pid_exists
 
 # Stands in for `python -m services.cli ...`: records its argv and env, then behaves per FAKE_*.

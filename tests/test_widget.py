@@ -18,9 +18,9 @@ import httpx
 import orjson
 import pytest
 
-from services import up
 from services.api import badge, widget
-from services.localservers import free_port
+from services.cli import up
+from services.cli.localservers import free_port
 from tests.conftest import SITE, make_settings, register_site, running_api
 
 SVG = "{http://www.w3.org/2000/svg}"

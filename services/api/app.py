@@ -31,8 +31,8 @@ from services.api.site_cors import SiteCors
 from services.api.telemetry import RequestTelemetry
 from services.config import Settings, load_settings
 from services.counter import store as counter_store
+from services.counting.live import LiveCounts
 from services.db import repository
-from services.live import LiveCounts
 
 log = logging.getLogger("viewcounter.api")
 # Each request leaves short-lived cycles (tasks, futures, frames): collect the young

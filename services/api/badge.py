@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from services.api.errors import ApiError
 from services.counter import ids
-from services.live import LiveCounts
+from services.counting.live import LiveCounts
 
 LABEL_MAX_CHARS = 40
 DEFAULT_LABEL = "views"

@@ -26,7 +26,7 @@ from services.api.json_body import json_object
 from services.counter import ids
 from services.counter.store import OUTCOMES
 from services.counter.visitors import USER_AGENT_MAX_CHARS
-from services.live import IDEMPOTENCY_KEEP_S, LiveCounts, View
+from services.counting.live import IDEMPOTENCY_KEEP_S, LiveCounts, View
 
 BATCH_PATH = re.compile(r"^/v1/sites/[^/]+/hits/batch$")
 MAX_HITS = 10_000

@@ -12,8 +12,8 @@ from pydantic import SecretStr
 from services.api.errors import ApiError
 from services.config import Settings
 from services.counter import store as counter_store
+from services.counting.live import LiveCounts
 from services.db import repository
-from services.live import LiveCounts
 
 
 class State(TypedDict):

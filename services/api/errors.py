@@ -15,8 +15,8 @@ from starlette.routing import Match
 from services import metrics
 from services.counter import ids, siteconfig
 from services.counter import store as counter_store
+from services.counting.live import InvalidTimezone, UnknownSite
 from services.db import repository
-from services.live import InvalidTimezone, UnknownSite
 
 log = logging.getLogger("viewcounter.api")
 

@@ -37,7 +37,7 @@ from services import logs, metrics
 from services.api import errors, hit_body, hits, site_cors, telemetry
 from services.api.body_limit import BodyTooLarge
 from services.counter import ids
-from services.live import LiveCounts
+from services.counting.live import LiveCounts
 
 PUBLIC_PATH: Final = re.compile(r"/v1/sites/([^/]+)/(hits|counts)")
 HITS: Final = "hits"

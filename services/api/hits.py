@@ -16,7 +16,7 @@ from services import metrics
 from services.api import hit_body
 from services.api.errors import ApiError
 from services.counter import bots, ids
-from services.live import LiveCounts
+from services.counting.live import LiveCounts
 
 MAX_PAGES_PER_READ = 100
 # The smallest transparent GIF: 1x1, one palette entry.

@@ -15,7 +15,6 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from services import baselines
 from services.api import public_schema
 from services.api.deps import Admin
 from services.api.errors import ApiError
@@ -23,6 +22,7 @@ from services.api.json_body import json_object
 from services.config import Settings
 from services.counter import ids
 from services.counter import store as counter_store
+from services.counting import baselines
 from services.db import repository
 
 IMPORT_MAX_BYTES = 1 << 30

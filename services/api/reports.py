@@ -9,13 +9,13 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from services import reports
 from services.api import public_schema
 from services.api.deps import Live, refuse_over_rate, require_bearer
 from services.api.errors import ApiError
 from services.config import Settings
 from services.counter import ids
 from services.counter import store as counter_store
+from services.counting import reports
 from services.db import repository
 
 

@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.api.errors import error_response
 from services.counter import ids
 from services.counter import store as counter_store
+from services.counting.live import LiveCounts, UnknownSite
 from services.db import repository
-from services.live import LiveCounts, UnknownSite
 
 PUBLIC_PATH = re.compile(r"/v1/sites/([^/]+)/(?:hits|hit\.gif|counts|badge\.svg|stream)")
 ALLOW_METHODS = "GET, POST"

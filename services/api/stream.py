@@ -30,8 +30,8 @@ from services import metrics
 from services.api.errors import ApiError
 from services.counter import ids
 from services.counter import store as counter_store
+from services.counting.live import LiveCounts, UnknownSite
 from services.db import repository
-from services.live import LiveCounts, UnknownSite
 
 log = logging.getLogger("viewcounter.api")
 

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services import logs, metrics
 from services.api import hits
 from services.counter import ids
-from services.live import LiveCounts
+from services.counting.live import LiveCounts
 
 log = logging.getLogger("viewcounter.access")
 

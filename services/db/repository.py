@@ -344,7 +344,7 @@ class UnknownSiteRow(Exception):
 
 class Baselines:
     """Baseline changes: set page and site baselines from rows, audited, with an outbox for
-    the Redis side (see services/baselines.py for the protocol)."""
+    the Redis side (see services/counting/baselines.py for the protocol)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool

@@ -32,9 +32,9 @@ import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from services import baselines
 from services.counter import keys
 from services.counter import store as counter_store
+from services.counting import baselines
 from services.db import repository
 from services.flusher import metrics as flusher_metrics
 from services.flusher.metrics import (

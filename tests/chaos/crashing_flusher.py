@@ -2,7 +2,7 @@
 
 Run as `python -m tests.chaos.crashing_flusher PHASE`. It wraps three methods of the real
 flusher's collaborators (each wrapper calls the real method) and then runs the real command
-(`services.cli.main(["flusher"])`), so the crash lands at an exact point of the protocol
+(`services.cli.main.main(["flusher"])`), so the crash lands at an exact point of the protocol
 without any hook in production code:
 
 - `after_snapshot`: the pending shards are frozen under a batch id (RENAME) and WAITAOF
@@ -22,7 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from services import cli
+from services.cli import main as cli
 from services.counter import store as counter_store
 from services.db import repository
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from services.cli.localservers import free_port
 from services.config import Settings
-from services.localservers import free_port
 from tests.checks import Totals, assert_consistent, totals
 from tests.conftest import ADMIN_TOKEN
 

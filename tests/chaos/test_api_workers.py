@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.localservers import free_port
+from services.cli.localservers import free_port
 from tests.chaos.harness import (
     Load,
     Sampler,

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.cli.localservers import free_port
 from services.config import Settings
-from services.localservers import free_port
 from tests.chaos.harness import (
     Load,
     Sampler,

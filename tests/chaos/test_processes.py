@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.cli.localservers import PostgresProcess, RedisProcess
 from services.config import Settings
-from services.localservers import PostgresProcess, RedisProcess
 from tests.chaos.harness import (
     Load,
     Sampler,

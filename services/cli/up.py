@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
 
-from services import localservers
+from services.cli import localservers
 
 REDIS_URL_ENV = "VIEWCOUNTER_REDIS_URL"
 DATABASE_URL_ENV = "VIEWCOUNTER_DATABASE_URL"
@@ -29,7 +29,7 @@ DATABASE_NAME = "viewcounter"
 CHILD_GRACE_S = 30.0
 POLL_INTERVAL_S = 0.2
 # examples/ beside the package (a source checkout): the demo page, served on the api port + 1.
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 # What examples/*.html say, as written for the default `viewcounter up`; replaced when served.
 DEMO_API_BASE = "http://127.0.0.1:8000"
 DEMO_SITE = "demo"

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from services.counter import ids
+from services.counting.live import UnknownSite, zone
 from services.db import repository
-from services.live import UnknownSite, zone
 
 DEFAULT_DAYS = 7
 MAX_RANGE_DAYS = 3 * 366 + 1

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import orjson
 
-from services import baselines, reports
 from services.config import Settings
 from services.counter import ids
 from services.counter import store as counter_store
+from services.counting import baselines, reports
+from services.counting.live import UnknownSite
 from services.db import repository
-from services.live import UnknownSite
 
 READ_CHUNK_BYTES = 1 << 16
 PRINTED_REJECTIONS = 20

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 from services.counter import ids
 from services.counter import store as counter_store
+from services.counting.live import UnknownSite
 from services.db import repository
-from services.live import UnknownSite
 
 log = logging.getLogger("viewcounter.baselines")
 

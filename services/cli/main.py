@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
 
-from services import logs, reports_cli
+from services import logs
+from services.cli import reports as reports_cli
 from services.config import ConfigError, Settings, load_settings
 from services.counter import ids, siteconfig
 from services.counter import store as counter_store
+from services.counting.live import InvalidTimezone, LiveCounts, zone
 from services.db import migrate as db_migrate
 from services.db import repository
-from services.live import InvalidTimezone, LiveCounts, zone
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
     if args.command == "up":
-        from services import up
+        from services.cli import up
 
         return up.run_up(
             host=args.host, port=args.port, data_dir=args.data_dir, demo_site=args.site
@@ -138,7 +138,3 @@ async def _add_site(settings: Settings, site: str, changes: dict[str, object]) -
     print(f"site {site} {'created' if created else 'updated'}: {config.to_json()}")
     return 0
 
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())
