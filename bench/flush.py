@@ -43,7 +43,10 @@ import redis.asyncio as aioredis
 
 from services.counter import store as counter_store
 from services.counting import live
-from services.db import repository
+from services.db import baselines as db_baselines
+from services.db import ledger as db_ledger
+from services.db import pool as db_pool
+from services.db import sites as db_sites
 from services.flusher.worker import Flusher
 
 PREP_VIEWS_PER_CALL = 10_000
@@ -80,8 +83,8 @@ async def prep(ns: argparse.Namespace) -> None:
         await client.flushall()
         await client.aclose()
     store = _store(ns.redis)
-    pool = await repository.connect_pool(ns.database, statement_timeout_s=300, max_size=2)
-    counts = live.LiveCounts(store, repository.Repository(pool), dedupe_window_s=0)
+    pool = await db_pool.connect_pool(ns.database, statement_timeout_s=300, max_size=2)
+    counts = live.LiveCounts(store, db_sites.Sites(pool), dedupe_window_s=0)
     started = time.perf_counter()
     counted = 0
     try:
@@ -104,10 +107,10 @@ async def flush(ns: argparse.Namespace) -> None:
     """One timed Flusher.flush_once()."""
     store = _store(ns.redis)
     await store.register_scripts()
-    pool = await repository.connect_pool(ns.database, statement_timeout_s=30, max_size=4)
-    flusher = Flusher(store, repository.Repository(pool), interval_s=1)
+    pool = await db_pool.connect_pool(ns.database, statement_timeout_s=30, max_size=4)
+    flusher = Flusher(store, db_ledger.Ledger(pool), db_baselines.Baselines(pool), interval_s=1)
     try:
-        await repository.Repository(pool).ping()
+        await db_sites.Sites(pool).ping()
         found = time.perf_counter()
         await store.find_work()  # read-only; timed apart: flush_once starts with the same SCAN
         find_work_s = time.perf_counter() - found
@@ -181,7 +184,7 @@ async def bare(ns: argparse.Namespace) -> None:
         async with conn.transaction():
             await conn.execute(BARE_SQL[0])
             await conn.copy_records_to_table(
-                "bare_rows", records=records, columns=repository.FLUSH_COLUMNS
+                "bare_rows", records=records, columns=db_ledger.FLUSH_COLUMNS
             )
             for sql in BARE_SQL[1:]:
                 await conn.execute(sql)

@@ -12,11 +12,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from services import metrics
 from services.counter import store as counter_store
-from services.db import migrate, repository
+from services.db import errors as db_errors
+from services.db import migrate
+from services.db import pool as db_pool
 
 log = logging.getLogger("viewcounter.startup")
 
@@ -51,19 +51,15 @@ async def check_redis(store: counter_store.CounterStore) -> None:
     await store.ping()
 
 
-async def check_migrations(repo: repository.Repository) -> None:
+async def check_migrations(pool: db_pool.Pool) -> None:
     """Raise DatabaseUnavailable unless Postgres answers, SchemaBehind unless it is migrated."""
-    try:
-        async with repo.pool.acquire(timeout=MIGRATIONS_TIMEOUT_S) as conn:
-            missing = await migrate.missing(conn)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        raise repository.DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    missing = await migrate.pending(pool, timeout_s=MIGRATIONS_TIMEOUT_S)
     if missing:
         versions = ", ".join(f"{v:04d}" for v in missing)
         raise SchemaBehind(f"migrations not applied: {versions} (run `viewcounter migrate`)")
 
 
-async def probe(store: counter_store.CounterStore, repo: repository.Repository) -> Readiness:
+async def probe(store: counter_store.CounterStore, pool: db_pool.Pool) -> Readiness:
     """Check Redis, Postgres and the schema; failures are counted as Redis/Postgres errors."""
     result = Readiness({"redis": OK, "postgres": OK, "migrations": OK})
     try:
@@ -72,8 +68,8 @@ async def probe(store: counter_store.CounterStore, repo: repository.Repository) 
         metrics.count_backend_error(exc)
         result.checks["redis"] = str(exc)
     try:
-        await check_migrations(repo)
-    except repository.DatabaseUnavailable as exc:
+        await check_migrations(pool)
+    except db_errors.DatabaseUnavailable as exc:
         metrics.count_backend_error(exc)
         result.checks["postgres"] = str(exc)
         result.checks["migrations"] = "unknown (Postgres unreachable)"
@@ -83,7 +79,7 @@ async def probe(store: counter_store.CounterStore, repo: repository.Repository) 
 
 
 Check = Callable[[], Awaitable[None]]
-_WAITED_FOR = (counter_store.CounterUnavailable, repository.DatabaseUnavailable, SchemaBehind)
+_WAITED_FOR = (counter_store.CounterUnavailable, db_errors.DatabaseUnavailable, SchemaBehind)
 
 
 async def wait_for(

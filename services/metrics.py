@@ -37,7 +37,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prom_multiprocess
 
 from services.counter import store as counter_store
-from services.db import repository
+from services.db import errors as db_errors
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 # Read once, like prometheus_client itself does at import: the value class of every metric of
@@ -120,7 +120,7 @@ def count_backend_error(exc: BaseException) -> None:
     """Count `exc` as a Redis or a Postgres error when it is one."""
     if isinstance(exc, counter_store.CounterUnavailable):
         REDIS_ERRORS.inc()
-    elif isinstance(exc, repository.DatabaseUnavailable):
+    elif isinstance(exc, db_errors.DatabaseUnavailable):
         POSTGRES_ERRORS.inc()
 
 

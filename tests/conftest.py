@@ -25,7 +25,10 @@ from services.api.app import create_app, server_options
 from services.cli.localservers import PostgresProcess, RedisProcess, free_port
 from services.config import Settings
 from services.counter import store as counter_store
-from services.db import migrate, repository
+from services.db import baselines as db_baselines
+from services.db import ledger as db_ledger
+from services.db import migrate
+from services.db import pool as db_pool
 from services.flusher.worker import Flusher
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -199,8 +202,13 @@ async def flusher_for(settings: Settings) -> AsyncIterator[Flusher]:
         counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5),
         units=settings.shards,
     )
-    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
-    flusher = Flusher(store, repository.Repository(pool), interval_s=settings.flush_interval)
+    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
+    flusher = Flusher(
+        store,
+        db_ledger.Ledger(pool),
+        db_baselines.Baselines(pool),
+        interval_s=settings.flush_interval,
+    )
     try:
         yield flusher
     finally:

@@ -10,7 +10,10 @@ import httpx
 from services.config import Settings
 from services.counter import store as counter_store
 from services.counting.live import LiveCounts, View
-from services.db import repository
+from services.db import baselines as db_baselines
+from services.db import ledger as db_ledger
+from services.db import pool as db_pool
+from services.db import sites as db_sites
 from services.flusher.worker import Flusher
 from tests.checks import assert_consistent, totals
 from tests.conftest import ADMIN_TOKEN, SITE, make_settings, register_site, running_api
@@ -64,9 +67,11 @@ async def test_a_batch_counts_like_single_hits_and_lands_in_postgres(
     store = counter_store.CounterStore(
         counter_store.connect(redis_url, max_connections=4, timeout_s=5)
     )
-    pool = await repository.connect_pool(database_url, statement_timeout_s=5)
+    pool = await db_pool.connect_pool(database_url, statement_timeout_s=5)
     try:
-        await Flusher(store, repository.Repository(pool), interval_s=1).flush_once()
+        await Flusher(
+            store, db_ledger.Ledger(pool), db_baselines.Baselines(pool), interval_s=1
+        ).flush_once()
     finally:
         await pool.close()
         await store.close()
@@ -106,9 +111,9 @@ async def test_a_batch_cut_short_and_sent_again_counts_each_view_once(
     store = counter_store.CounterStore(
         counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5)
     )
-    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
+    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
-        live = LiveCounts(store, repository.Repository(pool))
+        live = LiveCounts(store, db_sites.Sites(pool))
         batch = [View(page=f"/p{i % 7}", ip=f"198.51.100.{i % 200}") for i in range(600)]
         # The first call (256 views) ran, then the api died; the collector sends it all again.
         cut_short = await live.hit_batch(site, batch[:256], "retry-token")

@@ -15,7 +15,9 @@ import redis.asyncio as aioredis
 from services.config import Settings
 from services.counter import keys
 from services.counter import store as counter_store
-from services.db import repository
+from services.db import baselines as db_baselines
+from services.db import ledger as db_ledger
+from services.db import pool as db_pool
 from services.flusher import worker
 from services.flusher.worker import Flusher, FlushReport, assigned_flusher, batch_id
 from tests.checks import Totals, assert_consistent, totals
@@ -111,8 +113,8 @@ async def test_a_batch_committed_but_not_deleted_is_not_counted_twice(
     counted: Counter[str] = Counter()
     await send_hits(api, site, ["a", "a", "c"], counted)
     store = flusher_store(settings, CrashBeforeDelete)
-    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
-    crashing = Flusher(store, repository.Repository(pool), interval_s=1)
+    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
+    crashing = Flusher(store, db_ledger.Ledger(pool), db_baselines.Baselines(pool), interval_s=1)
     try:
         with pytest.raises(SystemExit):
             await crashing.flush_once()
@@ -163,7 +165,7 @@ async def test_a_batch_read_before_redis_lost_its_data_is_rolled_back(
         await f.flush_once()
     await send_hits(api, site, ["a", "b"], counted)
 
-    class RedisLostMeanwhile(repository.Repository):
+    class RedisLostMeanwhile(db_ledger.Ledger):
         """Redis restarts empty and is refilled after the batch was read, before COMMIT."""
 
         async def apply_batch(self, *args: Any, **kwargs: Any) -> Any:
@@ -175,9 +177,11 @@ async def test_a_batch_read_before_redis_lost_its_data_is_rolled_back(
             return await super().apply_batch(*args, **kwargs)
 
     store = flusher_store(settings)
-    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
+    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
-        report = await Flusher(store, RedisLostMeanwhile(pool), interval_s=1).flush_once()
+        report = await Flusher(
+            store, RedisLostMeanwhile(pool), db_baselines.Baselines(pool), interval_s=1
+        ).flush_once()
     finally:
         await pool.close()
         await store.close()
@@ -255,8 +259,10 @@ async def test_a_dead_flushers_sites_are_taken_over_when_its_lease_runs_out(
     counted: Counter[str] = Counter()
     await send_hits(api, site, ["a", "b", "c"], counted)
     store = flusher_store(settings, CrashBeforeDelete)
-    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
-    dying = Flusher(store, repository.Repository(pool), interval_s=0.1, lease_s=3)
+    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
+    dying = Flusher(
+        store, db_ledger.Ledger(pool), db_baselines.Baselines(pool), interval_s=0.1, lease_s=3
+    )
     try:
         with pytest.raises(SystemExit):
             await dying.flush_once()  # committed, then died before deleting its snapshot
@@ -288,11 +294,11 @@ async def test_a_site_refilled_meanwhile_drops_only_its_own_batch(
     await send_hits(api, other, ["x", "y"], kept)
     await send_hits(api, site, ["a"], Counter())
 
-    class SiteReloadedMeanwhile(repository.Repository):
+    class SiteReloadedMeanwhile(db_ledger.Ledger):
         """`site` (only) was lost and reloaded in Redis while its batch was in hand."""
 
         async def apply_batch(self, *args: Any, **kwargs: Any) -> Any:
-            rows: repository.BatchStream = args[2]
+            rows: db_ledger.BatchStream = args[2]
             if site in rows.sites:
                 client = aioredis.Redis.from_url(settings.redis_url)
                 await client.hset(keys.site_key(site), keys.SITE_GEN, "reloaded")
@@ -300,9 +306,11 @@ async def test_a_site_refilled_meanwhile_drops_only_its_own_batch(
             return await super().apply_batch(*args, **kwargs)
 
     store = flusher_store(settings)
-    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
+    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
-        flusher = Flusher(store, SiteReloadedMeanwhile(pool), interval_s=1)
+        flusher = Flusher(
+            store, SiteReloadedMeanwhile(pool), db_baselines.Baselines(pool), interval_s=1
+        )
         report = await flusher.flush_once()
         await flusher.release_leases()
     finally:

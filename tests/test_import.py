@@ -21,7 +21,9 @@ import redis.asyncio as aioredis
 from services.config import Settings
 from services.counter import store as counter_store
 from services.counting import baselines
-from services.db import repository
+from services.db import baselines as db_baselines
+from services.db import ledger as db_ledger
+from services.db import pool as db_pool
 from services.flusher.worker import Flusher
 from tests.checks import assert_consistent, totals
 from tests.conftest import ADMIN_TOKEN, SITE, flusher_for, make_settings, running_api
@@ -367,13 +369,13 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_next_import(
     store = counter_store.CounterStore(
         counter_store.connect(settings.redis_url, max_connections=2, timeout_s=5)
     )
-    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
+    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
         await postgres_half_only(store, pool)  # as if the process died right after COMMIT
         lagging = await live(api, "/a", "/b")
-        importer = baselines.Importer(repository.Baselines(pool), store, default_max_pages=0)
+        importer = baselines.Importer(db_baselines.Baselines(pool), store, default_max_pages=0)
         # Applying a chunk twice (a retry after a timeout, two settlers) changes nothing.
-        chunks = [c async for c in repository.Baselines(pool).outbox(SITE)]
+        chunks = [c async for c in db_baselines.Baselines(pool).outbox(SITE)]
         first = await store.apply_baseline(
             SITE, chunks[0].generation, chunks[0].change_id, 0, chunks[0].site_delta, []
         )
@@ -403,11 +405,11 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_flusher(
     store = counter_store.CounterStore(
         counter_store.connect(settings.redis_url, max_connections=2, timeout_s=5)
     )
-    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
+    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
         await postgres_half_only(store, pool)  # as if the api died after COMMIT; no re-import
         lagging = await live(api, "/a", "/b")
-        flusher = Flusher(store, repository.Repository(pool), interval_s=1)
+        flusher = Flusher(store, db_ledger.Ledger(pool), db_baselines.Baselines(pool), interval_s=1)
         await flusher.flush_once()
         await flusher.flush_once()  # nothing queued any more: changes nothing
         await flusher.release_leases()
@@ -428,7 +430,7 @@ async def postgres_half_only(store: counter_store.CounterStore, pool: asyncpg.Po
     async def generation() -> str | None:
         return await store.generation(SITE)
 
-    await repository.Baselines(pool).apply(
+    await db_baselines.Baselines(pool).apply(
         SITE,
         rows,
         site_total=500,
@@ -462,14 +464,14 @@ async def test_import_memory_does_not_grow_with_the_file(redis_url: str, databas
     store = counter_store.CounterStore(
         counter_store.connect(settings.redis_url, max_connections=2, timeout_s=5)
     )
-    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=60)
+    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=60)
     peaks = []
     # The api's create_app() raises the collector's thresholds for the whole process; with
     # the defaults, garbage waiting for a collection does not blur the measurement.
     thresholds = gc.get_threshold()
     gc.set_threshold(700, 10, 10)
     try:
-        importer = baselines.Importer(repository.Baselines(pool), store, default_max_pages=0)
+        importer = baselines.Importer(db_baselines.Baselines(pool), store, default_max_pages=0)
         for rows in (20_000, 200_000):
             gc.collect()
             tracemalloc.start()

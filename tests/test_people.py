@@ -12,7 +12,10 @@ from prometheus_client import REGISTRY
 from services.counter import keys
 from services.counter import store as counter_store
 from services.counting.live import LiveCounts
-from services.db import repository
+from services.db import baselines as db_baselines
+from services.db import ledger as db_ledger
+from services.db import pool as db_pool
+from services.db import sites as db_sites
 from services.flusher.worker import Flusher
 from tests.checks import views
 from tests.conftest import SITE, make_settings, register_site, running_api
@@ -231,9 +234,9 @@ async def test_ten_thousand_visitors_are_counted_within_two_percent(
     store = counter_store.CounterStore(
         counter_store.connect(redis_url, max_connections=8, timeout_s=10)
     )
-    pool = await repository.connect_pool(database_url, statement_timeout_s=10)
+    pool = await db_pool.connect_pool(database_url, statement_timeout_s=10)
     try:
-        live_counts = LiveCounts(store, repository.Repository(pool))
+        live_counts = LiveCounts(store, db_sites.Sites(pool))
         # A fixed salt makes the visitor tokens, and so the estimate, the same on every run.
         now = datetime.now(UTC)
         for day in (now, now + timedelta(days=1)):  # the run may cross midnight UTC
@@ -247,7 +250,9 @@ async def test_ten_thousand_visitors_are_counted_within_two_percent(
                 )
             )
         counts = await live_counts.counts(SITE, [f"p{n}" for n in range(10)])
-        await Flusher(store, repository.Repository(pool), interval_s=1).flush_once()
+        await Flusher(
+            store, db_ledger.Ledger(pool), db_baselines.Baselines(pool), interval_s=1
+        ).flush_once()
         stored = await pool.fetchval(
             "SELECT sum(visitors) FROM site_views_daily WHERE site = $1", SITE
         )

@@ -20,7 +20,9 @@ import pytest
 from services.config import Settings
 from services.counter import store as counter_store
 from services.counting.live import LiveCounts
-from services.db import repository
+from services.db import pool as db_pool
+from services.db import reports as db_reports
+from services.db import sites as db_sites
 from tests.conftest import ADMIN_TOKEN, flusher_for, make_settings, running_api
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -57,9 +59,9 @@ async def live_counts(settings: Settings, clock: list[float]) -> AsyncIterator[L
         counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5)
     )
     await store.register_scripts()
-    pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
+    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
-        yield LiveCounts(store, repository.Repository(pool), clock=lambda: clock[0])
+        yield LiveCounts(store, db_sites.Sites(pool), clock=lambda: clock[0])
     finally:
         await pool.close()
         await store.close()
@@ -339,11 +341,11 @@ async def test_report_queries_read_only_the_days_asked_for_on_a_year_of_100k_pag
         )
         plans = {}
         for name, query, args in [
-            ("top", repository.Q["report_top_pages"], ("big", "2024-06-01", "2024-06-07", 10)),
-            ("site_daily", repository.Q["report_site_daily"], ("big", "2024-06-01", "2024-06-30")),
+            ("top", db_reports.Q["report_top_pages"], ("big", "2024-06-01", "2024-06-07", 10)),
+            ("site_daily", db_reports.Q["report_site_daily"], ("big", "2024-06-01", "2024-06-30")),
             (
                 "page_daily",
-                repository.Q["report_page_daily"],
+                db_reports.Q["report_page_daily"],
                 ("big", "/bai-viet/5", "2024-01-01", "2024-12-31"),
             ),
         ]:

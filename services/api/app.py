@@ -32,7 +32,10 @@ from services.api.telemetry import RequestTelemetry
 from services.config import Settings, load_settings
 from services.counter import store as counter_store
 from services.counting.live import LiveCounts
-from services.db import repository
+from services.db import baselines as db_baselines
+from services.db import pool as db_pool
+from services.db import reports as db_reports
+from services.db import sites as db_sites
 
 log = logging.getLogger("viewcounter.api")
 # Each request leaves short-lived cycles (tasks, futures, frames): collect the young
@@ -64,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
             units=settings.shards,
         )
         # min_size=0: the api starts, and counts, while Postgres is down.
-        pool = await repository.connect_pool(
+        pool = await db_pool.connect_pool(
             settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=10
         )
         try:
@@ -74,7 +77,6 @@ def create_app(settings: Settings) -> FastAPI:
                 await store.register_scripts()
             except counter_store.CounterUnavailable as exc:
                 log.warning("redis not reachable at start; hits answer 503 until it is: %s", exc)
-            repo = repository.Repository(pool)
             # Everything alive now (modules, routes, clients) lives as long as the process:
             # keep the collector from walking it again on every full collection.
             gc.collect()
@@ -83,10 +85,12 @@ def create_app(settings: Settings) -> FastAPI:
             yield State(
                 settings=settings,
                 store=store,
-                repo=repo,
+                pool=pool,
+                baselines=db_baselines.Baselines(pool),
+                reports=db_reports.Reports(pool),
                 live=LiveCounts(
                     store,
-                    repo,
+                    db_sites.Sites(pool),
                     dedupe_window_s=settings.dedupe_window,
                     rate_limit_per_min=settings.rate_limit,
                     max_pages_per_site=settings.max_pages_per_site,

@@ -13,7 +13,9 @@ from services.api.errors import ApiError
 from services.config import Settings
 from services.counter import store as counter_store
 from services.counting.live import LiveCounts
-from services.db import repository
+from services.db import baselines as db_baselines
+from services.db import pool as db_pool
+from services.db import reports as db_reports
 
 
 class State(TypedDict):
@@ -21,7 +23,9 @@ class State(TypedDict):
 
     settings: Settings
     store: counter_store.CounterStore
-    repo: repository.Repository
+    pool: db_pool.Pool  # for the readiness probe
+    baselines: db_baselines.Baselines
+    reports: db_reports.Reports
     live: LiveCounts
 
 
@@ -36,7 +40,9 @@ async def get_state(request: Request) -> State:
     return State(
         settings=request.state.settings,
         store=request.state.store,
-        repo=request.state.repo,
+        pool=request.state.pool,
+        baselines=request.state.baselines,
+        reports=request.state.reports,
         live=request.state.live,
     )
 

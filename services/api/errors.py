@@ -16,7 +16,7 @@ from services import metrics
 from services.counter import ids, siteconfig
 from services.counter import store as counter_store
 from services.counting.live import InvalidTimezone, UnknownSite
-from services.db import repository
+from services.db import errors as db_errors
 
 log = logging.getLogger("viewcounter.api")
 
@@ -79,7 +79,7 @@ def _as_api_error(exc: Exception) -> ApiError:
     if isinstance(exc, ClientDisconnect):
         # The client left while sending its body: nobody reads this answer, nothing counted.
         return ApiError(400, "client_disconnected", "the client went away mid-request", "body")
-    if isinstance(exc, repository.DatabaseUnavailable):
+    if isinstance(exc, db_errors.DatabaseUnavailable):
         return ApiError(
             503, "database_unavailable", "Postgres is unavailable", headers={"Retry-After": "5"}
         )
@@ -143,7 +143,7 @@ _KNOWN: tuple[type[Exception], ...] = (
     InvalidTimezone,
     UnknownSite,
     counter_store.CounterUnavailable,
-    repository.DatabaseUnavailable,
+    db_errors.DatabaseUnavailable,
     ClientDisconnect,
 )
 

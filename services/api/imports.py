@@ -23,7 +23,7 @@ from services.config import Settings
 from services.counter import ids
 from services.counter import store as counter_store
 from services.counting import baselines
-from services.db import repository
+from services.db import baselines as db_baselines
 
 IMPORT_MAX_BYTES = 1 << 30
 # Paths whose body size the route bounds itself (for BodyLimit).
@@ -35,11 +35,9 @@ CSV_TYPES = ("text/csv", "text/plain", "application/octet-stream", "")
 async def get_importer(request: Request) -> baselines.Importer:
     """An Importer on the app's clients."""
     settings: Settings = request.state.settings
-    repo: repository.Repository = request.state.repo
+    stored: db_baselines.Baselines = request.state.baselines
     store: counter_store.CounterStore = request.state.store
-    return baselines.Importer(
-        repository.Baselines(repo.pool), store, default_max_pages=settings.max_pages_per_site
-    )
+    return baselines.Importer(stored, store, default_max_pages=settings.max_pages_per_site)
 
 
 ImporterDep = Annotated[baselines.Importer, Depends(get_importer)]
@@ -115,7 +113,7 @@ async def import_csv(
     return _json(report.as_dict())
 
 
-def _baseline_answer(site: str, result: repository.BaselineResult, pending: int) -> Response:
+def _baseline_answer(site: str, result: db_baselines.BaselineResult, pending: int) -> Response:
     return _json(
         {
             "site": site,

@@ -45,7 +45,7 @@ async def readyz(state: AppState) -> Response:
     Answers 503 naming what is wrong otherwise, and 200 with status "warning" when Redis is
     near its memory bound (the api still counts; ops must act before it is full).
     """
-    probe = await health.probe(state["store"], state["repo"])
+    probe = await health.probe(state["store"], state["pool"])
     checks = {"redis": probe.checks["redis"], "redis_memory": "unknown"}
     if probe.checks["redis"] == health.OK:
         try:

@@ -16,7 +16,7 @@ from services.config import Settings
 from services.counter import ids
 from services.counter import store as counter_store
 from services.counting import reports
-from services.db import repository
+from services.db import reports as db_reports
 
 
 async def require_reader(request: Request) -> None:
@@ -35,8 +35,8 @@ Reader = Depends(require_reader)
 
 async def get_reporter(request: Request) -> reports.Reporter:
     """A Reporter on the app's Postgres pool."""
-    repo: repository.Repository = request.state.repo
-    return reports.Reporter(repository.Reports(repo.pool))
+    stored: db_reports.Reports = request.state.reports
+    return reports.Reporter(stored)
 
 
 ReporterDep = Annotated[reports.Reporter, Depends(get_reporter)]
@@ -111,8 +111,8 @@ async def daily(
 async def totals(site: str, live: Live, request: Request) -> Response:
     """The live site total (Redis, null when Redis is unavailable) and the Postgres parts."""
     site = ids.site_id(site)
-    repo: repository.Repository = request.state.repo
-    stored = await repository.Reports(repo.pool).totals(site)
+    stored_reports: db_reports.Reports = request.state.reports
+    stored = await stored_reports.totals(site)
     if stored is None:
         raise ApiError(404, "unknown_site", "no such site; register it first", "site")
     live_total: int | None

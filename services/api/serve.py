@@ -55,13 +55,14 @@ async def wait_for_redis(settings: Settings) -> bool:
     """
     from services import health
     from services.counter import store as counter_store
-    from services.db import repository
+    from services.db import errors as db_errors
+    from services.db import pool as db_pool
 
     store = counter_store.CounterStore(
         counter_store.connect(settings.redis_url, max_connections=2, timeout_s=2.0),
         units=settings.shards,
     )
-    pool = await repository.connect_pool(
+    pool = await db_pool.connect_pool(
         settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=1
     )
     try:
@@ -77,8 +78,8 @@ async def wait_for_redis(settings: Settings) -> bool:
             log.warning("%s; serving anyway: hits answer 503 until Redis is reachable", exc)
             return False
         try:
-            await health.check_migrations(repository.Repository(pool))
-        except (repository.DatabaseUnavailable, health.SchemaBehind) as exc:
+            await health.check_migrations(pool)
+        except (db_errors.DatabaseUnavailable, health.SchemaBehind) as exc:
             log.warning(
                 "postgres not ready at start (hits are counted; admin and reports fail): %s",
                 exc,

@@ -20,7 +20,7 @@ from services.api.errors import error_response
 from services.counter import ids
 from services.counter import store as counter_store
 from services.counting.live import LiveCounts, UnknownSite
-from services.db import repository
+from services.db import errors as db_errors
 
 PUBLIC_PATH = re.compile(r"/v1/sites/([^/]+)/(?:hits|hit\.gif|counts|badge\.svg|stream)")
 ALLOW_METHODS = "GET, POST"
@@ -128,7 +128,7 @@ async def allowed_origins(live: LiveCounts | None, raw_site: str) -> tuple[str, 
         ids.InvalidId,
         UnknownSite,
         counter_store.CounterUnavailable,
-        repository.DatabaseUnavailable,
+        db_errors.DatabaseUnavailable,
     ):
         return ()
     return config.allowed_origins

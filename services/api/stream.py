@@ -31,7 +31,7 @@ from services.api.errors import ApiError
 from services.counter import ids
 from services.counter import store as counter_store
 from services.counting.live import LiveCounts, UnknownSite
-from services.db import repository
+from services.db import errors as db_errors
 
 log = logging.getLogger("viewcounter.api")
 
@@ -233,7 +233,7 @@ class StreamHub:
                 totals = await read_totals(live, site, page)
             except (
                 counter_store.CounterUnavailable,
-                repository.DatabaseUnavailable,
+                db_errors.DatabaseUnavailable,
                 UnknownSite,
             ) as exc:
                 # Listeners keep the last totals; the next tick tries again.

@@ -8,16 +8,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import asyncpg
-
 from services import logs
 from services.cli import reports as reports_cli
 from services.config import ConfigError, Settings, load_settings
 from services.counter import ids, siteconfig
 from services.counter import store as counter_store
 from services.counting.live import InvalidTimezone, LiveCounts, zone
+from services.db import errors as db_errors
 from services.db import migrate as db_migrate
-from services.db import repository
+from services.db import pool as db_pool
+from services.db import sites as db_sites
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,13 +108,9 @@ def _run_api(settings: Settings, host: str, port: int, workers: int) -> int:
 
 async def _migrate(settings: Settings) -> int:
     try:
-        conn = await asyncpg.connect(settings.database_url, timeout=10)
-    except (OSError, asyncpg.PostgresError) as exc:
+        applied = await db_migrate.migrate_database(settings.database_url, connect_timeout_s=10)
+    except db_errors.DatabaseUnavailable as exc:
         return _fail(f"cannot connect to Postgres: {exc}")
-    try:
-        applied = await db_migrate.migrate(conn)
-    finally:
-        await conn.close()
     print(f"migrations applied: {applied or 'none (up to date)'}")
     return 0
 
@@ -124,13 +120,13 @@ async def _add_site(settings: Settings, site: str, changes: dict[str, object]) -
         counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5),
         units=settings.shards,
     )
-    pool = await repository.connect_pool(
+    pool = await db_pool.connect_pool(
         settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=2
     )
     try:
-        live = LiveCounts(store, repository.Repository(pool))
+        live = LiveCounts(store, db_sites.Sites(pool))
         config, created = await live.register(site, changes)
-    except (counter_store.CounterUnavailable, repository.DatabaseUnavailable) as exc:
+    except (counter_store.CounterUnavailable, db_errors.DatabaseUnavailable) as exc:
         return _fail(str(exc))
     finally:
         await store.close()

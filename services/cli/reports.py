@@ -17,7 +17,10 @@ from services.counter import ids
 from services.counter import store as counter_store
 from services.counting import baselines, reports
 from services.counting.live import UnknownSite
-from services.db import repository
+from services.db import baselines as db_baselines
+from services.db import errors as db_errors
+from services.db import pool as db_pool
+from services.db import reports as db_reports
 
 READ_CHUNK_BYTES = 1 << 16
 PRINTED_REJECTIONS = 20
@@ -59,7 +62,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return _fail(f"{exc.field}: {exc.message}")
     except UnknownSite as exc:
         return _fail(f"site: no such site {exc}; register it first")
-    except (counter_store.CounterUnavailable, repository.DatabaseUnavailable) as exc:
+    except (counter_store.CounterUnavailable, db_errors.DatabaseUnavailable) as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"file: {exc}")
@@ -87,13 +90,13 @@ async def _import(settings: Settings, args: argparse.Namespace) -> int:
         counter_store.connect(settings.redis_url, max_connections=4, timeout_s=10),
         units=settings.shards,
     )
-    pool = await repository.connect_pool(
+    pool = await db_pool.connect_pool(
         settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=2
     )
     try:
         await store.register_scripts()
         importer = baselines.Importer(
-            repository.Baselines(pool), store, default_max_pages=settings.max_pages_per_site
+            db_baselines.Baselines(pool), store, default_max_pages=settings.max_pages_per_site
         )
         report = await importer.import_csv(
             site,
@@ -130,11 +133,11 @@ async def _report(settings: Settings, args: argparse.Namespace) -> int:
     site = ids.site_id(args.site)
     first = reports.parse_day(args.first, "from")
     last = reports.parse_day(args.last, "to")
-    pool = await repository.connect_pool(
+    pool = await db_pool.connect_pool(
         settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=2
     )
     try:
-        reporter = reports.Reporter(repository.Reports(pool))
+        reporter = reports.Reporter(db_reports.Reports(pool))
         result: reports.TopReport | reports.DailyReport
         if args.kind == "top":
             result = await reporter.top(site, first, last, reports.parse_limit(args.limit))

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from services.counter import ids
 from services.counter import store as counter_store
 from services.counting.live import UnknownSite
-from services.db import repository
+from services.db import baselines as db_baselines
+from services.db import errors as db_errors
 
 log = logging.getLogger("viewcounter.baselines")
 
@@ -55,13 +56,13 @@ class Rejections:
     """Rejected rows: all counted, the first REPORTED_REJECTIONS kept (bounded memory)."""
 
     count: int = 0
-    rows: list[repository.RejectedRow] = field(default_factory=list)
+    rows: list[db_baselines.RejectedRow] = field(default_factory=list)
 
     def add(self, line: int, field_name: str, reason: str) -> None:
         """Record one rejected row."""
         self.count += 1
         if len(self.rows) < REPORTED_REJECTIONS:
-            self.rows.append(repository.RejectedRow(line, field_name, reason))
+            self.rows.append(db_baselines.RejectedRow(line, field_name, reason))
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,9 @@ class ImportReport:
 
     site: str
     rows_read: int
-    result: repository.BaselineResult
+    result: db_baselines.BaselineResult
     rejected_count: int
-    rejected: list[repository.RejectedRow]
+    rejected: list[db_baselines.RejectedRow]
     live_pending: int  # outbox chunks still waiting for Redis (0 normally)
 
     def as_dict(self) -> dict[str, object]:
@@ -198,11 +199,11 @@ async def _rows_of(items: Iterable[tuple[int, str, int]]) -> AsyncIterator[tuple
 
 
 class Importer:
-    """Baseline changes of sites: Postgres (repository.Baselines) then Redis (the store)."""
+    """Baseline changes of sites: Postgres (db.baselines.Baselines) then Redis (the store)."""
 
     def __init__(
         self,
-        baselines: repository.Baselines,
+        baselines: db_baselines.Baselines,
         store: counter_store.CounterStore,
         *,
         default_max_pages: int,
@@ -246,7 +247,7 @@ class Importer:
 
     async def set_page(
         self, site: str, page: str, baseline: int, *, changed_by: str
-    ) -> tuple[repository.BaselineResult, int]:
+    ) -> tuple[db_baselines.BaselineResult, int]:
         """Set one page's baseline (page and value already validated); the result and the
         chunks still queued for Redis."""
         result = await self._change(
@@ -260,7 +261,7 @@ class Importer:
 
     async def set_site(
         self, site: str, baseline: int, *, changed_by: str
-    ) -> tuple[repository.BaselineResult, int]:
+    ) -> tuple[db_baselines.BaselineResult, int]:
         """Set the site total's baseline; the result and the chunks still queued for Redis."""
         result = await self._change(
             site, _rows_of([]), site_total=baseline, source=SOURCE_PAGE, changed_by=changed_by
@@ -275,7 +276,7 @@ class Importer:
         site_total: int | None,
         source: str,
         changed_by: str,
-    ) -> repository.BaselineResult:
+    ) -> db_baselines.BaselineResult:
         async def generation() -> str | None:
             return await self._store.site_generation(site)
 
@@ -290,7 +291,7 @@ class Importer:
                 generation=generation,
                 report_rows=REPORTED_REJECTIONS,
             )
-        except repository.UnknownSiteRow:
+        except db_errors.UnknownSiteRow:
             raise UnknownSite(site) from None
 
     async def settle(self, site: str) -> int:

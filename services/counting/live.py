@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from services.counter import bots, visitors
 from services.counter import store as counter_store
 from services.counter.siteconfig import SiteConfig
-from services.db import repository
+from services.db import sites as db_sites
 
 # How long a process uses a site's settings before reading them again: a change made through
 # another process reaches this one within this time.
@@ -71,7 +71,7 @@ class LiveCounts:
     def __init__(
         self,
         store: counter_store.CounterStore,
-        repo: repository.Repository,
+        sites: db_sites.Sites,
         *,
         dedupe_window_s: int = 0,
         rate_limit_per_min: int = 0,
@@ -79,7 +79,7 @@ class LiveCounts:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._repo = repo
+        self._sites_db = sites
         self._dedupe_window_s = dedupe_window_s
         self._rate_limit = rate_limit_per_min
         self._max_pages = max_pages_per_site
@@ -209,7 +209,7 @@ class LiveCounts:
         and whether the site was created. Raises siteconfig.InvalidSetting, InvalidTimezone."""
         if "timezone" in changes and changes["timezone"] is not None:
             zone(changes["timezone"])
-        config, created = await self._repo.put_site(site, changes)
+        config, created = await self._sites_db.put_site(site, changes)
         self._unknown.pop(site, None)
         self._sites.pop(site, None)
         await self._store.set_config(site, config)
@@ -220,7 +220,7 @@ class LiveCounts:
         """Make pages known to a site (for sites that count only registered pages); the
         pages that were new. UnknownSite when the site is not registered."""
         config = await self.site_config(site)
-        new = await self._repo.register_pages(site, pages)
+        new = await self._sites_db.register_pages(site, pages)
         await self._store.set_config(site, config, new)
         return new
 
@@ -256,7 +256,7 @@ class LiveCounts:
         return await asyncio.shield(task)
 
     async def _load(self, site: str) -> SiteConfig:
-        async with self._repo.site_load(site) as load:
+        async with self._sites_db.site_load(site) as load:
             if load is None:
                 self._remember_unknown(site)
                 raise UnknownSite(site)

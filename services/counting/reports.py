@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 
 from services.counter import ids
 from services.counting.live import UnknownSite, zone
-from services.db import repository
+from services.db import reports as db_reports
 
 DEFAULT_DAYS = 7
 MAX_RANGE_DAYS = 3 * 366 + 1
@@ -127,9 +127,9 @@ def _range_dict(r: Range) -> dict[str, object]:
 
 
 class Reporter:
-    """Builds reports over a repository.Reports."""
+    """Builds reports over the stored reports (db.reports.Reports)."""
 
-    def __init__(self, reports: repository.Reports) -> None:
+    def __init__(self, reports: db_reports.Reports) -> None:
         self._reports = reports
 
     async def site_range(self, site: str, first: date | None, last: date | None) -> Range:

@@ -9,6 +9,9 @@ from importlib import resources
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from services.db import pool as db_pool
+from services.db.errors import DatabaseUnavailable
+
 # Any constant works; it only has to be the same for every process that migrates.
 MIGRATION_LOCK_ID = 0x76636D67  # "vcmg"
 _NAME_RE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
@@ -65,3 +68,26 @@ async def missing(conn: asyncpg.Connection | PoolConnectionProxy) -> list[int]:
     if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
         applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
     return [step.version for step in migrations() if step.version not in applied]
+
+
+async def pending(pool: db_pool.Pool, *, timeout_s: float) -> list[int]:
+    """Versions of the shipped migrations the pool's database lacks; DatabaseUnavailable when
+    Postgres does not answer (a connection included) within `timeout_s`."""
+    async with db_pool.connection(pool, timeout_s=timeout_s) as conn:
+        return await missing(conn)
+
+
+async def migrate_database(url: str, *, connect_timeout_s: float) -> list[int]:
+    """Connect to `url` and apply pending migrations (see `migrate`); the versions applied.
+
+    Raises DatabaseUnavailable when Postgres cannot be reached. An error while migrating is
+    raised as the driver's: a migration that fails is a bug to be seen whole.
+    """
+    try:
+        conn = await asyncpg.connect(url, timeout=connect_timeout_s)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(str(exc)) from exc
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()

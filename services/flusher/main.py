@@ -18,7 +18,9 @@ from starlette.routing import Route
 from services import health
 from services.config import Settings
 from services.counter import store as counter_store
-from services.db import repository
+from services.db import baselines as db_baselines
+from services.db import ledger as db_ledger
+from services.db import pool as db_pool
 from services.flusher import metrics as flusher_metrics
 from services.flusher.worker import Flusher
 
@@ -36,7 +38,7 @@ class _QuietServer(uvicorn.Server):
 
 
 def health_app(
-    flusher: Flusher, store: counter_store.CounterStore, repo: repository.Repository
+    flusher: Flusher, store: counter_store.CounterStore, pool: db_pool.Pool
 ) -> Starlette:
     """/healthz (the process answers), /readyz (Redis, Postgres, schema), /metrics."""
 
@@ -49,7 +51,7 @@ def health_app(
         return JSONResponse(body)
 
     async def readyz(request: Request) -> Response:
-        probe = await health.probe(store, repo)
+        probe = await health.probe(store, pool)
         body = {"status": "ok" if probe.ready else "unavailable", "checks": probe.checks}
         return JSONResponse(body, status_code=200 if probe.ready else 503)
 
@@ -75,13 +77,13 @@ async def serve(settings: Settings) -> int:
         timeout_s=max(settings.redis_timeout, FSYNC_TIMEOUT_S),
     )
     store = counter_store.CounterStore(redis, units=settings.shards)
-    pool = await repository.connect_pool(
+    pool = await db_pool.connect_pool(
         settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=4
     )
-    repo = repository.Repository(pool)
     flusher = Flusher(
         store,
-        repo,
+        db_ledger.Ledger(pool),
+        db_baselines.Baselines(pool),
         interval_s=settings.flush_interval,
         wait_fsync=settings.snapshot_fsync == "wait",
         lease_s=settings.flush_lease,
@@ -90,7 +92,7 @@ async def serve(settings: Settings) -> int:
     # Up first, so /healthz answers (and /readyz says why not ready) during the start-up wait.
     server = _QuietServer(
         uvicorn.Config(
-            health_app(flusher, store, repo),
+            health_app(flusher, store, pool),
             host="0.0.0.0",
             port=settings.metrics_port,
             log_level="warning",
@@ -106,7 +108,7 @@ async def serve(settings: Settings) -> int:
         await store.check_layout()
 
     try:
-        checks = {"redis": redis_ready, "postgres": lambda: health.check_migrations(repo)}
+        checks = {"redis": redis_ready, "postgres": lambda: health.check_migrations(pool)}
         try:
             if not await health.wait_for(checks, settings.startup_timeout, stop):
                 log.info("flusher stopped before it started")

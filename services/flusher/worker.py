@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from services.counter import keys
 from services.counter import store as counter_store
 from services.counting import baselines
-from services.db import repository
+from services.db import baselines as db_baselines
+from services.db import errors as db_errors
+from services.db import ledger as db_ledger
 from services.flusher import metrics as flusher_metrics
 from services.flusher.metrics import (
     DISCARDED_HITS,
@@ -84,13 +86,36 @@ def assigned_flusher(unit: str, alive: Sequence[str]) -> str:
     )
 
 
+class RedisBatchChecks:
+    """The ledger's BatchChecks, answered by the flusher's store for one batch."""
+
+    def __init__(
+        self, store: counter_store.CounterStore, generations: Mapping[str, str | None]
+    ) -> None:
+        self._store = store
+        self._expected = dict(generations)  # each unit's load generation when it was frozen
+
+    async def still_current(self) -> bool:
+        """Whether every unit of the batch still has the generation it was frozen under."""
+        for unit, gen in self._expected.items():
+            if await self._store.generation(unit) != gen:
+                return False
+        return True
+
+    async def site_visitors(self, site_days: Sequence[tuple[str, str]]) -> list[int]:
+        """The sites' distinct-visitor estimates of those days, in order."""
+        estimates, _ = await self._store.visitor_estimates(site_days, ())
+        return estimates
+
+
 class Flusher:
     """Runs flush passes; `flush_once` is public so tests drive the real body."""
 
     def __init__(
         self,
         store: counter_store.CounterStore,
-        repo: repository.Repository,
+        ledger: db_ledger.Ledger,
+        baselines: db_baselines.Baselines,
         *,
         interval_s: float,
         wait_fsync: bool = True,
@@ -98,7 +123,8 @@ class Flusher:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._repo = repo
+        self._ledger = ledger
+        self._baselines = baselines
         self._interval_s = interval_s
         self._wait_fsync = wait_fsync
         self._clock = clock
@@ -175,11 +201,10 @@ class Flusher:
         # A baseline change is committed in Postgres with its Redis deltas queued beside it;
         # the api applies them right away. If it died first, they wait here: every pass
         # applies what is queued (each chunk once, whoever gets there first).
-        queued = repository.Baselines(self._repo.pool)
-        sites = await queued.outbox_sites()
+        sites = await self._baselines.outbox_sites()
         if not sites:
             return
-        importer = baselines.Importer(queued, self._store, default_max_pages=0)
+        importer = baselines.Importer(self._baselines, self._store, default_max_pages=0)
         for site in sites:
             left = await importer.settle(site)
             log.info("queued baseline deltas applied", extra={"site": site, "left": left})
@@ -208,13 +233,13 @@ class Flusher:
 
     async def _read_batch(
         self, snapshots: Sequence[tuple[str, str]]
-    ) -> AsyncGenerator[list[repository.DailyRow]]:
+    ) -> AsyncGenerator[list[db_ledger.DailyRow]]:
         """The rows of (snapshot key, site) pairs, FLUSH_CHUNK_ROWS at a time (HSCAN), each
         chunk with its pages' visitor estimates (one pipelined read per chunk)."""
         # Chunks' estimates are read while the next chunks are scanned (and the one before goes
         # to Postgres), so Redis and this process both keep working: at most
         # ESTIMATES_IN_FLIGHT + 1 chunks are in hand.
-        estimating: collections.deque[asyncio.Task[list[repository.DailyRow]]] = collections.deque()
+        estimating: collections.deque[asyncio.Task[list[db_ledger.DailyRow]]] = collections.deque()
         try:
             rows: list[tuple[str, str, str]] = []
             hits: list[int] = []
@@ -243,7 +268,7 @@ class Flusher:
 
     async def _with_visitors(
         self, rows: list[tuple[str, str, str]], hits: list[int]
-    ) -> list[repository.DailyRow]:
+    ) -> list[db_ledger.DailyRow]:
         # Distinct visitors are estimates, not deltas: read them now (they include every hit
         # of this batch) and let Postgres keep the larger of old and new.
         _, estimates = await self._store.visitor_estimates((), rows)
@@ -259,27 +284,16 @@ class Flusher:
         sites: Sequence[str],
         units: Sequence[str],
         generations: Mapping[str, str | None] | None,
-        chunks: AsyncGenerator[list[repository.DailyRow]],
+        chunks: AsyncGenerator[list[db_ledger.DailyRow]],
         report: FlushReport,
     ) -> None:
         if generations is None:
             generations = {unit: await self._store.generation(unit) for unit in units}
-        expected = dict(generations)
-
-        async def still_current() -> bool:
-            for unit, gen in expected.items():
-                if await self._store.generation(unit) != gen:
-                    return False
-            return True
-
-        async def site_visitors(site_days: Sequence[tuple[str, str]]) -> list[int]:
-            estimates, _ = await self._store.visitor_estimates(site_days, ())
-            return estimates
-
-        rows = repository.BatchStream(sites, chunks, site_visitors)
+        checks = RedisBatchChecks(self._store, generations)
+        rows = db_ledger.BatchStream(sites, chunks)
         try:
-            outcome = await self._repo.apply_batch(batch, batch_keys, rows, still_current)
-        except repository.GenerationChanged:
+            outcome = await self._ledger.apply_batch(batch, batch_keys, rows, checks)
+        except db_errors.GenerationChanged:
             log.error(
                 "batch %s dropped: Redis lost and refilled its units meanwhile",
                 batch,
@@ -289,7 +303,7 @@ class Flusher:
             report.discarded_hits += rows.hits
             DISCARDED_HITS.inc(rows.hits)
             return
-        if isinstance(outcome, repository.Applied):
+        if isinstance(outcome, db_ledger.Applied):
             await self._store.delete(batch_keys)
             report.batches += 1
             report.hits += rows.hits
@@ -358,7 +372,7 @@ class Flusher:
             report = await self.flush_once()
         except (
             counter_store.CounterUnavailable,
-            repository.DatabaseUnavailable,
+            db_errors.DatabaseUnavailable,
             FlushDeferred,
         ) as exc:
             FLUSH_FAILURES.inc()
@@ -378,8 +392,8 @@ class Flusher:
 
 
 async def _chained(
-    first: list[repository.DailyRow], rest: AsyncGenerator[list[repository.DailyRow]]
-) -> AsyncGenerator[list[repository.DailyRow]]:
+    first: list[db_ledger.DailyRow], rest: AsyncGenerator[list[db_ledger.DailyRow]]
+) -> AsyncGenerator[list[db_ledger.DailyRow]]:
     """`first`, then what `rest` yields."""
     yield first
     async for chunk in rest:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from services.cli import main as cli
 from services.counter import store as counter_store
-from services.db import repository
+from services.db import ledger as db_ledger
 
 PHASES = ("after_snapshot", "in_transaction", "after_commit", "mid_delete")
 
@@ -35,6 +35,21 @@ def crash() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+class CheckThenCrash:
+    """The flusher's checks, dying once the last one (just before COMMIT) has answered."""
+
+    def __init__(self, checks: db_ledger.BatchChecks) -> None:
+        self._checks = checks
+
+    async def site_visitors(self, site_days: Sequence[tuple[str, str]]) -> Sequence[int]:
+        return await self._checks.site_visitors(site_days)
+
+    async def still_current(self) -> bool:
+        await self._checks.still_current()
+        crash()
+        return False  # never reached
+
+
 def install(phase: str) -> None:
     """Wrap the methods whose completion marks `phase`."""
     if phase not in PHASES:
@@ -42,7 +57,7 @@ def install(phase: str) -> None:
     store_cls = counter_store.CounterStore
     snapshot = store_cls.snapshot
     delete = store_cls.delete
-    apply_batch = repository.Repository.apply_batch
+    apply_batch = db_ledger.Ledger.apply_batch
 
     async def snapshot_then_crash(
         self: counter_store.CounterStore, batches: Mapping[str, str], fsync_timeout_ms: int | None
@@ -53,18 +68,13 @@ def install(phase: str) -> None:
         return result
 
     async def apply_then_crash_before_commit(
-        self: repository.Repository,
+        self: db_ledger.Ledger,
         batch_id: str,
         snapshot_keys: Sequence[str],
-        rows: repository.BatchStream,
-        still_current: Callable[[], Awaitable[bool]],
+        rows: db_ledger.BatchStream,
+        checks: db_ledger.BatchChecks,
     ) -> Any:
-        async def check_then_crash() -> bool:
-            await still_current()
-            crash()
-            return False  # never reached
-
-        return await apply_batch(self, batch_id, snapshot_keys, rows, check_then_crash)
+        return await apply_batch(self, batch_id, snapshot_keys, rows, CheckThenCrash(checks))
 
     async def delete_with_crash(self: counter_store.CounterStore, key_list: Sequence[str]) -> None:
         if phase == "after_commit" and key_list:
@@ -77,7 +87,7 @@ def install(phase: str) -> None:
     if phase == "after_snapshot":
         store_cls.snapshot = snapshot_then_crash  # type: ignore[method-assign]
     elif phase == "in_transaction":
-        repository.Repository.apply_batch = apply_then_crash_before_commit  # type: ignore[method-assign]
+        db_ledger.Ledger.apply_batch = apply_then_crash_before_commit  # type: ignore[method-assign]
     else:
         store_cls.delete = delete_with_crash  # type: ignore[method-assign]
 

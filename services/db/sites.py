@@ -1,0 +1,105 @@
+"""Sites: their settings, their registered pages, and their totals read for loading into Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from services.counter.siteconfig import SiteConfig
+from services.db import pool as db_pool
+from services.db import queries
+
+Q = queries.load("sites")
+LOAD_FETCH_ROWS = 10_000
+
+
+class SiteLoad:
+    """Totals of one site read under its row lock, for copying into Redis."""
+
+    def __init__(self, conn: db_pool.Conn, site: str, total: int, config: SiteConfig) -> None:
+        self._conn = conn
+        self.site = site
+        self.total = total
+        self.config = config
+
+    async def page_totals(self) -> AsyncIterator[list[tuple[str, int]]]:
+        """Page totals in chunks (a site can have many pages)."""
+        cursor = self._conn.cursor(Q["page_totals"], self.site)
+        chunk: list[tuple[str, int]] = []
+        async for row in cursor:
+            chunk.append((row["page"], row["total"]))
+            if len(chunk) >= LOAD_FETCH_ROWS:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+class Sites:
+    """Site settings and pages over a pool (which it never closes)."""
+
+    def __init__(self, pool: db_pool.Pool) -> None:
+        self.pool = pool
+
+    async def ping(self) -> None:
+        """Raise DatabaseUnavailable unless Postgres answers."""
+        async with db_pool.connection(self.pool) as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def put_site(self, site: str, changes: Mapping[str, Any]) -> tuple[SiteConfig, bool]:
+        """Create a site, or change the given settings of an existing one (the others keep
+        their values); the resulting config and whether the site was created.
+
+        Raises siteconfig.InvalidSetting when the merged settings are not acceptable.
+        """
+        async with db_pool.transaction(self.pool) as conn:
+            row = await conn.fetchrow(Q["lock_site_settings"], site)
+            current = _config(row) if row is not None else SiteConfig()
+            config = SiteConfig.from_values({**current.as_dict(), **changes})
+            created: bool = await conn.fetchval(
+                Q["upsert_site"],
+                site,
+                config.timezone,
+                config.dedupe_window,
+                config.max_pages,
+                config.registered_pages_only,
+                list(config.page_patterns),
+                list(config.allowed_origins),
+            )
+            await conn.execute(Q["ensure_site_views"], site)
+            return config, created
+
+    async def get_site(self, site: str) -> SiteConfig | None:
+        """The site's settings, or None when it is not registered."""
+        async with db_pool.connection(self.pool) as conn:
+            row = await conn.fetchrow(Q["get_site"], site)
+        return _config(row) if row else None
+
+    async def register_pages(self, site: str, pages: Sequence[str]) -> list[str]:
+        """Add pages (with no views yet) to a site; the ones that were new."""
+        async with db_pool.connection(self.pool) as conn:
+            rows = await conn.fetch(Q["register_pages"], site, list(pages))
+        return [row["page"] for row in rows]
+
+    @asynccontextmanager
+    async def site_load(self, site: str) -> AsyncIterator[SiteLoad | None]:
+        """Hold the site's totals row locked while the caller copies its totals to Redis.
+
+        A flush of this site commits only after checking Redis under the same lock, so a
+        load and a flush can never miss each other. Yields None for an unknown site.
+        """
+        async with db_pool.transaction(self.pool) as conn:
+            row = await conn.fetchrow(Q["lock_site_totals"], site)
+            yield None if row is None else SiteLoad(conn, site, row["total"], _config(row))
+
+
+def _config(row: db_pool.Record) -> SiteConfig:
+    return SiteConfig(
+        timezone=row["timezone"],
+        dedupe_window=row["dedupe_window"],
+        max_pages=row["max_pages"],
+        registered_pages_only=row["registered_pages_only"],
+        page_patterns=tuple(row["page_patterns"]),
+        allowed_origins=tuple(row["allowed_origins"]),
+    )

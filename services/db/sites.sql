@@ -1,0 +1,48 @@
+-- Named queries of sites.py: site settings, registered pages, and the totals a load copies
+-- into Redis.
+
+-- name: lock_site_settings
+SELECT timezone, dedupe_window, max_pages, registered_pages_only, page_patterns,
+       allowed_origins
+FROM sites WHERE site = $1
+FOR UPDATE;
+
+-- name: upsert_site
+INSERT INTO sites AS s (site, timezone, dedupe_window, max_pages, registered_pages_only,
+                        page_patterns, allowed_origins)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (site) DO UPDATE SET
+    timezone = EXCLUDED.timezone,
+    dedupe_window = EXCLUDED.dedupe_window,
+    max_pages = EXCLUDED.max_pages,
+    registered_pages_only = EXCLUDED.registered_pages_only,
+    page_patterns = EXCLUDED.page_patterns,
+    allowed_origins = EXCLUDED.allowed_origins,
+    updated_at = now()
+RETURNING (xmax = 0) AS created;
+
+-- name: ensure_site_views
+INSERT INTO site_views (site) VALUES ($1) ON CONFLICT (site) DO NOTHING;
+
+-- name: get_site
+SELECT timezone, dedupe_window, max_pages, registered_pages_only, page_patterns,
+       allowed_origins
+FROM sites WHERE site = $1;
+
+-- name: register_pages
+-- Pages an admin lists as countable; a page already counted keeps its numbers.
+INSERT INTO page_views (site, page)
+SELECT $1, unnest($2::text[])
+ON CONFLICT (site, page) DO NOTHING
+RETURNING page;
+
+-- name: lock_site_totals
+-- Taken by a loader while it copies totals to Redis; a flush of the same site waits for it.
+SELECT sv.views + sv.baseline AS total, s.timezone, s.dedupe_window, s.max_pages,
+       s.registered_pages_only, s.page_patterns, s.allowed_origins
+FROM site_views sv JOIN sites s USING (site)
+WHERE sv.site = $1
+FOR UPDATE OF sv;
+
+-- name: page_totals
+SELECT page, views + baseline AS total FROM page_views WHERE site = $1;
