@@ -431,11 +431,8 @@ async def postgres_half_only(store: counter_store.CounterStore, pool: asyncpg.Po
         return await store.generation(SITE)
 
     await db_baselines.Baselines(pool).apply(
-        SITE,
+        db_baselines.BaselineChange(SITE, site_total=500, source="import", changed_by="test"),
         rows,
-        site_total=500,
-        source="import",
-        changed_by="test",
         default_max_pages=0,
         generation=generation,
         report_rows=10,

@@ -228,11 +228,8 @@ class Importer:
         rejections = Rejections()
         counter = [0]
         result = await self._change(
-            site,
+            db_baselines.BaselineChange(site, site_total, SOURCE_IMPORT, changed_by),
             csv_rows(chunks, rejections, counter),
-            site_total=site_total,
-            source=SOURCE_IMPORT,
-            changed_by=changed_by,
         )
         merged = sorted(rejections.rows + result.rejected, key=lambda r: r.line)
         pending = await self.settle(site)
@@ -251,11 +248,8 @@ class Importer:
         """Set one page's baseline (page and value already validated); the result and the
         chunks still queued for Redis."""
         result = await self._change(
-            site,
+            db_baselines.BaselineChange(site, None, SOURCE_PAGE, changed_by),
             _rows_of([(1, page, baseline)]),
-            site_total=None,
-            source=SOURCE_PAGE,
-            changed_by=changed_by,
         )
         return result, await self.settle(site)
 
@@ -264,35 +258,26 @@ class Importer:
     ) -> tuple[db_baselines.BaselineResult, int]:
         """Set the site total's baseline; the result and the chunks still queued for Redis."""
         result = await self._change(
-            site, _rows_of([]), site_total=baseline, source=SOURCE_PAGE, changed_by=changed_by
+            db_baselines.BaselineChange(site, baseline, SOURCE_PAGE, changed_by), _rows_of([])
         )
         return result, await self.settle(site)
 
     async def _change(
-        self,
-        site: str,
-        rows: AsyncIterable[tuple[int, str, int]],
-        *,
-        site_total: int | None,
-        source: str,
-        changed_by: str,
+        self, change: db_baselines.BaselineChange, rows: AsyncIterable[tuple[int, str, int]]
     ) -> db_baselines.BaselineResult:
         async def generation() -> str | None:
-            return await self._store.site_generation(site)
+            return await self._store.site_generation(change.site)
 
         try:
             return await self._baselines.apply(
-                site,
+                change,
                 rows,
-                site_total=site_total,
-                source=source,
-                changed_by=changed_by,
                 default_max_pages=self._default_max_pages,
                 generation=generation,
                 report_rows=REPORTED_REJECTIONS,
             )
         except db_errors.UnknownSiteRow:
-            raise UnknownSite(site) from None
+            raise UnknownSite(change.site) from None
 
     async def settle(self, site: str) -> int:
         """Apply the site's queued baseline deltas to Redis, oldest first; the number of

@@ -16,6 +16,17 @@ OUTBOX_FETCH_ROWS = 20
 
 
 @dataclass(frozen=True)
+class BaselineChange:
+    """Who changes a site's baselines, through what (`source`: import, page), and the site
+    total's new baseline (None: unchanged)."""
+
+    site: str
+    site_total: int | None
+    source: str
+    changed_by: str
+
+
+@dataclass(frozen=True)
 class RejectedRow:
     """A CSV row (1-based line number) that was not imported, the field at fault and why."""
 
@@ -58,24 +69,22 @@ class Baselines:
 
     async def apply(
         self,
-        site: str,
+        change: BaselineChange,
         rows: AsyncIterable[tuple[int, str, int]],
         *,
-        site_total: int | None,
-        source: str,
-        changed_by: str,
         default_max_pages: int,
         generation: Callable[[], Awaitable[str | None]],
         report_rows: int,
     ) -> BaselineResult:
         """Set baselines to the (line, page, views) `rows` (streamed in with COPY) and the
-        site's baseline to `site_total` (None: unchanged), in one transaction.
+        site's baseline to `change.site_total` (None: unchanged), in one transaction.
 
         Rows naming a page twice, or new pages beyond the site's page bound, are rejected.
         `generation` (the site's Redis load generation, None: not loaded) is asked under the
         site_views row lock; deltas are queued in baseline_outbox for it. Raises
         UnknownSiteRow; whatever `rows` or `generation` raise rolls everything back.
         """
+        site = change.site
         async with db_pool.streaming_transaction(self.pool) as conn:
             await conn.execute(Q["baseline_site_lock"], site)
             current = await conn.fetchrow(Q["baseline_site"], site)
@@ -92,14 +101,12 @@ class Baselines:
             # Last, like a flush: a load of this site waits here until we commit, and the
             # generation read below cannot change before the commit.
             old_site: int = await conn.fetchval(Q["lock_site_baseline"], site)
-            new_site = old_site if site_total is None else site_total
+            new_site = old_site if change.site_total is None else change.site_total
             change_id: int | None = None
             if counts["changed"] or new_site != old_site:
                 change_id = await _record_change(
                     conn,
-                    site,
-                    source=source,
-                    changed_by=changed_by,
+                    change,
                     pages_changed=counts["changed"],
                     old_site=old_site,
                     new_site=new_site,
@@ -172,10 +179,8 @@ async def _stage_changes(
 
 async def _record_change(
     conn: db_pool.Conn,
-    site: str,
+    change: BaselineChange,
     *,
-    source: str,
-    changed_by: str,
     pages_changed: int,
     old_site: int,
     new_site: int,
@@ -183,18 +188,19 @@ async def _record_change(
 ) -> int:
     """Record a change (its audit rows, the site's new baseline, and its deltas queued for
     Redis' `generation` of the site: none when Redis has not loaded it); its id."""
-    change = _one(
+    site, changed_by = change.site, change.changed_by
+    recorded = _one(
         await conn.fetchrow(
             Q["insert_baseline_change"],
             site,
-            source,
+            change.source,
             changed_by,
             pages_changed,
             new_site - old_site,
         )
     )
-    change_id: int = change["change_id"]
-    at = change["changed_at"]
+    change_id: int = recorded["change_id"]
+    at = recorded["changed_at"]
     if pages_changed:
         await conn.execute(Q["import_audit_pages"], change_id, site, changed_by, at)
     if new_site != old_site:
