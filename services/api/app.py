@@ -7,8 +7,12 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from services import logs
@@ -41,6 +45,11 @@ log = logging.getLogger("viewcounter.api")
 # Each request leaves short-lived cycles (tasks, futures, frames): collect the young
 # generation less often than the default 700 allocations.
 GC_THRESHOLDS = (10_000, 20, 20)
+# /docs loads Swagger UI from here, never from a CDN: it works on intranets without the
+# internet. The files come from the fastapi-offline package (Swagger UI 5, which renders the
+# OpenAPI 3.1 document FastAPI writes; swagger-ui-bundle's Swagger UI 4 refuses it).
+DOCS_ASSETS_PATH = "/docs-assets"
+DOCS_ASSETS_DIR = resources.files("fastapi_offline") / "static"
 
 
 class ViewcounterApp(FastAPI):
@@ -104,7 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
         title="viewcounter",
         version="1",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served by _serve_docs, from local files
         redoc_url=None,
         # FastAPI's OpenTelemetry hooks look at the environment on every request; we export
         # Prometheus metrics instead, and the hit path cannot afford the lookups.
@@ -114,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.max_body_bytes = settings.max_body_bytes
     errors.install(app)
     public_schema.install(app)
+    _serve_docs(app)
     app.router.routes.extend(hits.routes)
     app.router.routes.extend(batch.routes)
     app.router.routes.extend(widget.routes(settings))
@@ -130,6 +140,30 @@ def create_app(settings: Settings) -> FastAPI:
     # Outermost: times and sees every answer, request ids in every log line.
     app.add_middleware(RequestTelemetry, routes=app.router.routes)
     return app
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and its OAuth2 redirect page, with every asset served by the app."""
+    app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=str(DOCS_ASSETS_DIR)), name="docs-assets")
+    redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{redirect_url}",
+            swagger_js_url=f"{root}{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_PATH}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_PATH}/favicon.png",
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        )
+
+    async def oauth2_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    app.add_api_route("/docs", swagger_ui, methods=["GET"], include_in_schema=False)
+    app.add_api_route(redirect_url, oauth2_redirect, methods=["GET"], include_in_schema=False)
 
 
 def server_options(settings: Settings) -> dict[str, object]:
