@@ -24,6 +24,8 @@ from tests.conftest import ADMIN_TOKEN, flusher_for, make_settings, running_api
 
 SITES = [f"site{n}" for n in range(12)]
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+# A three-node cluster starts per module and one test kills a node: slowest 5-7 s here.
+pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture(scope="module")

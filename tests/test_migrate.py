@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from services.cli.localservers import PostgresProcess
 from services.db import migrate
@@ -31,6 +32,7 @@ async def test_concurrent_migrators_apply_each_step_once(pg_server: PostgresProc
     assert [r["version"] for r in rows] == applied
 
 
+@pytest.mark.timeout(90)  # ~2 s; its commands are bounded at 60 s each with their output
 async def test_cli_migrate_then_sites_add_is_idempotent(
     pg_server: PostgresProcess, redis_url: str
 ) -> None:

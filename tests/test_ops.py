@@ -41,6 +41,8 @@ DEPLOY = REPO / "deploy"
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 HITS_ROUTE = "/v1/sites/{site}/hits"
 WAIT_S = 60.0
+# Tests take under 5 s; a stuck one fails in `until` with what it waited for, first.
+pytestmark = pytest.mark.timeout(2 * WAIT_S)
 
 
 async def until(
