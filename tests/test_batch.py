@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import httpx
 
 from services.config import Settings
@@ -16,7 +13,14 @@ from services.db import pool as db_pool
 from services.db import sites as db_sites
 from services.flusher.worker import Flusher
 from tests.checks import assert_consistent, totals
-from tests.conftest import ADMIN_TOKEN, SITE, make_settings, register_site, running_api
+from tests.conftest import (
+    ADMIN_TOKEN,
+    SITE,
+    FakeClock,
+    make_settings,
+    register_site,
+    running_api,
+)
 
 INGEST_TOKEN = "ingest-token-0123456789abcdef"
 INGEST = {"authorization": f"Bearer {INGEST_TOKEN}"}
@@ -176,15 +180,16 @@ async def test_the_batch_route_needs_the_ingest_or_admin_token_and_is_rate_limit
     assert [r.status_code for r in (none, wrong, ingest, admin)] == [401, 401, 200, 200]
     assert unknown_site.status_code == 404
     limited = ingest_settings(redis_url, database_url, admin_rate_limit=2)
-    # The limit counts per clock minute: start well inside one, so all three share it.
-    into_minute = time.time() % 60
-    if into_minute > 50:
-        await asyncio.sleep(61 - into_minute)
-    async with running_api(limited) as client:
+    # The limit counts per clock minute: the test's clock decides which one.
+    clock = FakeClock()
+    async with running_api(limited, clock=clock) as client:
         answers = [
             (await client.post(URL, json=body, headers=INGEST)).status_code for _ in range(3)
         ]
+        clock.advance(60)
+        next_minute = (await client.post(URL, json=body, headers=INGEST)).status_code
     assert answers == [200, 200, 429]
+    assert next_minute == 200
     no_tokens = make_settings(redis_url, database_url, admin_token=None)
     async with running_api(no_tokens) as client:
         disabled = await client.post(URL, json=body, headers=INGEST)

@@ -34,6 +34,8 @@ SITE_LEGACY_TOTAL = 37_409_356  # the next view makes it the issue's 37.409.357
 ARTICLE_LEGACY_VIEWS = 563  # the next view makes it "Số lượt người xem: 564"
 VALUE = "data-viewcounter-value"
 DONE = "script[data-viewcounter-state]"
+# Each test takes ~2 s; the first one also launches chromium (slow on a cold cache).
+pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="session")

@@ -9,15 +9,13 @@ import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from services.cli.localservers import RedisCluster
-from services.config import CLUSTER_SHARDS, Settings
+from services.config import CLUSTER_SHARDS
 from services.counter import keys
 from services.counter.store import CounterUnavailable, unit_of
 from tests.chaos.harness import outcome, record
@@ -26,6 +24,8 @@ from tests.conftest import ADMIN_TOKEN, flusher_for, make_settings, running_api
 
 SITES = [f"site{n}" for n in range(12)]
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+# A three-node cluster starts per module and one test kills a node: slowest 5-7 s here.
+pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture(scope="module")
@@ -210,26 +210,3 @@ async def _work_keys(cluster: RedisCluster) -> AsyncIterator[str]:
         await client.aclose()
 
 
-def test_the_clustered_compose_file_runs_every_node_safely() -> None:
-    compose = yaml.safe_load(
-        (Path(__file__).parent.parent / "docker-compose.cluster.yml").read_text()
-    )
-    services = compose["services"]
-    nodes = [name for name in services if name.startswith("redis-") and name[-1].isdigit()]
-    assert len(nodes) == 3
-    for name in nodes:
-        command = " ".join(services[name]["command"])
-        for option in (
-            "--appendonly yes",
-            "--maxmemory-policy noeviction",
-            "--cluster-enabled yes",
-        ):
-            assert option in command, (name, option)
-    init = " ".join(services["redis-cluster-init"]["command"])
-    assert all(f"{name}:6379" in init for name in nodes)
-    env = {k: str(v) for k, v in services["api"]["environment"].items()}
-    env["VIEWCOUNTER_ADMIN_TOKEN"] = "x" * 32
-    values: dict[str, Any] = {k.removeprefix("VIEWCOUNTER_").lower(): v for k, v in env.items()}
-    settings = Settings(**values)
-    assert settings.redis_url == "redis+cluster://redis-1:6379/0"
-    assert services["flusher"]["deploy"]["replicas"] == 2

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import pty
+import re
 import sys
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 from services.config import Settings
@@ -450,6 +453,7 @@ async def _generated_csv(rows: int, chunk_rows: int = 5000) -> AsyncIterator[byt
         yield "".join(f"/bai-viet/{i},{i % 997}\n" for i in range(start, end)).encode()
 
 
+@pytest.mark.timeout(60)  # 14-19 s: 220,000 rows imported under tracemalloc
 async def test_import_memory_does_not_grow_with_the_file(redis_url: str, database_url: str) -> None:
     """Peak Python memory of a streamed import of 20,000 and of 200,000 rows: about the same
     (buffers, one chunk, the bounded lists), far below the rows' own size (they live in
@@ -520,5 +524,57 @@ async def test_cli_import_twice_changes_nothing_the_second_time(
     site_views, _ = await live(api)
     assert "3 pages changed (3 new)" in outputs[0][0] and "change 1" in outputs[0][0]
     assert "0 pages changed" in outputs[1][0] and "nothing changed" in outputs[1][0]
-    assert "line 5: views:" in outputs[0][1]
+    # stderr is not a terminal here: the rejected rows, and no progress.
+    rejected = "  line 5: views: must be a whole number of views (digits only)\n"
+    assert [err for _, err in outputs] == [rejected, rejected]
     assert site_views == LEGACY_TOTAL
+
+
+def _read_terminal(fd: int) -> bytes:
+    """All a pseudo-terminal's other end wrote, until the last writer closed it."""
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: no writer left
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+async def test_cli_import_on_a_terminal_shows_rows_and_rows_per_second(
+    api: httpx.AsyncClient, site: str, settings: Settings, tmp_path: Path
+) -> None:
+    rows = 30_000
+    csv_file = tmp_path / "big.csv"
+    csv_file.write_text("page,views\n" + "".join(f"/bai-viet/{i},{i}\n" for i in range(rows)))
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TTY_INTERACTIVE", "TERM")
+    } | {
+        "VIEWCOUNTER_REDIS_URL": settings.redis_url,
+        "VIEWCOUNTER_DATABASE_URL": settings.database_url,
+        "TERM": "xterm-256color",
+        "COLUMNS": "160",
+    }
+    controller, terminal = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "import", SITE, str(csv_file),
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=terminal,
+        )  # fmt: skip
+        os.close(terminal)
+        shown, (out, _) = await asyncio.gather(
+            asyncio.to_thread(_read_terminal, controller), proc.communicate()
+        )
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0, shown.decode(errors="replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode())  # colours, cursor moves
+    assert "importing big.csv" in text
+    assert f"{rows:,} rows" in text and "rows/s" in text
+    assert "applying to Postgres and Redis" in text
+    # The report itself is on stdout, as without a terminal.
+    assert f"{rows} rows read, {rows} accepted" in out.decode()
+    _, pages = await live(api, "/bai-viet/7")
+    assert pages == {"/bai-viet/7": 7}

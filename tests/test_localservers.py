@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,30 +20,6 @@ def redis_server(tmp_path: Path) -> Iterator[localservers.RedisProcess]:
 
 def _client(server: localservers.RedisProcess) -> redis.Redis:
     return redis.Redis.from_url(server.url, socket_timeout=5)
-
-
-def test_free_port_can_be_bound() -> None:
-    port = localservers.free_port()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
-
-
-def test_binary_overrides_come_from_environment(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv(localservers.REDIS_SERVER_ENV, "/opt/custom/valkey-server")
-    monkeypatch.setenv(localservers.PG_BIN_DIR_ENV, str(tmp_path))
-    assert localservers.redis_server_binary() == "/opt/custom/valkey-server"
-    assert localservers.postgres_bin_dir() == tmp_path
-
-
-def test_default_binaries_exist(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(localservers.REDIS_SERVER_ENV, raising=False)
-    monkeypatch.delenv(localservers.PG_BIN_DIR_ENV, raising=False)
-    assert os.access(localservers.redis_server_binary(), os.X_OK)
-    bin_dir = localservers.postgres_bin_dir()
-    for name in ("postgres", "initdb", "pg_isready", "psql"):
-        assert os.access(bin_dir / name, os.X_OK), name
 
 
 def test_redis_keeps_acknowledged_writes_across_sigkill(tmp_path: Path) -> None:

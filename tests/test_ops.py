@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +41,8 @@ DEPLOY = REPO / "deploy"
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 HITS_ROUTE = "/v1/sites/{site}/hits"
 WAIT_S = 60.0
+# Tests take under 5 s; a stuck one fails in `until` with what it waited for, first.
+pytestmark = pytest.mark.timeout(2 * WAIT_S)
 
 
 async def until(
@@ -319,51 +320,6 @@ def test_every_alert_and_dashboard_metric_is_scraped(traffic: Traffic) -> None:
         "ViewcounterRedisMemoryNearBound",
         "ViewcounterFlusherDown",
     } <= names
-
-
-def _promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing under CI (.ci/run installs Debian's prometheus)")
-        pytest.skip("promtool not installed (apt-get install prometheus); YAML checked above")
-    return found
-
-
-@pytest.mark.parametrize(
-    ("command", "path"),
-    [("rules", "prometheus/alerts.yml"), ("config", "prometheus/prometheus.yml")],
-)
-def test_promtool_accepts_the_deploy_files(command: str, path: str) -> None:
-    args = [_promtool(), "check", command, str(DEPLOY / path)]
-    if command == "config":
-        args.insert(3, "--syntax-only")
-    result = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_alert_rules_fire_as_documented() -> None:
-    result = subprocess.run(
-        [_promtool(), "test", "rules", str(DEPLOY / "prometheus" / "alerts_test.yml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_compose_monitoring_profile_uses_the_deploy_files() -> None:
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    services = compose["services"]
-    for name in ("prometheus", "grafana"):
-        assert services[name]["profiles"] == ["monitoring"]
-        for volume in services[name]["volumes"]:
-            source = volume.split(":")[0]
-            if source.startswith("./"):
-                assert (REPO / source).exists(), source
-    for name in ("api", "flusher"):
-        assert "/readyz" in " ".join(services[name]["healthcheck"]["test"])
 
 
 async def test_postgres_outage_raises_flush_lag_fails_readiness_then_recovers(

@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
@@ -18,7 +19,7 @@ from services.db import pool as db_pool
 from services.db import sites as db_sites
 from services.flusher.worker import Flusher
 from tests.checks import views
-from tests.conftest import SITE, make_settings, register_site, running_api
+from tests.conftest import SITE, FakeClock, make_settings, register_site, running_api
 
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 HEADLESS = (
@@ -136,24 +137,28 @@ async def test_a_client_over_its_rate_is_not_counted_and_others_are(
     redis_url: str, database_url: str
 ) -> None:
     settings = make_settings(redis_url, database_url, rate_limit=5, trusted_proxies="127.0.0.1")
-    async with running_api(settings) as client:
+    clock = FakeClock()  # all in one clock minute, then the next
+    async with running_api(settings, clock=clock) as client:
         await register_site(client)
         flood = [
             await hit(client, f"p{i}", headers={"x-forwarded-for": "203.0.113.7"}) for i in range(8)
         ]
         other = await hit(client, "p0", headers={"x-forwarded-for": "198.51.100.2"})
         counts = await live(client)
+        clock.advance(60)
+        next_minute = await hit(client, "p9", headers={"x-forwarded-for": "203.0.113.7"})
     assert [a["counted"] for a in flood] == [True] * 5 + [False] * 3
     assert {a.get("reason") for a in flood[5:]} == {"rate_limited"}
     assert other["counted"] is True
     assert counts["site_views"] == 6
+    assert next_minute["counted"] is True
 
 
 async def test_forwarded_for_from_an_untrusted_peer_changes_nothing(
     redis_url: str, database_url: str
 ) -> None:
     settings = make_settings(redis_url, database_url, rate_limit=3)  # no trusted proxies
-    async with running_api(settings) as client:
+    async with running_api(settings, clock=FakeClock()) as client:
         await register_site(client)
         answers = [
             await hit(client, f"p{i}", headers={"x-forwarded-for": f"192.0.2.{i}"})
@@ -178,6 +183,7 @@ async def test_new_pages_beyond_the_sites_bound_are_not_counted(
     assert counts["pages"] == {"p0": 2, "p1": 1, "p2": 1, "p3": 0, "p4": 0}
 
 
+@pytest.mark.timeout(90)  # ~19 s: a flood of distinct pages
 async def test_a_flood_of_random_page_ids_leaves_redis_bounded(
     redis_url: str, database_url: str
 ) -> None:

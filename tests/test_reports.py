@@ -305,6 +305,7 @@ def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return nodes
 
 
+@pytest.mark.timeout(60)  # ~12 s: loads a year of 100k pages
 async def test_report_queries_read_only_the_days_asked_for_on_a_year_of_100k_pages(
     database_url: str,
 ) -> None:

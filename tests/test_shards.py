@@ -68,18 +68,6 @@ async def drop_unit(redis_url: str, lost: str) -> int:
         await client.aclose()
 
 
-def test_the_pages_of_a_site_spread_over_its_units() -> None:
-    assert len({unit(p) for p in PAGES}) == UNITS
-    assert keys.units(SITE, 3) == [SITE, f"{SITE}~1", f"{SITE}~2"]
-    assert {keys.site_of(u) for u in keys.units(SITE, 3)} == {SITE}
-    # The flusher reads the unit back from the keys it finds.
-    snapshot = keys.snapshot_key(keys.unit(SITE, 3), 5, "b-1")
-    assert keys.parse_snapshot_key(snapshot) == (f"{SITE}~3", 5, "b-1")
-    assert keys.parse_pending_key(keys.pending_key(keys.unit(SITE, 3), 0)) == f"{SITE}~3"
-    # A unit's pages still use every pending shard of it.
-    assert len({keys.shard_of(p) for p in PAGES[:24] if unit(p) == SITE}) > 1
-
-
 async def test_hits_reads_and_flushes_of_a_split_site_are_exact(
     redis_url: str, database_url: str
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from services.cli import up
 from tests.conftest import pid_exists
@@ -131,3 +133,44 @@ def test_failed_migration_returns_non_zero_before_starting_services(
 
     assert code == 1
     assert [c["args"] for c in _calls(record)] == [["migrate"]]
+
+
+def test_up_says_what_it_does_while_postgres_is_initialised(
+    record: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FAKE_API_EXIT", "3")
+    data = tmp_path / "data"
+
+    up.run_up(host="127.0.0.1", port=8126, data_dir=data)
+    first = capfd.readouterr().out.splitlines()
+    up.run_up(host="127.0.0.1", port=8126, data_dir=data)
+    again = capfd.readouterr().out.splitlines()
+
+    # Not a terminal: one plain line before each slow step, then what it started.
+    steps = [
+        line for line in first if line.startswith(("viewcounter up: start", "viewcounter up: init"))
+    ]
+    assert steps[0] == f"viewcounter up: starting Redis in {data / 'redis'}"
+    assert steps[1].startswith("viewcounter up: started Redis on redis://127.0.0.1:")
+    assert steps[2] == (
+        f"viewcounter up: initialising Postgres in {data / 'postgres'} "
+        "(first start only: may take a minute)"
+    )
+    assert steps[3].startswith("viewcounter up: started Postgres on postgresql://")
+    assert f"viewcounter up: starting Postgres in {data / 'postgres'}" in again
+
+
+def test_up_on_a_terminal_shows_a_spinner_instead_of_plain_lines(
+    record: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FAKE_API_EXIT", "3")
+    terminal = io.StringIO()
+    console = Console(file=terminal, force_terminal=True, width=200, color_system=None)
+
+    up.run_up(host="127.0.0.1", port=8127, data_dir=tmp_path / "data", console=console)
+
+    assert "initialising Postgres in" in terminal.getvalue()
+    assert "starting Redis in" in terminal.getvalue()
+    out = capfd.readouterr().out
+    assert "initialising" not in out and "starting Redis" not in out
+    assert "viewcounter up: started Postgres on postgresql://" in out

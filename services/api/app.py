@@ -5,7 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -62,8 +63,9 @@ class ViewcounterApp(FastAPI):
         return HitFastPath(super().build_middleware_stack(), limit=self.max_body_bytes)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The API wired to Redis and Postgres from `settings`."""
+def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> FastAPI:
+    """The API wired to Redis and Postgres from `settings`; `clock` (seconds since the epoch)
+    decides the minute of rate limits and the sites' local days."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
@@ -103,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
                     dedupe_window_s=settings.dedupe_window,
                     rate_limit_per_min=settings.rate_limit,
                     max_pages_per_site=settings.max_pages_per_site,
+                    clock=clock,
                 ),
             )
         finally:

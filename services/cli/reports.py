@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
+from rich.console import Console
 
+from services.cli import progress
 from services.config import Settings
 from services.counter import ids
 from services.counter import store as counter_store
@@ -50,11 +52,12 @@ def _fail(message: str) -> int:
     return 2
 
 
-def run(settings: Settings, args: argparse.Namespace) -> int:
-    """Run `import` or `report`; the exit code."""
+def run(settings: Settings, args: argparse.Namespace, console: Console | None = None) -> int:
+    """Run `import` or `report`; the exit code. An import shows its progress on `console`
+    (default: stderr) when that is a terminal."""
     try:
         if args.command == "import":
-            return asyncio.run(_import(settings, args))
+            return asyncio.run(_import(settings, args, console or Console(stderr=True)))
         if args.command == "report":
             return asyncio.run(_report(settings, args))
         return _fail(f"unknown command {args.command}")
@@ -79,7 +82,7 @@ async def _chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
-async def _import(settings: Settings, args: argparse.Namespace) -> int:
+async def _import(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     site = ids.site_id(args.site)
     total = (
         None if args.site_total is None else baselines.views_value(args.site_total, "site_total")
@@ -98,12 +101,14 @@ async def _import(settings: Settings, args: argparse.Namespace) -> int:
         importer = baselines.Importer(
             db_baselines.Baselines(pool), store, default_max_pages=settings.max_pages_per_site
         )
-        report = await importer.import_csv(
-            site,
-            _chunks(args.file),
-            site_total=total,
-            changed_by=f"cli {args.by or getpass.getuser()}",
-        )
+        size = None if str(args.file) == "-" else args.file.stat().st_size
+        with progress.RowProgress(console, f"importing {args.file.name}", size) as shown:
+            report = await importer.import_csv(
+                site,
+                shown.track(_chunks(args.file)),
+                site_total=total,
+                changed_by=f"cli {args.by or getpass.getuser()}",
+            )
     finally:
         await store.close()
         await pool.close()

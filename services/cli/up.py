@@ -18,7 +18,9 @@ from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
 
-from services.cli import localservers
+from rich.console import Console
+
+from services.cli import localservers, progress
 
 REDIS_URL_ENV = "VIEWCOUNTER_REDIS_URL"
 DATABASE_URL_ENV = "VIEWCOUNTER_DATABASE_URL"
@@ -33,6 +35,8 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 # What examples/*.html say, as written for the default `viewcounter up`; replaced when served.
 DEMO_API_BASE = "http://127.0.0.1:8000"
 DEMO_SITE = "demo"
+# Before each step that may take a while, on stdout as up's other messages.
+MESSAGE_PREFIX = "viewcounter up: "
 
 
 class _StopRequested(Exception):
@@ -203,30 +207,49 @@ def _print_banner(
 
 
 def _start_databases(
-    data_dir: Path, env: dict[str, str], servers: list[localservers.ServerProcess]
+    data_dir: Path,
+    env: dict[str, str],
+    servers: list[localservers.ServerProcess],
+    console: Console,
 ) -> None:
-    """Start Redis and Postgres for whichever URL the environment does not provide."""
+    """Start Redis and Postgres for whichever URL the environment does not provide, saying
+    what it is doing on `console` (a spinner on a terminal, plain lines otherwise)."""
     if not env.get(REDIS_URL_ENV):
         redis_server = localservers.RedisProcess(
             data_dir / "redis", appendonly=True, appendfsync="everysec"
         )
         servers.append(redis_server)
-        redis_server.start()
+        with progress.step(console, f"starting Redis in {data_dir / 'redis'}", MESSAGE_PREFIX):
+            redis_server.start()
         env[REDIS_URL_ENV] = redis_server.url
-        print(f"viewcounter up: started Redis on {redis_server.url}")
+        print(f"viewcounter up: started Redis on {redis_server.url}", flush=True)
     if not env.get(DATABASE_URL_ENV):
-        pg_server = localservers.PostgresProcess(
-            data_dir / "postgres", log_file=data_dir / "postgres.log"
-        )
+        pg_dir = data_dir / "postgres"
+        pg_server = localservers.PostgresProcess(pg_dir, log_file=data_dir / "postgres.log")
         servers.append(pg_server)
-        pg_server.start()
-        pg_server.ensure_database(DATABASE_NAME)
+        doing = (
+            f"starting Postgres in {pg_dir}"
+            if (pg_dir / "PG_VERSION").exists()
+            else f"initialising Postgres in {pg_dir} (first start only: may take a minute)"
+        )
+        with progress.step(console, doing, MESSAGE_PREFIX):
+            pg_server.start()
+            pg_server.ensure_database(DATABASE_NAME)
         env[DATABASE_URL_ENV] = pg_server.url(DATABASE_NAME)
-        print(f"viewcounter up: started Postgres on {env[DATABASE_URL_ENV]}")
+        print(f"viewcounter up: started Postgres on {env[DATABASE_URL_ENV]}", flush=True)
 
 
-def run_up(*, host: str, port: int, data_dir: Path, demo_site: str = "demo") -> int:
-    """Run the whole stack in the foreground until Ctrl-C/SIGTERM (0) or a child dies (non-zero)."""
+def run_up(
+    *,
+    host: str,
+    port: int,
+    data_dir: Path,
+    demo_site: str = "demo",
+    console: Console | None = None,
+) -> int:
+    """Run the whole stack in the foreground until Ctrl-C/SIGTERM (0) or a child dies (non-zero).
+    Slow start-up steps show on `console` (default: stdout)."""
+    console = console or Console()
     env = dict(os.environ)
     stop = threading.Event()
     servers: list[localservers.ServerProcess] = []
@@ -234,7 +257,7 @@ def run_up(*, host: str, port: int, data_dir: Path, demo_site: str = "demo") -> 
     data_dir.mkdir(parents=True, exist_ok=True)
     with _stop_signals(stop):
         try:
-            _start_databases(data_dir, env, servers)
+            _start_databases(data_dir, env, servers, console)
             if not env.get(ADMIN_TOKEN_ENV):
                 env[ADMIN_TOKEN_ENV] = secrets.token_urlsafe(32)
                 print(f"viewcounter up: generated admin token {env[ADMIN_TOKEN_ENV]}")

@@ -24,7 +24,8 @@ from tests.chaos.harness import (
 )
 from tests.conftest import BROWSER_UA, SITE, make_settings, register_site
 
-pytestmark = pytest.mark.chaos
+# The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 # A request this old is held by the stopped worker (the running one answers in milliseconds).
 STUCK_S = 0.5
 

@@ -31,7 +31,8 @@ from tests.chaos.harness import (
 )
 from tests.conftest import make_settings
 
-pytestmark = pytest.mark.chaos
+# The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 
 
 async def snapshot_keys(redis_url: str) -> set[str]:

@@ -26,7 +26,8 @@ from tests.chaos.harness import (
 )
 from tests.conftest import make_settings, register_site, running_api
 
-pytestmark = pytest.mark.chaos
+# The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 SITES = [f"site{n}" for n in range(6)]
 OWNER = re.compile(r'"owner": ?"([0-9a-f]+)"')
 

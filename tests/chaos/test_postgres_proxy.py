@@ -23,7 +23,8 @@ from tests.chaos.harness import (
 from tests.chaos.proxy import FAULTS, PostgresProxy
 from tests.conftest import make_settings
 
-pytestmark = pytest.mark.chaos
+# The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 SLOW_LINK_S = 0.02
 SLOW_BATCHES = 3
 

@@ -34,7 +34,8 @@ from tests.conftest import (
     running_api,
 )
 
-pytestmark = pytest.mark.chaos
+# The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 # Redis AOF `everysec`: the loss a crash may cause is bounded by this much of the
 # acknowledged rate (Redis' documented worst case is 2 s of writes when an fsync stalls).
 EVERYSEC_WINDOW_S = 2.0

@@ -14,7 +14,8 @@ from services.cli.localservers import RedisProcess
 from tests.chaos.harness import Load, Sampler, final_report, flusher_process, stop_gracefully, until
 from tests.conftest import SITE, make_settings, register_site, running_api
 
-pytestmark = pytest.mark.chaos
+# The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 REDIS_TIMEOUT_S = 0.5
 # 503s to see before, and then while, checking that nothing is acknowledged: the pause lasts
 # several client timeouts, and longer than the flusher's own Redis timeout (3 s).

@@ -12,7 +12,9 @@ import pytest
 
 from services.config import ConfigError, Settings, load_settings
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
 REDIS = "redis://127.0.0.1:6379/0"
 DATABASE = "postgresql://vc@127.0.0.1:5432/vc"
 GOOD_TOKEN = "k3J9xq2LwP0vZr7tYb4N"
