@@ -15,6 +15,8 @@ import pytest
 from services.api.app import create_app
 from tests.conftest import BROWSER_UA, make_settings
 
+pytestmark = pytest.mark.unit
+
 # src="..." or href="..." in the page's tags, and the document's URL in its inline script.
 _ASSET = re.compile(r"""<(?:script|link)\b[^>]*?\b(?:src|href)="([^"]*)\"""")
 _OPENAPI_URL = re.compile(r"""\burl: '([^']*)'""")
