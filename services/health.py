@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from services import metrics
-from services.counter import store as counter_store
+from services.counter import startup
+from services.counter.client import Client
+from services.counter.errors import CounterUnavailable
 from services.db import migrate, repository
 
 log = logging.getLogger("viewcounter.startup")
@@ -46,9 +48,9 @@ class Readiness:
         return all(value == OK for value in self.checks.values())
 
 
-async def check_redis(store: counter_store.CounterStore) -> None:
+async def check_redis(redis: Client) -> None:
     """Raise CounterUnavailable unless Redis answers."""
-    await store.ping()
+    await startup.ping(redis)
 
 
 async def check_migrations(repo: repository.Repository) -> None:
@@ -63,12 +65,12 @@ async def check_migrations(repo: repository.Repository) -> None:
         raise SchemaBehind(f"migrations not applied: {versions} (run `viewcounter migrate`)")
 
 
-async def probe(store: counter_store.CounterStore, repo: repository.Repository) -> Readiness:
+async def probe(redis: Client, repo: repository.Repository) -> Readiness:
     """Check Redis, Postgres and the schema; failures are counted as Redis/Postgres errors."""
     result = Readiness({"redis": OK, "postgres": OK, "migrations": OK})
     try:
-        await check_redis(store)
-    except counter_store.CounterUnavailable as exc:
+        await check_redis(redis)
+    except CounterUnavailable as exc:
         metrics.count_backend_error(exc)
         result.checks["redis"] = str(exc)
     try:
@@ -83,7 +85,7 @@ async def probe(store: counter_store.CounterStore, repo: repository.Repository) 
 
 
 Check = Callable[[], Awaitable[None]]
-_WAITED_FOR = (counter_store.CounterUnavailable, repository.DatabaseUnavailable, SchemaBehind)
+_WAITED_FOR = (CounterUnavailable, repository.DatabaseUnavailable, SchemaBehind)
 
 
 async def wait_for(

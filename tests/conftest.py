@@ -23,8 +23,9 @@ from starlette.types import ASGIApp
 
 from services.api.app import create_app, server_options
 from services.cli.localservers import PostgresProcess, RedisProcess, free_port
+from services.clients import Clients
 from services.config import Settings
-from services.counter import store as counter_store
+from services.counter import client as counter_client
 from services.db import migrate, repository
 from services.flusher.worker import Flusher
 
@@ -195,18 +196,23 @@ async def site(api: httpx.AsyncClient) -> str:
 @asynccontextmanager
 async def flusher_for(settings: Settings) -> AsyncIterator[Flusher]:
     """A Flusher with its own clients, as the flusher process builds it."""
-    store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5),
+    stores = Clients(
+        counter_client.connect(settings.redis_url, max_connections=4, timeout_s=5),
         units=settings.shards,
     )
     pool = await repository.connect_pool(settings.database_url, statement_timeout_s=5)
-    flusher = Flusher(store, repository.Repository(pool), interval_s=settings.flush_interval)
+    flusher = Flusher(
+        stores.flush,
+        stores.baselines,
+        repository.Repository(pool),
+        interval_s=settings.flush_interval,
+    )
     try:
         yield flusher
     finally:
         await flusher.release_leases()  # as a flusher that stops cleanly does
         await pool.close()
-        await store.close()
+        await stores.aclose()
 
 
 @pytest.fixture

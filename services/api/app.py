@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from services import logs
+from services import clients, logs
 from services.api import (
     batch,
     dashboard,
@@ -30,9 +30,9 @@ from services.api.hit_fast_path import HitFastPath
 from services.api.site_cors import SiteCors
 from services.api.telemetry import RequestTelemetry
 from services.config import Settings, load_settings
-from services.counter import store as counter_store
+from services.counter import startup
+from services.counter.errors import CounterUnavailable
 from services.counting.live import LiveCounts
-from services.db import repository
 
 log = logging.getLogger("viewcounter.api")
 # Each request leaves short-lived cycles (tasks, futures, frames): collect the young
@@ -55,26 +55,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
-        store = counter_store.CounterStore(
-            counter_store.connect(
-                settings.redis_url,
-                max_connections=settings.redis_max_connections,
-                timeout_s=settings.redis_timeout,
-            ),
-            units=settings.shards,
-        )
-        # min_size=0: the api starts, and counts, while Postgres is down.
-        pool = await repository.connect_pool(
-            settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=10
-        )
+        opened = await clients.connect(settings, clients.API)
         try:
             try:
-                await store.refuse_eviction()
-                await store.check_layout()
-                await store.register_scripts()
-            except counter_store.CounterUnavailable as exc:
+                await startup.refuse_eviction(opened.redis)
+                await startup.check_layout(opened.redis, settings.shards)
+                await startup.register_scripts(opened.redis)
+            except CounterUnavailable as exc:
                 log.warning("redis not reachable at start; hits answer 503 until it is: %s", exc)
-            repo = repository.Repository(pool)
+            repo = opened.repo
             # Everything alive now (modules, routes, clients) lives as long as the process:
             # keep the collector from walking it again on every full collection.
             gc.collect()
@@ -82,10 +71,11 @@ def create_app(settings: Settings) -> FastAPI:
             gc.set_threshold(*GC_THRESHOLDS)
             yield State(
                 settings=settings,
-                store=store,
+                redis=opened.redis,
+                baselines=opened.baselines,
                 repo=repo,
                 live=LiveCounts(
-                    store,
+                    opened.hits,
                     repo,
                     dedupe_window_s=settings.dedupe_window,
                     rate_limit_per_min=settings.rate_limit,
@@ -93,8 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
                 ),
             )
         finally:
-            await store.close()
-            await pool.close()
+            await opened.aclose()
 
     app = ViewcounterApp(
         title="viewcounter",

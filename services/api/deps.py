@@ -11,7 +11,8 @@ from pydantic import SecretStr
 
 from services.api.errors import ApiError
 from services.config import Settings
-from services.counter import store as counter_store
+from services.counter.baselinestore import BaselineStore
+from services.counter.client import Client
 from services.counting.live import LiveCounts
 from services.db import repository
 
@@ -20,7 +21,8 @@ class State(TypedDict):
     """What the lifespan opens and every request may use."""
 
     settings: Settings
-    store: counter_store.CounterStore
+    redis: Client  # for health checks; counting goes through `live`
+    baselines: BaselineStore
     repo: repository.Repository
     live: LiveCounts
 
@@ -35,7 +37,8 @@ async def get_state(request: Request) -> State:
     """All clients, for routes that need more than counting (health)."""
     return State(
         settings=request.state.settings,
-        store=request.state.store,
+        redis=request.state.redis,
+        baselines=request.state.baselines,
         repo=request.state.repo,
         live=request.state.live,
     )

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import orjson
 
+from services import clients
 from services.config import Settings
-from services.counter import ids
-from services.counter import store as counter_store
+from services.counter import ids, startup
+from services.counter.errors import CounterUnavailable
 from services.counting import baselines, reports
 from services.counting.live import UnknownSite
 from services.db import repository
@@ -59,7 +60,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return _fail(f"{exc.field}: {exc.message}")
     except UnknownSite as exc:
         return _fail(f"site: no such site {exc}; register it first")
-    except (counter_store.CounterUnavailable, repository.DatabaseUnavailable) as exc:
+    except (CounterUnavailable, repository.DatabaseUnavailable) as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"file: {exc}")
@@ -83,17 +84,13 @@ async def _import(settings: Settings, args: argparse.Namespace) -> int:
     )
     if str(args.file) != "-" and not args.file.is_file():
         return _fail(f"file: {args.file} is not a file")
-    store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=10),
-        units=settings.shards,
-    )
-    pool = await repository.connect_pool(
-        settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=2
-    )
+    opened = await clients.connect(settings, clients.IMPORT)
     try:
-        await store.register_scripts()
+        await startup.register_scripts(opened.redis)
         importer = baselines.Importer(
-            repository.Baselines(pool), store, default_max_pages=settings.max_pages_per_site
+            repository.Baselines(opened.repo.pool),
+            opened.baselines,
+            default_max_pages=settings.max_pages_per_site,
         )
         report = await importer.import_csv(
             site,
@@ -102,8 +99,7 @@ async def _import(settings: Settings, args: argparse.Namespace) -> int:
             changed_by=f"cli {args.by or getpass.getuser()}",
         )
     finally:
-        await store.close()
-        await pool.close()
+        await opened.aclose()
     r = report.result
     print(
         f"site {site}: {report.rows_read} rows read, {r.rows_accepted} accepted, "
@@ -130,9 +126,7 @@ async def _report(settings: Settings, args: argparse.Namespace) -> int:
     site = ids.site_id(args.site)
     first = reports.parse_day(args.first, "from")
     last = reports.parse_day(args.last, "to")
-    pool = await repository.connect_pool(
-        settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=2
-    )
+    pool = await clients.connect_postgres(settings, clients.REPORT)
     try:
         reporter = reports.Reporter(repository.Reports(pool))
         result: reports.TopReport | reports.DailyReport

@@ -29,7 +29,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from services.counter import ids
-from services.counter import store as counter_store
+from services.counter.baselinestore import BaselineStore
+from services.counter.errors import CounterUnavailable
 from services.counting.live import UnknownSite
 from services.db import repository
 
@@ -203,7 +204,7 @@ class Importer:
     def __init__(
         self,
         baselines: repository.Baselines,
-        store: counter_store.CounterStore,
+        store: BaselineStore,
         *,
         default_max_pages: int,
     ) -> None:
@@ -307,7 +308,7 @@ class Importer:
                     list(zip(chunk.pages, chunk.deltas, strict=True)),
                 )
                 await self._baselines.outbox_done(chunk.change_id, chunk.chunk)
-        except counter_store.CounterUnavailable as exc:
+        except CounterUnavailable as exc:
             log.warning("baseline deltas of %s stay queued for Redis: %s", site, exc)
             return await self._baselines.outbox_size(site)
         return 0
