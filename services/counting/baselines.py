@@ -199,7 +199,7 @@ async def _rows_of(items: Iterable[tuple[int, str, int]]) -> AsyncIterator[tuple
 
 
 class Importer:
-    """Baseline changes of sites: Postgres (repository.Baselines) then Redis (the store)."""
+    """Baseline changes of sites: Postgres (repository.Baselines) then Redis (a BaselineStore)."""
 
     def __init__(
         self,
