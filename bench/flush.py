@@ -41,12 +41,12 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from services.counter import store as counter_store
+from services import clients
+from services.config import Settings
+from services.counter import startup
+from services.counter.outcomes import Outcome
 from services.counting import live
-from services.db import baselines as db_baselines
 from services.db import ledger as db_ledger
-from services.db import pool as db_pool
-from services.db import sites as db_sites
 from services.flusher.worker import Flusher
 
 PREP_VIEWS_PER_CALL = 10_000
@@ -70,10 +70,11 @@ def emit(**values: Any) -> None:
     print("FLUSHJSON " + json.dumps(values), flush=True)
 
 
-def _store(url: str) -> counter_store.CounterStore:
-    # As services/flusher/main.py builds it, but for the timeout: 5 s here, max(2 s default
-    # VIEWCOUNTER_REDIS_TIMEOUT, 3 s) there.
-    return counter_store.CounterStore(counter_store.connect(url, max_connections=8, timeout_s=5))
+def _settings(ns: argparse.Namespace, statement_timeout_s: float) -> Settings:
+    """The bench's servers as settings (the rest at their defaults)."""
+    return Settings(
+        redis_url=ns.redis, database_url=ns.database, statement_timeout=statement_timeout_s
+    )
 
 
 async def prep(ns: argparse.Namespace) -> None:
@@ -82,9 +83,9 @@ async def prep(ns: argparse.Namespace) -> None:
         client = aioredis.Redis.from_url(ns.redis)
         await client.flushall()
         await client.aclose()
-    store = _store(ns.redis)
-    pool = await db_pool.connect_pool(ns.database, statement_timeout_s=300, max_size=2)
-    counts = live.LiveCounts(store, db_sites.Sites(pool), dedupe_window_s=0)
+    # A command's clients; a slow prep of many pages may take long in Postgres.
+    opened = await clients.connect(_settings(ns, 300), clients.COMMAND)
+    counts = live.LiveCounts(opened.hits, opened.db.sites, dedupe_window_s=0)
     started = time.perf_counter()
     counted = 0
     try:
@@ -94,10 +95,9 @@ async def prep(ns: argparse.Namespace) -> None:
                 for i in range(start, min(start + PREP_VIEWS_PER_CALL, ns.pages))
             ]
             outcomes = await counts.hit_batch(ns.site, views, f"prep-{time.time_ns()}")
-            counted += sum(o == "counted" for o in outcomes)
+            counted += sum(o is Outcome.COUNTED for o in outcomes)
     finally:
-        await pool.close()
-        await store.close()
+        await opened.aclose()
     if counted != ns.pages:
         raise SystemExit(f"prep: {counted} of {ns.pages} views counted")
     emit(step="prep", pages=ns.pages, seconds=round(time.perf_counter() - started, 3))
@@ -105,14 +105,18 @@ async def prep(ns: argparse.Namespace) -> None:
 
 async def flush(ns: argparse.Namespace) -> None:
     """One timed Flusher.flush_once()."""
-    store = _store(ns.redis)
-    await store.register_scripts()
-    pool = await db_pool.connect_pool(ns.database, statement_timeout_s=30, max_size=4)
-    flusher = Flusher(store, db_ledger.Ledger(pool), db_baselines.Baselines(pool), interval_s=1)
+    # As services/flusher/main.py builds it.
+    opened = await clients.connect(_settings(ns, 30), clients.FLUSHER)
+    await startup.register_scripts(opened.redis)
+    flusher = Flusher(
+        opened.flush, opened.baselines, opened.db.ledger, opened.db.baselines, interval_s=1
+    )
     try:
-        await db_sites.Sites(pool).ping()
+        await opened.db.sites.ping()
         found = time.perf_counter()
-        await store.find_work()  # read-only; timed apart: flush_once starts with the same SCAN
+        await (
+            opened.flush.find_work()
+        )  # read-only; timed apart: flush_once starts with the same SCAN
         find_work_s = time.perf_counter() - found
         rss_before = vm_kib("VmRSS")
         if ns.tracemalloc:
@@ -123,8 +127,7 @@ async def flush(ns: argparse.Namespace) -> None:
         traced_peak = tracemalloc.get_traced_memory()[1] if ns.tracemalloc else None
         await flusher.release_leases()
     finally:
-        await pool.close()
-        await store.close()
+        await opened.aclose()
     emit(
         step="flush",
         seconds=round(seconds, 3),

@@ -375,9 +375,10 @@ def _redis_benchmark_command(b: Bench, site: str, requests: int) -> list[str] | 
     tool = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
     if tool is None:
         return None
-    from services.counter import scripts, store
+    from services.counter import calls, scripts
+    from services.counter.outcomes import HitRequest, PageRule
 
-    request = store.HitRequest(
+    request = HitRequest(
         site=site,
         page="news/article-__rand_int__",
         day=time.strftime("%Y-%m-%d"),
@@ -386,10 +387,10 @@ def _redis_benchmark_command(b: Bench, site: str, requests: int) -> list[str] | 
         client_token="-",
         minute=int(time.time() // 60),
         rate_limit=0,
-        page_rule=0,
+        page_rule=PageRule.any_page(),
         visitor_token="v__rand_int__",
     )
-    script, numkeys, key_args = store.hits_call(site, [request])
+    script, numkeys, key_args = calls.hits_call(site, [request])
     assert script is scripts.HITS
     port = b.redis.url.rsplit(":", 1)[1].split("/")[0]
     return [

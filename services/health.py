@@ -13,7 +13,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from services import metrics
-from services.counter import store as counter_store
+from services.counter import startup
+from services.counter.client import Client
+from services.counter.errors import CounterUnavailable
 from services.db import errors as db_errors
 from services.db import migrate
 from services.db import pool as db_pool
@@ -46,9 +48,9 @@ class Readiness:
         return all(value == OK for value in self.checks.values())
 
 
-async def check_redis(store: counter_store.CounterStore) -> None:
+async def check_redis(redis: Client) -> None:
     """Raise CounterUnavailable unless Redis answers."""
-    await store.ping()
+    await startup.ping(redis)
 
 
 async def check_migrations(pool: db_pool.Pool) -> None:
@@ -59,12 +61,12 @@ async def check_migrations(pool: db_pool.Pool) -> None:
         raise SchemaBehind(f"migrations not applied: {versions} (run `viewcounter migrate`)")
 
 
-async def probe(store: counter_store.CounterStore, pool: db_pool.Pool) -> Readiness:
+async def probe(redis: Client, pool: db_pool.Pool) -> Readiness:
     """Check Redis, Postgres and the schema; failures are counted as Redis/Postgres errors."""
     result = Readiness({"redis": OK, "postgres": OK, "migrations": OK})
     try:
-        await check_redis(store)
-    except counter_store.CounterUnavailable as exc:
+        await check_redis(redis)
+    except CounterUnavailable as exc:
         metrics.count_backend_error(exc)
         result.checks["redis"] = str(exc)
     try:
@@ -79,7 +81,7 @@ async def probe(store: counter_store.CounterStore, pool: db_pool.Pool) -> Readin
 
 
 Check = Callable[[], Awaitable[None]]
-_WAITED_FOR = (counter_store.CounterUnavailable, db_errors.DatabaseUnavailable, SchemaBehind)
+_WAITED_FOR = (CounterUnavailable, db_errors.DatabaseUnavailable, SchemaBehind)
 
 
 async def wait_for(

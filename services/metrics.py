@@ -36,7 +36,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
-from services.counter import store as counter_store
+from services.counter.errors import CounterUnavailable
+from services.counter.outcomes import RedisMemory
 from services.db import errors as db_errors
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -118,13 +119,13 @@ def count_rejected_hit(site: str | None) -> None:
 
 def count_backend_error(exc: BaseException) -> None:
     """Count `exc` as a Redis or a Postgres error when it is one."""
-    if isinstance(exc, counter_store.CounterUnavailable):
+    if isinstance(exc, CounterUnavailable):
         REDIS_ERRORS.inc()
     elif isinstance(exc, db_errors.DatabaseUnavailable):
         POSTGRES_ERRORS.inc()
 
 
-def set_redis_memory(memory: counter_store.RedisMemory) -> None:
+def set_redis_memory(memory: RedisMemory) -> None:
     """Publish Redis' memory use and bound."""
     REDIS_USED.set(memory.used_bytes)
     REDIS_MAX.set(memory.max_bytes)

@@ -25,8 +25,9 @@ from starlette.types import ASGIApp
 
 from services.api.app import create_app, server_options
 from services.cli.localservers import PostgresProcess, RedisProcess, free_port
+from services.clients import Clients
 from services.config import Settings
-from services.counter import store as counter_store
+from services.counter import client as counter_client
 from services.db import baselines as db_baselines
 from services.db import ledger as db_ledger
 from services.db import migrate
@@ -232,13 +233,14 @@ async def site(api: httpx.AsyncClient) -> str:
 @asynccontextmanager
 async def flusher_for(settings: Settings) -> AsyncIterator[Flusher]:
     """A Flusher with its own clients, as the flusher process builds it."""
-    store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5),
+    stores = Clients(
+        counter_client.connect(settings.redis_url, max_connections=4, timeout_s=5),
         units=settings.shards,
     )
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     flusher = Flusher(
-        store,
+        stores.flush,
+        stores.baselines,
         db_ledger.Ledger(pool),
         db_baselines.Baselines(pool),
         interval_s=settings.flush_interval,
@@ -248,7 +250,7 @@ async def flusher_for(settings: Settings) -> AsyncIterator[Flusher]:
     finally:
         await flusher.release_leases()  # as a flusher that stops cleanly does
         await pool.close()
-        await store.close()
+        await stores.aclose()
 
 
 @pytest.fixture

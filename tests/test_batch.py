@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import httpx
 
+from services.clients import Clients
 from services.config import Settings
-from services.counter import store as counter_store
+from services.counter import client as counter_client
 from services.counting.live import LiveCounts, View
 from services.db import baselines as db_baselines
 from services.db import ledger as db_ledger
@@ -68,17 +69,19 @@ async def test_a_batch_counts_like_single_hits_and_lands_in_postgres(
         "bot": 1,
     }
     assert live == 201
-    store = counter_store.CounterStore(
-        counter_store.connect(redis_url, max_connections=4, timeout_s=5)
-    )
+    stores = Clients(counter_client.connect(redis_url, max_connections=4, timeout_s=5))
     pool = await db_pool.connect_pool(database_url, statement_timeout_s=5)
     try:
         await Flusher(
-            store, db_ledger.Ledger(pool), db_baselines.Baselines(pool), interval_s=1
+            stores.flush,
+            stores.baselines,
+            db_ledger.Ledger(pool),
+            db_baselines.Baselines(pool),
+            interval_s=1,
         ).flush_once()
     finally:
         await pool.close()
-        await store.close()
+        await stores.aclose()
     stored = await totals(database_url, SITE)
     assert_consistent(stored)
     assert stored.site_views == 201
@@ -112,19 +115,17 @@ async def test_a_retried_batch_is_counted_once(redis_url: str, database_url: str
 async def test_a_batch_cut_short_and_sent_again_counts_each_view_once(
     api: httpx.AsyncClient, site: str, settings: Settings
 ) -> None:
-    store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5)
-    )
+    stores = Clients(counter_client.connect(settings.redis_url, max_connections=4, timeout_s=5))
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
-        live = LiveCounts(store, db_sites.Sites(pool))
+        live = LiveCounts(stores.hits, db_sites.Sites(pool))
         batch = [View(page=f"/p{i % 7}", ip=f"198.51.100.{i % 200}") for i in range(600)]
         # The first call (256 views) ran, then the api died; the collector sends it all again.
         cut_short = await live.hit_batch(site, batch[:256], "retry-token")
         retried = await live.hit_batch(site, batch, "retry-token")
     finally:
         await pool.close()
-        await store.close()
+        await stores.aclose()
     assert cut_short == ["counted"] * 256
     assert retried == ["counted"] * 600
     assert await counts(api) == 600

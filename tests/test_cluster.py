@@ -17,7 +17,8 @@ from redis.asyncio.cluster import RedisCluster as ClusterClient
 from services.cli.localservers import RedisCluster
 from services.config import CLUSTER_SHARDS
 from services.counter import keys
-from services.counter.store import CounterUnavailable, unit_of
+from services.counter.calls import unit_of
+from services.counter.errors import CounterUnavailable
 from tests.chaos.harness import outcome, record
 from tests.checks import assert_consistent, totals
 from tests.conftest import ADMIN_TOKEN, flusher_for, make_settings, running_api

@@ -12,9 +12,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from services.clients import Clients
 from services.config import Settings
+from services.counter import client as counter_client
 from services.counter import keys
-from services.counter import store as counter_store
+from services.counter.flushstore import FlushStore, SnapshotRef
 from services.db import baselines as db_baselines
 from services.db import ledger as db_ledger
 from services.db import pool as db_pool
@@ -82,10 +84,10 @@ async def test_a_dead_flushers_snapshot_is_applied_once(
     counted: Counter[str] = Counter()
     await send_hits(api, site, ["a", "b", "a"], counted)
     # A flusher froze the pending deltas and died before Postgres saw them.
-    dead = flusher_store(settings)
-    snapshots, _ = await dead.snapshot({site: batch_id("deadbeef", 1, 0.0)}, None)
-    await dead.close()
-    assert snapshots[0].keys
+    dead = flusher_stores(settings)
+    snapshots, _ = await dead.flush.snapshot({site: batch_id("deadbeef", 1, 0.0)}, None)
+    await dead.aclose()
+    assert snapshots[0].refs
     await send_hits(api, site, ["b"], counted)
 
     await flusher.flush_once()
@@ -94,17 +96,17 @@ async def test_a_dead_flushers_snapshot_is_applied_once(
     assert await leftover_snapshots(settings) == []
 
 
-class CrashBeforeDelete(counter_store.CounterStore):
+class CrashBeforeDelete(FlushStore):
     """Dies right after COMMIT, before the snapshot is deleted (like kill -9 there)."""
 
-    async def delete(self, key_list: object) -> None:
+    async def delete(self, refs: object) -> None:
         raise SystemExit("killed after commit")
 
 
-def flusher_store(
-    settings: Settings, cls: type[counter_store.CounterStore] = counter_store.CounterStore
-) -> counter_store.CounterStore:
-    return cls(counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5))
+def flusher_stores(settings: Settings, cls: type[FlushStore] = FlushStore) -> Clients:
+    stores = Clients(counter_client.connect(settings.redis_url, max_connections=4, timeout_s=5))
+    stores.flush = cls(stores.redis, stores.units)
+    return stores
 
 
 async def test_a_batch_committed_but_not_deleted_is_not_counted_twice(
@@ -112,15 +114,21 @@ async def test_a_batch_committed_but_not_deleted_is_not_counted_twice(
 ) -> None:
     counted: Counter[str] = Counter()
     await send_hits(api, site, ["a", "a", "c"], counted)
-    store = flusher_store(settings, CrashBeforeDelete)
+    stores = flusher_stores(settings, CrashBeforeDelete)
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
-    crashing = Flusher(store, db_ledger.Ledger(pool), db_baselines.Baselines(pool), interval_s=1)
+    crashing = Flusher(
+        stores.flush,
+        stores.baselines,
+        db_ledger.Ledger(pool),
+        db_baselines.Baselines(pool),
+        interval_s=1,
+    )
     try:
         with pytest.raises(SystemExit):
             await crashing.flush_once()
     finally:
         await pool.close()
-        await store.close()
+        await stores.aclose()
     assert len(await leftover_snapshots(settings)) == len({keys.shard_of(p) for p in counted})
     assert (await flusher.flush_once()).batches == 0  # the dead flusher's lease still holds
     await leases_run_out(settings)
@@ -140,15 +148,15 @@ async def test_a_takeover_of_a_half_frozen_batch_loses_nothing(
     counted: Counter[str] = Counter()
     await send_hits(api, site, [first, second, second], counted)
     batch = batch_id("slowpoke", 1, 0.0)
-    store = flusher_store(settings)
-    snapshots, _ = await store.snapshot({site: batch}, None)
-    await store.close()
-    assert len(snapshots[0].keys) == 2
-    first_key = keys.snapshot_key(site, keys.shard_of(first), batch)
+    stores = flusher_stores(settings)
+    snapshots, _ = await stores.flush.snapshot({site: batch}, None)
+    await stores.aclose()
+    assert len(snapshots[0].refs) == 2
+    first_ref = SnapshotRef(site, keys.shard_of(first), batch)
     # Another flusher took over the batch while only its first shard was frozen, and
     # committed it with that shard alone.
     async with flusher_for(settings) as other:
-        await other._finish(batch, [first_key], None, FlushReport())
+        await other._finish(batch, [first_ref], None, FlushReport())
     assert (await totals(settings.database_url, site)).pages == {first: 1}
 
     await flusher.flush_once()  # the original owner's retry: ledger has the batch, one key more
@@ -176,15 +184,19 @@ async def test_a_batch_read_before_redis_lost_its_data_is_rolled_back(
             assert refilled.json()["pages"] == {"a": 1}
             return await super().apply_batch(*args, **kwargs)
 
-    store = flusher_store(settings)
+    stores = flusher_stores(settings)
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
         report = await Flusher(
-            store, RedisLostMeanwhile(pool), db_baselines.Baselines(pool), interval_s=1
+            stores.flush,
+            stores.baselines,
+            RedisLostMeanwhile(pool),
+            db_baselines.Baselines(pool),
+            interval_s=1,
         ).flush_once()
     finally:
         await pool.close()
-        await store.close()
+        await stores.aclose()
 
     assert (report.batches, report.discarded_hits) == (0, 2)
     t = await totals(settings.database_url, site)
@@ -258,17 +270,22 @@ async def test_a_dead_flushers_sites_are_taken_over_when_its_lease_runs_out(
 ) -> None:
     counted: Counter[str] = Counter()
     await send_hits(api, site, ["a", "b", "c"], counted)
-    store = flusher_store(settings, CrashBeforeDelete)
+    stores = flusher_stores(settings, CrashBeforeDelete)
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     dying = Flusher(
-        store, db_ledger.Ledger(pool), db_baselines.Baselines(pool), interval_s=0.1, lease_s=3
+        stores.flush,
+        stores.baselines,
+        db_ledger.Ledger(pool),
+        db_baselines.Baselines(pool),
+        interval_s=0.1,
+        lease_s=3,
     )
     try:
         with pytest.raises(SystemExit):
             await dying.flush_once()  # committed, then died before deleting its snapshot
     finally:
         await pool.close()
-        await store.close()
+        await stores.aclose()
     await send_hits(api, site, ["a"], counted)
     async with flusher_for(settings) as heir:
         attempts = [await heir.flush_once()]
@@ -305,17 +322,21 @@ async def test_a_site_refilled_meanwhile_drops_only_its_own_batch(
                 await client.aclose()
             return await super().apply_batch(*args, **kwargs)
 
-    store = flusher_store(settings)
+    stores = flusher_stores(settings)
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
         flusher = Flusher(
-            store, SiteReloadedMeanwhile(pool), db_baselines.Baselines(pool), interval_s=1
+            stores.flush,
+            stores.baselines,
+            SiteReloadedMeanwhile(pool),
+            db_baselines.Baselines(pool),
+            interval_s=1,
         )
         report = await flusher.flush_once()
         await flusher.release_leases()
     finally:
         await pool.close()
-        await store.close()
+        await stores.aclose()
     assert (report.batches, report.hits, report.discarded_hits) == (1, 2, 1)
     expect(await totals(settings.database_url, other), kept)
     assert (await totals(settings.database_url, site)).site_views == 0

@@ -21,8 +21,10 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from services.clients import Clients
 from services.config import Settings
-from services.counter import store as counter_store
+from services.counter import client as counter_client
+from services.counter.flushstore import FlushStore
 from services.counting import baselines
 from services.db import baselines as db_baselines
 from services.db import ledger as db_ledger
@@ -369,30 +371,30 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_next_import(
     api: httpx.AsyncClient, site: str, settings: Settings
 ) -> None:
     await hit(api, "/a")
-    store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=2, timeout_s=5)
-    )
+    stores = Clients(counter_client.connect(settings.redis_url, max_connections=2, timeout_s=5))
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
-        await postgres_half_only(store, pool)  # as if the process died right after COMMIT
+        await postgres_half_only(stores.flush, pool)  # as if the process died right after COMMIT
         lagging = await live(api, "/a", "/b")
-        importer = baselines.Importer(db_baselines.Baselines(pool), store, default_max_pages=0)
+        importer = baselines.Importer(
+            db_baselines.Baselines(pool), stores.baselines, default_max_pages=0
+        )
         # Applying a chunk twice (a retry after a timeout, two settlers) changes nothing.
         chunks = [c async for c in db_baselines.Baselines(pool).outbox(SITE)]
-        first = await store.apply_baseline(
+        first = await stores.baselines.apply_baseline(
             SITE, chunks[0].generation, chunks[0].change_id, 0, chunks[0].site_delta, []
         )
-        twice = await store.apply_baseline(
+        twice = await stores.baselines.apply_baseline(
             SITE, chunks[0].generation, chunks[0].change_id, 0, chunks[0].site_delta, []
         )
-        stale = await store.apply_baseline(SITE, "another-generation", 10**9, 0, 5, [])
+        stale = await stores.baselines.apply_baseline(SITE, "another-generation", 10**9, 0, 5, [])
         # Re-running the same import changes nothing in Postgres and settles the rest.
         rerun = await importer.import_csv(
             SITE, _once(b"page,views\n/a,10\n/b,20\n"), site_total=500, changed_by="test"
         )
     finally:
         await pool.close()
-        await store.close()
+        await stores.aclose()
     caught_up = await live(api, "/a", "/b")
     outbox = await fetch(settings.database_url, "SELECT * FROM baseline_outbox")
     assert lagging == (1, {"/a": 1, "/b": 0})
@@ -405,27 +407,33 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_flusher(
     api: httpx.AsyncClient, site: str, settings: Settings
 ) -> None:
     await hit(api, "/a")
-    store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=2, timeout_s=5)
-    )
+    stores = Clients(counter_client.connect(settings.redis_url, max_connections=2, timeout_s=5))
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
-        await postgres_half_only(store, pool)  # as if the api died after COMMIT; no re-import
+        await postgres_half_only(
+            stores.flush, pool
+        )  # as if the api died after COMMIT; no re-import
         lagging = await live(api, "/a", "/b")
-        flusher = Flusher(store, db_ledger.Ledger(pool), db_baselines.Baselines(pool), interval_s=1)
+        flusher = Flusher(
+            stores.flush,
+            stores.baselines,
+            db_ledger.Ledger(pool),
+            db_baselines.Baselines(pool),
+            interval_s=1,
+        )
         await flusher.flush_once()
         await flusher.flush_once()  # nothing queued any more: changes nothing
         await flusher.release_leases()
     finally:
         await pool.close()
-        await store.close()
+        await stores.aclose()
     caught_up = await live(api, "/a", "/b")
     outbox = await fetch(settings.database_url, "SELECT * FROM baseline_outbox")
     assert lagging == (1, {"/a": 1, "/b": 0})
     assert caught_up == (501, {"/a": 11, "/b": 20}) and outbox == []
 
 
-async def postgres_half_only(store: counter_store.CounterStore, pool: asyncpg.Pool) -> None:
+async def postgres_half_only(store: FlushStore, pool: asyncpg.Pool) -> None:
     """The Postgres half of importing /a=10, /b=20 and a site total of 500: committed, with its
     Redis deltas queued in the outbox and not applied."""
     rows = baselines.csv_rows(_once(b"page,views\n/a,10\n/b,20\n"), baselines.Rejections(), [0])
@@ -462,9 +470,7 @@ async def test_import_memory_does_not_grow_with_the_file(redis_url: str, databas
     async with running_api(settings) as client:
         response = await client.put(f"/v1/sites/{SITE}", json={"timezone": "UTC"}, headers=ADMIN)
         assert response.status_code == 201
-    store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=2, timeout_s=5)
-    )
+    stores = Clients(counter_client.connect(settings.redis_url, max_connections=2, timeout_s=5))
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=60)
     peaks = []
     # The api's create_app() raises the collector's thresholds for the whole process; with
@@ -472,7 +478,9 @@ async def test_import_memory_does_not_grow_with_the_file(redis_url: str, databas
     thresholds = gc.get_threshold()
     gc.set_threshold(700, 10, 10)
     try:
-        importer = baselines.Importer(db_baselines.Baselines(pool), store, default_max_pages=0)
+        importer = baselines.Importer(
+            db_baselines.Baselines(pool), stores.baselines, default_max_pages=0
+        )
         for rows in (20_000, 200_000):
             gc.collect()
             tracemalloc.start()
@@ -485,7 +493,7 @@ async def test_import_memory_does_not_grow_with_the_file(redis_url: str, databas
     finally:
         gc.set_threshold(*thresholds)
         await pool.close()
-        await store.close()
+        await stores.aclose()
     # 200,000 rows held as Python tuples would take about 30 MB, their CSV text 7 MB.
     assert peaks[1] < peaks[0] + 4_000_000, peaks
     assert peaks[1] < 8_000_000, peaks

@@ -10,8 +10,10 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
-from services.counter import keys
-from services.counter import store as counter_store
+from services.clients import Clients
+from services.counter import client as counter_client
+from services.counter import keys, startup
+from services.counter.outcomes import HitRequest, PageRule
 from services.counting.live import LiveCounts
 from services.db import baselines as db_baselines
 from services.db import ledger as db_ledger
@@ -194,34 +196,41 @@ async def test_a_flood_of_random_page_ids_leaves_redis_bounded(
     settings = make_settings(redis_url, database_url, max_pages_per_site=bound)
     async with running_api(settings) as client:
         await register_site(client)
-    store = counter_store.CounterStore(
-        counter_store.connect(redis_url, max_connections=8, timeout_s=30)
-    )
+    stores = Clients(counter_client.connect(redis_url, max_connections=8, timeout_s=30))
     outcomes: dict[str, int] = {}
     try:
-        used_before = (await store.memory()).used_bytes
+        used_before = (await startup.memory(stores.redis)).used_bytes
         for start in range(0, flood_size, 10_000):
             chunk = [
-                counter_store.HitRequest(
-                    SITE, f"junk-{i:07d}", "2026-01-01", "-", 0, "-", 0, 0, bound, f"v{i}"
+                HitRequest(
+                    SITE,
+                    f"junk-{i:07d}",
+                    "2026-01-01",
+                    "-",
+                    0,
+                    "-",
+                    0,
+                    0,
+                    PageRule.at_most(bound),
+                    f"v{i}",
                 )
                 for i in range(start, start + 10_000)
             ]
-            for result in await asyncio.gather(*(store.hit(r) for r in chunk)):
+            for result in await asyncio.gather(*(stores.hits.hit(r) for r in chunk)):
                 assert result is not None
                 outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
-        used_after = (await store.memory()).used_bytes
-        pages = int(await store.redis.hget(keys.site_key(SITE), keys.SITE_PAGES) or 0)
+        used_after = (await startup.memory(stores.redis)).used_bytes
+        pages = int(await stores.redis.hget(keys.site_key(SITE), keys.SITE_PAGES) or 0)
         fields = [
-            await store.redis.hlen(key)
-            async for key in store.redis.scan_iter(match=f"{keys.tag(SITE)}:pages:*")
+            await stores.redis.hlen(key)
+            async for key in stores.redis.scan_iter(match=f"{keys.tag(SITE)}:pages:*")
         ]
         pending = sum(
-            [await store.redis.hlen(keys.pending_key(SITE, s)) for s in range(keys.PENDING_SHARDS)]
+            [await stores.redis.hlen(keys.pending_key(SITE, s)) for s in range(keys.PENDING_SHARDS)]
         )
-        key_count = await store.redis.dbsize()
+        key_count = await stores.redis.dbsize()
     finally:
-        await store.close()
+        await stores.aclose()
     assert outcomes == {"counted": bound, "page_limit": flood_size - bound}
     assert (pages, sum(fields), pending) == (bound, bound, bound)
     # site, page buckets, pending shards, the salt, the site's sketch, a sketch per page
@@ -237,16 +246,14 @@ async def test_ten_thousand_visitors_are_counted_within_two_percent(
     settings = make_settings(redis_url, database_url)
     async with running_api(settings) as client:
         await register_site(client)
-    store = counter_store.CounterStore(
-        counter_store.connect(redis_url, max_connections=8, timeout_s=10)
-    )
+    stores = Clients(counter_client.connect(redis_url, max_connections=8, timeout_s=10))
     pool = await db_pool.connect_pool(database_url, statement_timeout_s=10)
     try:
-        live_counts = LiveCounts(store, db_sites.Sites(pool))
+        live_counts = LiveCounts(stores.hits, db_sites.Sites(pool))
         # A fixed salt makes the visitor tokens, and so the estimate, the same on every run.
         now = datetime.now(UTC)
         for day in (now, now + timedelta(days=1)):  # the run may cross midnight UTC
-            await store.redis.set(keys.salt_key(day.date().isoformat()), "ab" * 32)
+            await stores.redis.set(keys.salt_key(day.date().isoformat()), "ab" * 32)
         people = 10_000
         for start in range(0, people, 1000):
             await asyncio.gather(
@@ -257,14 +264,18 @@ async def test_ten_thousand_visitors_are_counted_within_two_percent(
             )
         counts = await live_counts.counts(SITE, [f"p{n}" for n in range(10)])
         await Flusher(
-            store, db_ledger.Ledger(pool), db_baselines.Baselines(pool), interval_s=1
+            stores.flush,
+            stores.baselines,
+            db_ledger.Ledger(pool),
+            db_baselines.Baselines(pool),
+            interval_s=1,
         ).flush_once()
         stored = await pool.fetchval(
             "SELECT sum(visitors) FROM site_views_daily WHERE site = $1", SITE
         )
     finally:
         await pool.close()
-        await store.close()
+        await stores.aclose()
     error = counts.site_visitors / people - 1
     print(f"HyperLogLog estimate of {people} visitors: {counts.site_visitors} ({error:+.2%})")
     assert abs(error) <= 0.02

@@ -10,8 +10,10 @@ import httpx
 import redis.asyncio as aioredis
 
 from services.cli.localservers import RedisProcess, free_port
+from services.clients import Clients
 from services.config import Settings
-from services.counter import store as counter_store
+from services.counter import client as counter_client
+from services.counter.outcomes import HitRequest, PageRule
 from tests.checks import views
 from tests.conftest import SITE, make_settings, register_site, running_api
 
@@ -95,17 +97,18 @@ async def test_a_reply_late_past_the_timeout_is_503_and_never_read_as_another_an
     assert [a["site_views"] for a in answers] == [3, 4, 5]
 
 
-def request(page: str) -> counter_store.HitRequest:
+def request(page: str) -> HitRequest:
     """A hit with dedupe and rate limit off."""
-    return counter_store.HitRequest(SITE, page, "2026-01-01", page, 0, "client", 0, 0, 0, "visitor")
+    return HitRequest(
+        SITE, page, "2026-01-01", page, 0, "client", 0, 0, PageRule.any_page(), "visitor"
+    )
 
 
 async def test_cancelled_callers_leave_no_reply_behind(settings: Settings) -> None:
     async with running_api(settings) as client:
         await register_site(client)
-    store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=2)
-    )
+    stores = Clients(counter_client.connect(settings.redis_url, max_connections=4, timeout_s=2))
+    store = stores.hits
     try:
         await store.hit(request("warm"))  # loaded by register_site above
         tasks = [asyncio.create_task(store.hit(request(f"p{i % 7}"))) for i in range(200)]
@@ -117,7 +120,7 @@ async def test_cancelled_callers_leave_no_reply_behind(settings: Settings) -> No
         following = await store.hit(request("after"))
         counts = await store.counts(SITE, "2026-01-01", [f"p{i}" for i in range(7)])
     finally:
-        await store.close()
+        await stores.aclose()
     assert all(r is not None for r in answered)
     assert counts is not None
     # A hit whose caller was cancelled after it was queued is still counted (once): the

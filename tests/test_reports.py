@@ -17,8 +17,10 @@ import asyncpg
 import httpx
 import pytest
 
+from services.clients import Clients
 from services.config import Settings
-from services.counter import store as counter_store
+from services.counter import client as counter_client
+from services.counter import startup
 from services.counting.live import LiveCounts
 from services.db import pool as db_pool
 from services.db import reports as db_reports
@@ -55,16 +57,14 @@ HITS = [
 @asynccontextmanager
 async def live_counts(settings: Settings, clock: list[float]) -> AsyncIterator[LiveCounts]:
     """The api's LiveCounts on real Redis and Postgres, with a clock the test sets."""
-    store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5)
-    )
-    await store.register_scripts()
+    stores = Clients(counter_client.connect(settings.redis_url, max_connections=4, timeout_s=5))
+    await startup.register_scripts(stores.redis)
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
-        yield LiveCounts(store, db_sites.Sites(pool), clock=lambda: clock[0])
+        yield LiveCounts(stores.hits, db_sites.Sites(pool), clock=lambda: clock[0])
     finally:
         await pool.close()
-        await store.close()
+        await stores.aclose()
 
 
 async def record_known_hits(settings: Settings) -> None:

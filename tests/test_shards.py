@@ -12,9 +12,12 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from services.clients import Clients
 from services.config import Settings
-from services.counter import keys
-from services.counter import store as counter_store
+from services.counter import client as counter_client
+from services.counter import keys, startup
+from services.counter.calls import unit_of
+from services.counter.errors import LayoutMismatch
 from services.flusher.worker import assigned_flusher
 from tests.checks import assert_consistent, totals
 from tests.conftest import (
@@ -33,7 +36,7 @@ INGEST_TOKEN = "ingest-token-0123456789abcdef"
 
 
 def unit(page: str) -> str:
-    return counter_store.unit_of(SITE, page, UNITS)
+    return unit_of(SITE, page, UNITS)
 
 
 def sharded(redis_url: str, database_url: str, **overrides: object) -> Settings:
@@ -243,19 +246,17 @@ async def test_flushers_alive_share_the_units(redis_url: str, database_url: str)
 
 async def test_another_number_of_units_is_refused(redis_url: str) -> None:
     stores = [
-        counter_store.CounterStore(
-            counter_store.connect(redis_url, max_connections=2, timeout_s=5), units=n
-        )
+        Clients(counter_client.connect(redis_url, max_connections=2, timeout_s=5), units=n)
         for n in (UNITS, UNITS, 2)
     ]
     try:
-        await stores[0].check_layout()
-        await stores[1].check_layout()
-        with pytest.raises(counter_store.LayoutMismatch, match="split over 4 units"):
-            await stores[2].check_layout()
+        await startup.check_layout(stores[0].redis, UNITS)
+        await startup.check_layout(stores[1].redis, UNITS)
+        with pytest.raises(LayoutMismatch, match="split over 4 units"):
+            await startup.check_layout(stores[2].redis, 2)
     finally:
         for store in stores:
-            await store.close()
+            await store.aclose()
 
 
 async def test_page_totals_of_an_older_release_move_into_page_buckets(
@@ -277,17 +278,16 @@ async def test_page_totals_of_an_older_release_move_into_page_buckets(
         await raw.hset(*keys.page_entry(SITE, "/a"), 1)
         await raw.hset(keys.site_key(SITE), keys.SITE_PAGES, 1)
         stores = [
-            counter_store.CounterStore(
-                counter_store.connect(redis_url, max_connections=2, timeout_s=5)
-            )
+            Clients(counter_client.connect(redis_url, max_connections=2, timeout_s=5))
             for _ in range(2)
         ]
         try:
-            await asyncio.gather(*(store.check_layout() for store in stores))  # two at once
-            counts = await stores[0].counts(SITE, "2026-01-01", ["/a", "/b", "/c"])
+            # Two at once.
+            await asyncio.gather(*(startup.check_layout(store.redis, 1) for store in stores))
+            counts = await stores[0].hits.counts(SITE, "2026-01-01", ["/a", "/b", "/c"])
         finally:
             for store in stores:
-                await store.close()
+                await store.aclose()
         left = await raw.exists(keys.legacy_pages_key(SITE))
         npages = await raw.hget(keys.site_key(SITE), keys.SITE_PAGES)
     finally:

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from services import logs
+from services import clients, logs
 from services.api import (
     batch,
     dashboard,
@@ -35,12 +35,9 @@ from services.api.hit_fast_path import HitFastPath
 from services.api.site_cors import SiteCors
 from services.api.telemetry import RequestTelemetry
 from services.config import Settings, load_settings
-from services.counter import store as counter_store
+from services.counter import startup
+from services.counter.errors import CounterUnavailable
 from services.counting.live import LiveCounts
-from services.db import baselines as db_baselines
-from services.db import pool as db_pool
-from services.db import reports as db_reports
-from services.db import sites as db_sites
 
 log = logging.getLogger("viewcounter.api")
 # Each request leaves short-lived cycles (tasks, futures, frames): collect the young
@@ -69,24 +66,13 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
-        store = counter_store.CounterStore(
-            counter_store.connect(
-                settings.redis_url,
-                max_connections=settings.redis_max_connections,
-                timeout_s=settings.redis_timeout,
-            ),
-            units=settings.shards,
-        )
-        # min_size=0: the api starts, and counts, while Postgres is down.
-        pool = await db_pool.connect_pool(
-            settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=10
-        )
+        opened = await clients.connect(settings, clients.API)
         try:
             try:
-                await store.refuse_eviction()
-                await store.check_layout()
-                await store.register_scripts()
-            except counter_store.CounterUnavailable as exc:
+                await startup.refuse_eviction(opened.redis)
+                await startup.check_layout(opened.redis, settings.shards)
+                await startup.register_scripts(opened.redis)
+            except CounterUnavailable as exc:
                 log.warning("redis not reachable at start; hits answer 503 until it is: %s", exc)
             # Everything alive now (modules, routes, clients) lives as long as the process:
             # keep the collector from walking it again on every full collection.
@@ -95,13 +81,14 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fa
             gc.set_threshold(*GC_THRESHOLDS)
             yield State(
                 settings=settings,
-                store=store,
-                pool=pool,
-                baselines=db_baselines.Baselines(pool),
-                reports=db_reports.Reports(pool),
+                redis=opened.redis,
+                pool=opened.db.pool,
+                baseline_store=opened.baselines,
+                baselines=opened.db.baselines,
+                reports=opened.db.reports,
                 live=LiveCounts(
-                    store,
-                    db_sites.Sites(pool),
+                    opened.hits,
+                    opened.db.sites,
                     dedupe_window_s=settings.dedupe_window,
                     rate_limit_per_min=settings.rate_limit,
                     max_pages_per_site=settings.max_pages_per_site,
@@ -109,8 +96,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fa
                 ),
             )
         finally:
-            await store.close()
-            await pool.close()
+            await opened.aclose()
 
     app = ViewcounterApp(
         title="viewcounter",

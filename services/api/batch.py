@@ -24,7 +24,7 @@ from services.api.errors import ApiError
 from services.api.hit_body import VISITOR_MAX_CHARS
 from services.api.json_body import json_object
 from services.counter import ids
-from services.counter.store import OUTCOMES
+from services.counter.outcomes import Outcome
 from services.counter.visitors import USER_AGENT_MAX_CHARS
 from services.counting.live import IDEMPOTENCY_KEEP_S, LiveCounts, View
 
@@ -146,9 +146,9 @@ async def post_batch(request: Request) -> Response:
             )
         replayed = first is not None
     outcomes = await live.hit_batch(site, views, token)
-    tally = {name: 0 for name in [*OUTCOMES.values(), "bot"]}
+    tally = {outcome.value: 0 for outcome in Outcome}
     for outcome in outcomes:
-        tally[outcome] += 1
+        tally[outcome.value] += 1
     body = {"site": site, "hits": len(views), "outcomes": tally, "replayed": replayed}
     return Response(orjson.dumps(body), media_type="application/json")
 

@@ -11,7 +11,8 @@ from pydantic import SecretStr
 
 from services.api.errors import ApiError
 from services.config import Settings
-from services.counter import store as counter_store
+from services.counter.baselinestore import BaselineStore
+from services.counter.client import Client
 from services.counting.live import LiveCounts
 from services.db import baselines as db_baselines
 from services.db import pool as db_pool
@@ -22,8 +23,9 @@ class State(TypedDict):
     """What the lifespan opens and every request may use."""
 
     settings: Settings
-    store: counter_store.CounterStore
+    redis: Client  # for health checks; counting goes through `live`
     pool: db_pool.Pool  # for the readiness probe
+    baseline_store: BaselineStore
     baselines: db_baselines.Baselines
     reports: db_reports.Reports
     live: LiveCounts
@@ -39,8 +41,9 @@ async def get_state(request: Request) -> State:
     """All clients, for routes that need more than counting (health)."""
     return State(
         settings=request.state.settings,
-        store=request.state.store,
+        redis=request.state.redis,
         pool=request.state.pool,
+        baseline_store=request.state.baseline_store,
         baselines=request.state.baselines,
         reports=request.state.reports,
         live=request.state.live,

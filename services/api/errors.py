@@ -14,7 +14,7 @@ from starlette.routing import Match
 
 from services import metrics
 from services.counter import ids, siteconfig
-from services.counter import store as counter_store
+from services.counter.errors import CounterUnavailable
 from services.counting.live import InvalidTimezone, UnknownSite
 from services.db import errors as db_errors
 
@@ -72,7 +72,7 @@ def _as_api_error(exc: Exception) -> ApiError:
         return ApiError(422, "invalid_field", str(exc), "timezone")
     if isinstance(exc, UnknownSite):
         return ApiError(404, "unknown_site", "no such site; register it first", "site")
-    if isinstance(exc, counter_store.CounterUnavailable):
+    if isinstance(exc, CounterUnavailable):
         return ApiError(
             503, "redis_unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}
         )
@@ -142,7 +142,7 @@ _KNOWN: tuple[type[Exception], ...] = (
     siteconfig.InvalidSetting,
     InvalidTimezone,
     UnknownSite,
-    counter_store.CounterUnavailable,
+    CounterUnavailable,
     db_errors.DatabaseUnavailable,
     ClientDisconnect,
 )

@@ -21,7 +21,7 @@ from services.api.errors import ApiError
 from services.api.json_body import json_object
 from services.config import Settings
 from services.counter import ids
-from services.counter import store as counter_store
+from services.counter.baselinestore import BaselineStore
 from services.counting import baselines
 from services.db import baselines as db_baselines
 
@@ -36,7 +36,7 @@ async def get_importer(request: Request) -> baselines.Importer:
     """An Importer on the app's clients."""
     settings: Settings = request.state.settings
     stored: db_baselines.Baselines = request.state.baselines
-    store: counter_store.CounterStore = request.state.store
+    store: BaselineStore = request.state.baseline_store
     return baselines.Importer(stored, store, default_max_pages=settings.max_pages_per_site)
 
 

@@ -7,7 +7,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from services import health, metrics
 from services.api.deps import AppState
-from services.counter import store as counter_store
+from services.counter import startup
+from services.counter.errors import CounterUnavailable
+from services.counter.outcomes import RedisMemory
 
 # Readiness warns (and ops should act) once Redis uses this share of its maxmemory: with
 # noeviction, Redis refuses every hit when it is full.
@@ -22,7 +24,7 @@ async def healthz() -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def memory_check(memory: counter_store.RedisMemory) -> str:
+def memory_check(memory: RedisMemory) -> str:
     """Either "ok" or a warning naming how full Redis is."""
     if memory.ratio is None:
         return "ok (no maxmemory set: Redis may grow until the machine runs out of memory)"
@@ -45,12 +47,12 @@ async def readyz(state: AppState) -> Response:
     Answers 503 naming what is wrong otherwise, and 200 with status "warning" when Redis is
     near its memory bound (the api still counts; ops must act before it is full).
     """
-    probe = await health.probe(state["store"], state["pool"])
+    probe = await health.probe(state["redis"], state["pool"])
     checks = {"redis": probe.checks["redis"], "redis_memory": "unknown"}
     if probe.checks["redis"] == health.OK:
         try:
-            memory = await state["store"].memory()
-        except counter_store.CounterUnavailable as exc:
+            memory = await startup.memory(state["redis"])
+        except CounterUnavailable as exc:
             metrics.count_backend_error(exc)
         else:
             metrics.set_redis_memory(memory)
@@ -72,7 +74,7 @@ async def readyz(state: AppState) -> Response:
 async def metrics_text(state: AppState) -> Response:
     """Prometheus text format (with several workers: all of them, merged)."""
     try:
-        metrics.set_redis_memory(await state["store"].memory())
-    except counter_store.CounterUnavailable as exc:
+        metrics.set_redis_memory(await startup.memory(state["redis"]))
+    except CounterUnavailable as exc:
         metrics.count_backend_error(exc)  # the gauges keep their last value
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

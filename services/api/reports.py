@@ -14,7 +14,7 @@ from services.api.deps import Live, refuse_over_rate, require_bearer
 from services.api.errors import ApiError
 from services.config import Settings
 from services.counter import ids
-from services.counter import store as counter_store
+from services.counter.errors import CounterUnavailable
 from services.counting import reports
 from services.db import reports as db_reports
 
@@ -118,7 +118,7 @@ async def totals(site: str, live: Live, request: Request) -> Response:
     live_total: int | None
     try:
         live_total = (await live.counts(site, [])).site_views
-    except counter_store.CounterUnavailable:
+    except CounterUnavailable:
         live_total = None
     body = {
         "site": site,

@@ -51,26 +51,19 @@ async def wait_for_redis(settings: Settings) -> bool:
     check Postgres and the schema once. False when Redis is still unreachable: the api serves
     anyway, answering hits 503 until Redis is back.
 
-    Raises counter_store.UnsafeRedis when Redis would evict unflushed counts.
+    Raises UnsafeRedis when Redis would evict unflushed counts.
     """
-    from services import health
-    from services.counter import store as counter_store
+    from services import clients, health
+    from services.counter import startup
     from services.db import errors as db_errors
-    from services.db import pool as db_pool
 
-    store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=2, timeout_s=2.0),
-        units=settings.shards,
-    )
-    pool = await db_pool.connect_pool(
-        settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=1
-    )
+    opened = await clients.connect(settings, clients.API_STARTUP)
     try:
 
         async def redis_ready() -> None:
-            await store.ping()
-            await store.refuse_eviction()
-            await store.check_layout()
+            await startup.ping(opened.redis)
+            await startup.refuse_eviction(opened.redis)
+            await startup.check_layout(opened.redis, settings.shards)
 
         try:
             await health.wait_for({"redis": redis_ready}, settings.startup_timeout)
@@ -78,7 +71,7 @@ async def wait_for_redis(settings: Settings) -> bool:
             log.warning("%s; serving anyway: hits answer 503 until Redis is reachable", exc)
             return False
         try:
-            await health.check_migrations(pool)
+            await health.check_migrations(opened.db.pool)
         except (db_errors.DatabaseUnavailable, health.SchemaBehind) as exc:
             log.warning(
                 "postgres not ready at start (hits are counted; admin and reports fail): %s",
@@ -87,8 +80,7 @@ async def wait_for_redis(settings: Settings) -> bool:
             )
         return True
     finally:
-        await store.close()
-        await pool.close()
+        await opened.aclose()
 
 
 def run(settings: Settings, host: str, port: int, workers: int) -> int:
@@ -98,12 +90,12 @@ def run(settings: Settings, host: str, port: int, workers: int) -> int:
     cleanup = prepare_metrics_dir(workers)
     # Only now: these import prometheus_client, which reads the environment set just above.
     from services.api.app import server_options
-    from services.counter import store as counter_store
+    from services.counter.errors import UnsafeRedis
 
     try:
         try:
             asyncio.run(wait_for_redis(settings))
-        except counter_store.UnsafeRedis as exc:
+        except UnsafeRedis as exc:
             log.error("refusing to start: %s", exc)
             return 2
         uvicorn.run(

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.errors import error_response
 from services.counter import ids
-from services.counter import store as counter_store
+from services.counter.errors import CounterUnavailable
 from services.counting.live import LiveCounts, UnknownSite
 from services.db import errors as db_errors
 
@@ -127,7 +127,7 @@ async def allowed_origins(live: LiveCounts | None, raw_site: str) -> tuple[str, 
     except (
         ids.InvalidId,
         UnknownSite,
-        counter_store.CounterUnavailable,
+        CounterUnavailable,
         db_errors.DatabaseUnavailable,
     ):
         return ()

@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from services import metrics
 from services.api.errors import ApiError
 from services.counter import ids
-from services.counter import store as counter_store
+from services.counter.errors import CounterUnavailable
 from services.counting.live import LiveCounts, UnknownSite
 from services.db import errors as db_errors
 
@@ -232,7 +232,7 @@ class StreamHub:
             try:
                 totals = await read_totals(live, site, page)
             except (
-                counter_store.CounterUnavailable,
+                CounterUnavailable,
                 db_errors.DatabaseUnavailable,
                 UnknownSite,
             ) as exc:

@@ -8,16 +8,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from services import logs
+from services import clients, logs
 from services.cli import reports as reports_cli
 from services.config import ConfigError, Settings, load_settings
 from services.counter import ids, siteconfig
-from services.counter import store as counter_store
+from services.counter.errors import CounterUnavailable
 from services.counting.live import InvalidTimezone, LiveCounts, zone
 from services.db import errors as db_errors
 from services.db import migrate as db_migrate
-from services.db import pool as db_pool
-from services.db import sites as db_sites
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,21 +114,13 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _add_site(settings: Settings, site: str, changes: dict[str, object]) -> int:
-    store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=5),
-        units=settings.shards,
-    )
-    pool = await db_pool.connect_pool(
-        settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=2
-    )
+    opened = await clients.connect(settings, clients.COMMAND)
     try:
-        live = LiveCounts(store, db_sites.Sites(pool))
+        live = LiveCounts(opened.hits, opened.db.sites)
         config, created = await live.register(site, changes)
-    except (counter_store.CounterUnavailable, db_errors.DatabaseUnavailable) as exc:
+    except (CounterUnavailable, db_errors.DatabaseUnavailable) as exc:
         return _fail(str(exc))
     finally:
-        await store.close()
-        await pool.close()
+        await opened.aclose()
     print(f"site {site} {'created' if created else 'updated'}: {config.to_json()}")
     return 0
-

@@ -13,15 +13,14 @@ from pathlib import Path
 import orjson
 from rich.console import Console
 
+from services import clients
 from services.cli import progress
 from services.config import Settings
-from services.counter import ids
-from services.counter import store as counter_store
+from services.counter import ids, startup
+from services.counter.errors import CounterUnavailable
 from services.counting import baselines, reports
 from services.counting.live import UnknownSite
-from services.db import baselines as db_baselines
 from services.db import errors as db_errors
-from services.db import pool as db_pool
 from services.db import reports as db_reports
 
 READ_CHUNK_BYTES = 1 << 16
@@ -65,7 +64,7 @@ def run(settings: Settings, args: argparse.Namespace, console: Console | None = 
         return _fail(f"{exc.field}: {exc.message}")
     except UnknownSite as exc:
         return _fail(f"site: no such site {exc}; register it first")
-    except (counter_store.CounterUnavailable, db_errors.DatabaseUnavailable) as exc:
+    except (CounterUnavailable, db_errors.DatabaseUnavailable) as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"file: {exc}")
@@ -89,17 +88,13 @@ async def _import(settings: Settings, args: argparse.Namespace, console: Console
     )
     if str(args.file) != "-" and not args.file.is_file():
         return _fail(f"file: {args.file} is not a file")
-    store = counter_store.CounterStore(
-        counter_store.connect(settings.redis_url, max_connections=4, timeout_s=10),
-        units=settings.shards,
-    )
-    pool = await db_pool.connect_pool(
-        settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=2
-    )
+    opened = await clients.connect(settings, clients.IMPORT)
     try:
-        await store.register_scripts()
+        await startup.register_scripts(opened.redis)
         importer = baselines.Importer(
-            db_baselines.Baselines(pool), store, default_max_pages=settings.max_pages_per_site
+            opened.db.baselines,
+            opened.baselines,
+            default_max_pages=settings.max_pages_per_site,
         )
         size = None if str(args.file) == "-" else args.file.stat().st_size
         with progress.RowProgress(console, f"importing {args.file.name}", size) as shown:
@@ -110,8 +105,7 @@ async def _import(settings: Settings, args: argparse.Namespace, console: Console
                 changed_by=f"cli {args.by or getpass.getuser()}",
             )
     finally:
-        await store.close()
-        await pool.close()
+        await opened.aclose()
     r = report.result
     print(
         f"site {site}: {report.rows_read} rows read, {r.rows_accepted} accepted, "
@@ -138,9 +132,7 @@ async def _report(settings: Settings, args: argparse.Namespace) -> int:
     site = ids.site_id(args.site)
     first = reports.parse_day(args.first, "from")
     last = reports.parse_day(args.last, "to")
-    pool = await db_pool.connect_pool(
-        settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=2
-    )
+    pool = await clients.connect_postgres(settings, clients.REPORT)
     try:
         reporter = reports.Reporter(db_reports.Reports(pool))
         result: reports.TopReport | reports.DailyReport

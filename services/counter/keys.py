@@ -19,7 +19,7 @@ PREFIX = "vc"
 PENDING_SHARDS = 8
 UNIT_MARK = "~"
 MAX_UNITS = 1024
-# The number of units the keys in this Redis were written with (one key; see CounterStore).
+# The number of units the keys in this Redis were written with (one key; see startup.check_layout).
 LAYOUT_KEY = f"{PREFIX}:units"
 # The flushers alive and their last pass (one key; see flushers.lua).
 FLUSHERS_KEY = f"{PREFIX}:flushers"

@@ -1,13 +1,27 @@
-"""The Lua scripts, loaded once from package files and called by sha.
+"""The Lua scripts, loaded once from package files and called by sha, and the runner that
+sends script calls (in one pipeline; on a Cluster, concurrently, each on its node).
 
-Only `store.py` calls these; nothing else sees KEYS or ARGV.
+Only the modules of this package call these; nothing outside it sees KEYS or ARGV.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
+
+from services.counter import client
+from services.counter.client import Client
+
+# Script calls one batch sends to a Cluster at once; keep VIEWCOUNTER_REDIS_MAX_CONNECTIONS
+# (per node there) above groupcommit.PIPELINES_IN_FLIGHT times this.
+CLUSTER_CALLS_AT_ONCE = 4
 
 
 @dataclass(frozen=True)
@@ -54,3 +68,90 @@ ALL = (
     FLUSHERS,
     MIGRATE_PAGES,
 )
+
+# One script call: the script, how many of its arguments are KEYS, then KEYS and ARGV.
+Call = tuple[Script, int, Sequence[Any]]
+
+
+async def _one_script(redis: Client, call: Call) -> Any:
+    script, numkeys, argv = call
+    try:
+        return await redis.evalsha(script.sha, numkeys, *argv)
+    except redis_errors.ResponseError as exc:
+        return exc
+
+
+async def _send_scripts(
+    redis: Client, batch: Sequence[Call], waitaof_timeout_ms: int | None
+) -> tuple[list[Any], bool | None]:
+    if len(batch) == 1 and waitaof_timeout_ms is None:
+        # One call (the usual hit batch: one site): a pipeline's bookkeeping costs more than
+        # the call itself.
+        return [await _one_script(redis, batch[0])], None
+    if isinstance(redis, RedisCluster):
+        # redis-py's Cluster pipelines refuse EVALSHA: the calls (one per site, each on its
+        # slot's node) go out concurrently instead. WAITAOF needs one connection: the flush
+        # store sends it through a node's own client.
+        if waitaof_timeout_ms is not None:
+            raise ValueError("WAITAOF cannot follow a Cluster client's calls")
+        # A few at a time: a Cluster node's pool refuses (rather than waits) past its size.
+        # A node that is down fails only the calls of its own sites: each call's error comes
+        # back as its value, so hits that other nodes applied are answered as counted.
+        answers: list[Any] = []
+        for start in range(0, len(batch), CLUSTER_CALLS_AT_ONCE):
+            chunk = batch[start : start + CLUSTER_CALLS_AT_ONCE]
+            answers += await asyncio.gather(
+                *(_one_script(redis, call) for call in chunk), return_exceptions=True
+            )
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, client.CLIENT_ERRORS):
+                raise answer  # cancellation, or a bug: not a Redis failure
+        return answers, None
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, numkeys, argv in batch:
+            pipe.evalsha(script.sha, numkeys, *argv)
+        if waitaof_timeout_ms is not None:
+            pipe.execute_command("WAITAOF", 1, 0, waitaof_timeout_ms)
+        out: list[Any] = await pipe.execute(raise_on_error=False)
+    if waitaof_timeout_ms is None:
+        return out, None
+    fsync = out.pop()
+    if isinstance(fsync, Exception):
+        return out, None
+    return out, int(fsync[0]) >= 1
+
+
+async def run_scripts(
+    redis: Client, calls: Sequence[Call], waitaof_timeout_ms: int | None = None
+) -> tuple[list[Any], bool | None]:
+    """Run script calls in one pipeline (on a Cluster: concurrently, each on its node);
+    per-call errors come back as exception values, a failed pipeline raises CLIENT_ERRORS.
+
+    With `waitaof_timeout_ms`, WAITAOF follows on the same connection, and the second value
+    says whether the writes were fsynced to Redis' AOF in time: True, False (timed out), or
+    None when the server cannot say (AOF off, or a Redis older than 7.2).
+    """
+    results, fsynced = await _send_scripts(redis, calls, waitaof_timeout_ms)
+    missing = [i for i, r in enumerate(results) if isinstance(r, redis_errors.NoScriptError)]
+    if missing:
+        # NOSCRIPT means the call did not run (SCRIPT FLUSH, failover): safe to send again.
+        for script in {calls[i][0] for i in missing}:
+            await redis.script_load(script.source)
+        again, fsynced = await _send_scripts(redis, [calls[i] for i in missing], waitaof_timeout_ms)
+        for i, result in zip(missing, again, strict=True):
+            results[i] = result
+    return results, fsynced
+
+
+async def run(redis: Client, calls: Sequence[Call]) -> list[Any]:
+    """The answers of `calls`, in order; CounterUnavailable when any of them failed."""
+    if not calls:
+        return []
+    with client.translated():
+        results, _ = await run_scripts(redis, calls)
+    return client.raise_failed(results)
+
+
+async def call(redis: Client, script: Script, key_list: Sequence[str], args: Sequence[Any]) -> Any:
+    """The answer of one call of `script`; CounterUnavailable when it failed."""
+    return (await run(redis, [(script, len(key_list), [*key_list, *args])]))[0]

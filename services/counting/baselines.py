@@ -29,7 +29,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from services.counter import ids
-from services.counter import store as counter_store
+from services.counter.baselinestore import BaselineStore
+from services.counter.errors import CounterUnavailable
 from services.counting.live import UnknownSite
 from services.db import baselines as db_baselines
 from services.db import errors as db_errors
@@ -199,12 +200,12 @@ async def _rows_of(items: Iterable[tuple[int, str, int]]) -> AsyncIterator[tuple
 
 
 class Importer:
-    """Baseline changes of sites: Postgres (db.baselines.Baselines) then Redis (the store)."""
+    """Baseline changes of sites: Postgres (db.baselines.Baselines) then Redis (a BaselineStore)."""
 
     def __init__(
         self,
         baselines: db_baselines.Baselines,
-        store: counter_store.CounterStore,
+        store: BaselineStore,
         *,
         default_max_pages: int,
     ) -> None:
@@ -293,7 +294,7 @@ class Importer:
                     list(zip(chunk.pages, chunk.deltas, strict=True)),
                 )
                 await self._baselines.outbox_done(chunk.change_id, chunk.chunk)
-        except counter_store.CounterUnavailable as exc:
+        except CounterUnavailable as exc:
             log.warning("baseline deltas of %s stay queued for Redis: %s", site, exc)
             return await self._baselines.outbox_size(site)
         return 0

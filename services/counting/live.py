@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.counter import bots, visitors
-from services.counter import store as counter_store
+from services.counter.errors import CounterUnavailable
+from services.counter.hitstore import HitStore
+from services.counter.outcomes import Counts, HitRequest, HitResult, Outcome, PageRule
 from services.counter.siteconfig import SiteConfig
 from services.db import sites as db_sites
 
@@ -26,6 +28,7 @@ from services.db import sites as db_sites
 SITE_CONFIG_CACHE_S = 10.0
 UNKNOWN_SITE_CACHE_S = 5.0
 CACHE_MAX_SITES = 10_000
+T = TypeVar("T")
 
 
 class UnknownSite(Exception):
@@ -63,6 +66,7 @@ class _Site:
     config: SiteConfig
     zone: ZoneInfo
     until: float
+    page_rule: PageRule  # of a page its patterns allow (built once, not per hit)
 
 
 class LiveCounts:
@@ -70,7 +74,7 @@ class LiveCounts:
 
     def __init__(
         self,
-        store: counter_store.CounterStore,
+        store: HitStore,
         sites: db_sites.Sites,
         *,
         dedupe_window_s: int = 0,
@@ -91,20 +95,31 @@ class LiveCounts:
 
     async def hit(
         self, site: str, page: str, *, visitor: str | None, ip: str, user_agent: str
-    ) -> counter_store.HitResult:
-        """Take one view of `page` (already validated): counted unless a repeat, over the
-        client's rate or a page the site does not count; answers the outcome and the live
-        totals."""
+    ) -> HitResult:
+        """Take one view of `page` (already validated): counted unless a known bot's, a
+        repeat, over the client's rate or a page the site does not count; answers the
+        outcome and the live totals."""
+        if bots.is_bot(user_agent):
+            return self._uncounted(Outcome.BOT, await self.counts(site, [page]), page)
         request = await self._request(site, page, visitor, ip, user_agent, self._rate_limit)
         if request is None:
-            counts = await self.counts(site, [page])
-            return counter_store.HitResult("unknown_page", counts.pages[page], counts.site_views)
+            return self._uncounted(Outcome.UNKNOWN_PAGE, await self.counts(site, [page]), page)
         result = await self._store.hit(request)
         if result is None:
-            await self.ensure_loaded(site)
-            result = await self._store.hit(request)
-            if result is None:
-                raise counter_store.CounterUnavailable("site totals could not be loaded")
+            result = await self._after_load(site, lambda: self._store.hit(request))
+        return result
+
+    @staticmethod
+    def _uncounted(outcome: Outcome, counts: Counts, page: str) -> HitResult:
+        return HitResult(outcome, counts.pages[page], counts.site_views)
+
+    async def _after_load(self, site: str, attempt: Callable[[], Awaitable[T | None]]) -> T:
+        """Load the site from Postgres, then `attempt` (a call the scripts refused, the site
+        not being loaded) once more; CounterUnavailable when it is refused again."""
+        await self.ensure_loaded(site)
+        result = await attempt()
+        if result is None:
+            raise CounterUnavailable("site totals could not be loaded")
         return result
 
     async def claim_idempotency(
@@ -116,36 +131,37 @@ class LiveCounts:
 
     async def hit_batch(
         self, site: str, views: Sequence[View], idempotency_token: str
-    ) -> list[str]:
+    ) -> list[Outcome]:
         """Take many page views of `site` sent by a trusted collector (no rate limit: the
-        views come from many clients); the outcome of each, in order. Idempotent under
-        `idempotency_token` for IDEMPOTENCY_KEEP_S: sent again, nothing counts twice."""
-        outcomes: list[str] = ["bot" if bots.is_bot(v.user_agent) else "" for v in views]
-        requests: list[counter_store.HitRequest] = []
+        views come from many clients); the outcome of each, in order (a known bot's view is
+        not counted). Idempotent under `idempotency_token` for IDEMPOTENCY_KEEP_S: sent
+        again, nothing counts twice."""
+        outcomes: dict[int, Outcome] = {}
+        requests: list[HitRequest] = []
         positions: list[int] = []
         for i, view in enumerate(views):
-            if outcomes[i]:
+            if bots.is_bot(view.user_agent):
+                outcomes[i] = Outcome.BOT
                 continue
             request = await self._request(
                 site, view.page, view.visitor, view.ip, view.user_agent, rate_limit=0
             )
             if request is None:
-                outcomes[i] = "unknown_page"
+                outcomes[i] = Outcome.UNKNOWN_PAGE
             else:
                 requests.append(request)
                 positions.append(i)
         if requests:
-            results = await self._store.hit_batch(requests, idempotency_token, IDEMPOTENCY_KEEP_S)
+
+            def attempt() -> Awaitable[list[HitResult] | None]:
+                return self._store.hit_batch(requests, idempotency_token, IDEMPOTENCY_KEEP_S)
+
+            results = await attempt()
             if results is None:
-                await self.ensure_loaded(site)
-                results = await self._store.hit_batch(
-                    requests, idempotency_token, IDEMPOTENCY_KEEP_S
-                )
-                if results is None:
-                    raise counter_store.CounterUnavailable("site totals could not be loaded")
+                results = await self._after_load(site, attempt)
             for i, result in zip(positions, results, strict=True):
                 outcomes[i] = result.outcome
-        return outcomes
+        return [outcomes[i] for i in range(len(views))]
 
     async def _request(
         self,
@@ -155,22 +171,21 @@ class LiveCounts:
         ip: str,
         user_agent: str,
         rate_limit: int,
-    ) -> counter_store.HitRequest | None:
+    ) -> HitRequest | None:
         """The hit to send to Redis, or None when the site's page rules refuse `page`."""
         now = self._clock()
         cached = await self._site(site)
         config = cached.config
-        max_pages = self._max_pages if config.max_pages is None else config.max_pages
         if not config.restricts_pages or config.matches_pattern(page):
-            page_rule = max_pages
+            page_rule = cached.page_rule
         elif config.registered_pages_only:
-            page_rule = counter_store.ONLY_KNOWN_PAGES
+            page_rule = PageRule.only_known()
         else:
             return None
         window = self._dedupe_window_s if config.dedupe_window is None else config.dedupe_window
         salt = await self._daily_salt(now)
         visitor_token = visitors.visitor_token(salt, site, visitor, ip, user_agent)
-        return counter_store.HitRequest(
+        return HitRequest(
             site=site,
             page=page,
             day=datetime.fromtimestamp(now, cached.zone).date().isoformat(),
@@ -183,16 +198,13 @@ class LiveCounts:
             visitor_token=visitor_token,
         )
 
-    async def counts(self, site: str, pages: Sequence[str]) -> counter_store.Counts:
+    async def counts(self, site: str, pages: Sequence[str]) -> Counts:
         """Live totals of `site` and `pages`, and today's distinct visitors, without counting."""
         self._refuse_known_unknown(site)
         day = await self.today(site)
         result = await self._store.counts(site, day, pages)
         if result is None:
-            await self.ensure_loaded(site)
-            result = await self._store.counts(site, day, pages)
-            if result is None:
-                raise counter_store.CounterUnavailable("site totals could not be loaded")
+            result = await self._after_load(site, lambda: self._store.counts(site, day, pages))
         return result
 
     async def today(self, site: str) -> str:
@@ -236,7 +248,7 @@ class LiveCounts:
             count = await self._store.count_admin_request(
                 visitors.client_token(salt, "admin", ip), int(now // 60)
             )
-        except counter_store.CounterUnavailable:
+        except CounterUnavailable:
             return None
         if count <= limit:
             return None
@@ -284,7 +296,8 @@ class LiveCounts:
             tz = ZoneInfo("UTC")  # only a hand-edited row can get here; count, don't fail
         if len(self._sites) >= CACHE_MAX_SITES:
             self._sites.clear()
-        cached = _Site(config, tz, now + SITE_CONFIG_CACHE_S)
+        max_pages = self._max_pages if config.max_pages is None else config.max_pages
+        cached = _Site(config, tz, now + SITE_CONFIG_CACHE_S, PageRule.at_most(max_pages))
         self._sites[site] = cached
         return cached
 

@@ -15,18 +15,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services import health
+from services import clients, health
 from services.config import Settings
-from services.counter import store as counter_store
-from services.db import baselines as db_baselines
-from services.db import ledger as db_ledger
+from services.counter import startup
+from services.counter.client import Client
+from services.counter.errors import UnsafeRedis
 from services.db import pool as db_pool
 from services.flusher import metrics as flusher_metrics
 from services.flusher.worker import Flusher
 
 log = logging.getLogger("viewcounter.flusher")
-
-FSYNC_TIMEOUT_S = 3.0
 
 
 class _QuietServer(uvicorn.Server):
@@ -37,9 +35,7 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def health_app(
-    flusher: Flusher, store: counter_store.CounterStore, pool: db_pool.Pool
-) -> Starlette:
+def health_app(flusher: Flusher, redis: Client, pool: db_pool.Pool) -> Starlette:
     """/healthz (the process answers), /readyz (Redis, Postgres, schema), /metrics."""
 
     async def healthz(request: Request) -> Response:
@@ -51,7 +47,7 @@ def health_app(
         return JSONResponse(body)
 
     async def readyz(request: Request) -> Response:
-        probe = await health.probe(store, pool)
+        probe = await health.probe(redis, pool)
         body = {"status": "ok" if probe.ready else "unavailable", "checks": probe.checks}
         return JSONResponse(body, status_code=200 if probe.ready else 503)
 
@@ -71,19 +67,13 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    redis = counter_store.connect(
-        settings.redis_url,
-        max_connections=8,
-        timeout_s=max(settings.redis_timeout, FSYNC_TIMEOUT_S),
-    )
-    store = counter_store.CounterStore(redis, units=settings.shards)
-    pool = await db_pool.connect_pool(
-        settings.database_url, statement_timeout_s=settings.statement_timeout, max_size=4
-    )
+    opened = await clients.connect(settings, clients.FLUSHER)
+    pool = opened.db.pool
     flusher = Flusher(
-        store,
-        db_ledger.Ledger(pool),
-        db_baselines.Baselines(pool),
+        opened.flush,
+        opened.baselines,
+        opened.db.ledger,
+        opened.db.baselines,
         interval_s=settings.flush_interval,
         wait_fsync=settings.snapshot_fsync == "wait",
         lease_s=settings.flush_lease,
@@ -92,7 +82,7 @@ async def serve(settings: Settings) -> int:
     # Up first, so /healthz answers (and /readyz says why not ready) during the start-up wait.
     server = _QuietServer(
         uvicorn.Config(
-            health_app(flusher, store, pool),
+            health_app(flusher, opened.redis, pool),
             host="0.0.0.0",
             port=settings.metrics_port,
             log_level="warning",
@@ -103,9 +93,9 @@ async def serve(settings: Settings) -> int:
     health_task = asyncio.create_task(server.serve(), name="flusher-health")
 
     async def redis_ready() -> None:
-        await store.ping()
-        await store.refuse_eviction()
-        await store.check_layout()
+        await startup.ping(opened.redis)
+        await startup.refuse_eviction(opened.redis)
+        await startup.check_layout(opened.redis, settings.shards)
 
     try:
         checks = {"redis": redis_ready, "postgres": lambda: health.check_migrations(pool)}
@@ -116,7 +106,7 @@ async def serve(settings: Settings) -> int:
         except health.StartupFailed as exc:
             log.error("flusher not started: %s", exc, extra={"error": str(exc)})
             return 1
-        except counter_store.UnsafeRedis as exc:
+        except UnsafeRedis as exc:
             log.error("flusher not started: %s", exc, extra={"error": str(exc)})
             return 2
         log.info("flusher started", extra={"owner": flusher.owner})
@@ -126,5 +116,4 @@ async def serve(settings: Settings) -> int:
     finally:
         server.should_exit = True
         await health_task
-        await pool.close()
-        await store.close()
+        await opened.aclose()

@@ -1,6 +1,6 @@
 """The flusher: moves pending deltas from Redis into Postgres, exactly once.
 
-The unit of work is a site's *unit* (keys.py: a site is split by page over
+The unit of work is a site's *unit* (counter/keys.py: a site is split by page over
 VIEWCOUNTER_SHARDS units, one Redis Cluster slot each). One pass (`flush_once`):
 1. find the units with pending deltas, and snapshots left by a crashed (or concurrent)
    flusher;
@@ -32,8 +32,9 @@ import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from services.counter import keys
-from services.counter import store as counter_store
+from services.counter.baselinestore import BaselineStore
+from services.counter.errors import CounterUnavailable
+from services.counter.flushstore import FlushStore, SnapshotRef
 from services.counting import baselines
 from services.db import baselines as db_baselines
 from services.db import errors as db_errors
@@ -90,7 +91,7 @@ class RedisBatchChecks:
     """The ledger's BatchChecks, answered by the flusher's store for one batch."""
 
     def __init__(
-        self, store: counter_store.CounterStore, generations: Mapping[str, str | None]
+        self, store: FlushStore, generations: Mapping[str, str | None]
     ) -> None:
         self._store = store
         self._expected = dict(generations)  # each unit's load generation when it was frozen
@@ -113,7 +114,8 @@ class Flusher:
 
     def __init__(
         self,
-        store: counter_store.CounterStore,
+        store: FlushStore,
+        baseline_store: BaselineStore,
         ledger: db_ledger.Ledger,
         baselines: db_baselines.Baselines,
         *,
@@ -123,6 +125,7 @@ class Flusher:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._baseline_store = baseline_store
         self._ledger = ledger
         self._baselines = baselines
         self._interval_s = interval_s
@@ -145,17 +148,14 @@ class Flusher:
         pass_started = self._clock()  # metrics: the flush lag counts from here
         units, leftovers = await self._store.find_work()
         flusher_metrics.found_work(len(units), sum(len(k) for k in leftovers.values()))
-        leftover_units = {
-            batch: {parsed[0] for k in batch_keys if (parsed := keys.parse_snapshot_key(k))}
-            for batch, batch_keys in leftovers.items()
-        }
+        leftover_units = {batch: {ref.unit for ref in refs} for batch, refs in leftovers.items()}
         wanted = set(units).union(*leftover_units.values())
         held = await self._take_share(wanted)
-        for batch, batch_keys in sorted(leftovers.items()):
+        for batch, refs in sorted(leftovers.items()):
             # Ours, or left by a flusher whose lease ran out (dead, or stalled: then the
             # ledger keeps a late apply of its from counting twice).
             if leftover_units[batch] <= held:
-                await self._finish(batch, sorted(batch_keys), None, report)
+                await self._finish(batch, sorted(refs, key=_by_name), None, report)
                 REPLAYED_BATCHES.inc()
         # One batch (one transaction) per unit: a unit whose Redis data was lost and refilled
         # meanwhile drops only its own batch, never another's.
@@ -172,9 +172,9 @@ class Flusher:
                     "right after a flush may replay up to one second of hits"
                 )
             for snap in snapshots:
-                if snap.keys:
+                if snap.refs:
                     await self._finish(
-                        batches[snap.unit], snap.keys, {snap.unit: snap.generation}, report
+                        batches[snap.unit], snap.refs, {snap.unit: snap.generation}, report
                     )
         await self._settle_baselines()
         self.last_success = self._clock()
@@ -204,7 +204,7 @@ class Flusher:
         sites = await self._baselines.outbox_sites()
         if not sites:
             return
-        importer = baselines.Importer(self._baselines, self._store, default_max_pages=0)
+        importer = baselines.Importer(self._baselines, self._baseline_store, default_max_pages=0)
         for site in sites:
             left = await importer.settle(site)
             log.info("queued baseline deltas applied", extra={"site": site, "left": left})
@@ -212,14 +212,12 @@ class Flusher:
     async def _finish(
         self,
         batch: str,
-        batch_keys: Sequence[str],
+        refs: Sequence[SnapshotRef],
         generations: Mapping[str, str | None] | None,
         report: FlushReport,
     ) -> None:
-        parsed_keys = [(k, p[0]) for k in batch_keys if (p := keys.parse_snapshot_key(k))]
-        snapshots = [(k, keys.site_of(unit)) for k, unit in parsed_keys]
-        units = sorted({unit for _, unit in parsed_keys})
-        chunks = self._read_batch(snapshots)
+        units = sorted({ref.unit for ref in refs})
+        chunks = self._read_batch(refs)
         async with contextlib.aclosing(chunks):
             # The first chunk is read before the transaction: none at all means the keys are
             # gone, and whoever deleted them had committed their batch. A batch of one chunk is
@@ -228,14 +226,14 @@ class Flusher:
             if first is None:
                 return
             async with contextlib.aclosing(_chained(first, chunks)) as stream:
-                sites = sorted({site for _, site in snapshots})
-                await self._apply(batch, batch_keys, sites, units, generations, stream, report)
+                sites = sorted({ref.site for ref in refs})
+                await self._apply(batch, refs, sites, units, generations, stream, report)
 
     async def _read_batch(
-        self, snapshots: Sequence[tuple[str, str]]
+        self, refs: Sequence[SnapshotRef]
     ) -> AsyncGenerator[list[db_ledger.DailyRow]]:
-        """The rows of (snapshot key, site) pairs, FLUSH_CHUNK_ROWS at a time (HSCAN), each
-        chunk with its pages' visitor estimates (one pipelined read per chunk)."""
+        """The rows of snapshots, FLUSH_CHUNK_ROWS at a time (HSCAN), each chunk with its
+        pages' visitor estimates (one pipelined read per chunk)."""
         # Chunks' estimates are read while the next chunks are scanned (and the one before goes
         # to Postgres), so Redis and this process both keep working: at most
         # ESTIMATES_IN_FLIGHT + 1 chunks are in hand.
@@ -243,9 +241,8 @@ class Flusher:
         try:
             rows: list[tuple[str, str, str]] = []
             hits: list[int] = []
-            for key, site in snapshots:
-                async for field, n in self._store.read_snapshot(key):
-                    day, page = keys.split_pending_field(field)
+            for ref in refs:
+                async for site, page, day, n in self._store.read_snapshot(ref):
                     rows.append((site, page, day))
                     hits.append(n)
                     if len(rows) >= FLUSH_CHUNK_ROWS:
@@ -280,7 +277,7 @@ class Flusher:
     async def _apply(
         self,
         batch: str,
-        batch_keys: Sequence[str],
+        refs: Sequence[SnapshotRef],
         sites: Sequence[str],
         units: Sequence[str],
         generations: Mapping[str, str | None] | None,
@@ -291,20 +288,22 @@ class Flusher:
             generations = {unit: await self._store.generation(unit) for unit in units}
         checks = RedisBatchChecks(self._store, generations)
         rows = db_ledger.BatchStream(sites, chunks)
+        # The ledger records the snapshots by name.
+        names = [ref.name for ref in refs]
         try:
-            outcome = await self._ledger.apply_batch(batch, batch_keys, rows, checks)
+            outcome = await self._ledger.apply_batch(batch, names, rows, checks)
         except db_errors.GenerationChanged:
             log.error(
                 "batch %s dropped: Redis lost and refilled its units meanwhile",
                 batch,
                 extra={"batch": batch, "hits": rows.hits},
             )
-            await self._store.delete(batch_keys)
+            await self._store.delete(refs)
             report.discarded_hits += rows.hits
             DISCARDED_HITS.inc(rows.hits)
             return
         if isinstance(outcome, db_ledger.Applied):
-            await self._store.delete(batch_keys)
+            await self._store.delete(refs)
             report.batches += 1
             report.hits += rows.hits
             report.rows += rows.rows
@@ -313,28 +312,25 @@ class Flusher:
             FLUSHED_ROWS.inc(rows.rows)
             log.info("batch applied", extra={"batch": batch, "hits": rows.hits, "rows": rows.rows})
             return
-        await self._settle_applied(batch, batch_keys, outcome.keys, report)
+        await self._settle_applied(batch, refs, outcome.keys, report)
 
     async def _settle_applied(
-        self, batch: str, batch_keys: Sequence[str], done: Sequence[str], report: FlushReport
+        self, batch: str, refs: Sequence[SnapshotRef], done: Sequence[str], report: FlushReport
     ) -> None:
-        # The ledger has this batch id: delete exactly the snapshots it covered. A snapshot it
-        # did not cover (another flusher took over a batch still being frozen) moves to a new
-        # batch id instead of being lost.
+        # The ledger has this batch id: delete exactly the snapshots it covered (`done`: their
+        # names). A snapshot it did not cover (another flusher took over a batch still being
+        # frozen) moves to a new batch id instead of being lost.
         covered = set(done)
-        await self._store.delete([k for k in batch_keys if k in covered])
-        rest = [k for k in batch_keys if k not in covered]
+        await self._store.delete([ref for ref in refs if ref.name in covered])
+        rest = [ref for ref in refs if ref.name not in covered]
         if not rest:
             return
         new_batch = self._new_batch_id()
         moved = []
-        for key in rest:
-            parsed = keys.parse_snapshot_key(key)
-            if parsed is None:
-                continue
-            new_key = keys.snapshot_key(parsed[0], parsed[1], new_batch)
-            if await self._store.rehome(key, new_key):
-                moved.append(new_key)
+        for ref in rest:
+            new_ref = await self._store.rehome(ref, new_batch)
+            if new_ref is not None:
+                moved.append(new_ref)
         log.warning("batch %s partly applied elsewhere; rest moves to %s", batch, new_batch)
         if moved:
             await self._finish(new_batch, moved, None, report)
@@ -363,7 +359,7 @@ class Flusher:
         try:
             await self._store.flushers_alive(self.owner, -1)
             await self._store.release_leases(leased, self.owner)
-        except counter_store.CounterUnavailable as exc:
+        except CounterUnavailable as exc:
             log.warning("leases not released (they run out by themselves): %s", exc)
 
     async def _pass_ok(self) -> bool:
@@ -371,7 +367,7 @@ class Flusher:
         try:
             report = await self.flush_once()
         except (
-            counter_store.CounterUnavailable,
+            CounterUnavailable,
             db_errors.DatabaseUnavailable,
             FlushDeferred,
         ) as exc:
@@ -389,6 +385,11 @@ class Flusher:
         if report.batches:
             log.debug("flush pass", extra={"batches": report.batches, "hits": report.hits})
         return True
+
+
+def _by_name(ref: SnapshotRef) -> str:
+    """Sort key: snapshots in the order of their names (as the ledger lists them)."""
+    return ref.name
 
 
 async def _chained(

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from services.cli import main as cli
-from services.counter import store as counter_store
+from services.counter.flushstore import FlushStore, Snapshot, SnapshotRef
 from services.db import ledger as db_ledger
 
 PHASES = ("after_snapshot", "in_transaction", "after_commit", "mid_delete")
@@ -54,16 +54,16 @@ def install(phase: str) -> None:
     """Wrap the methods whose completion marks `phase`."""
     if phase not in PHASES:
         raise SystemExit(f"unknown phase {phase!r}; one of {', '.join(PHASES)}")
-    store_cls = counter_store.CounterStore
+    store_cls = FlushStore
     snapshot = store_cls.snapshot
     delete = store_cls.delete
     apply_batch = db_ledger.Ledger.apply_batch
 
     async def snapshot_then_crash(
-        self: counter_store.CounterStore, batches: Mapping[str, str], fsync_timeout_ms: int | None
-    ) -> tuple[list[counter_store.Snapshot], bool | None]:
+        self: FlushStore, batches: Mapping[str, str], fsync_timeout_ms: int | None
+    ) -> tuple[list[Snapshot], bool | None]:
         result = await snapshot(self, batches, fsync_timeout_ms)
-        if any(snap.keys for snap in result[0]):
+        if any(snap.refs for snap in result[0]):
             crash()
         return result
 
@@ -76,13 +76,13 @@ def install(phase: str) -> None:
     ) -> Any:
         return await apply_batch(self, batch_id, snapshot_keys, rows, CheckThenCrash(checks))
 
-    async def delete_with_crash(self: counter_store.CounterStore, key_list: Sequence[str]) -> None:
-        if phase == "after_commit" and key_list:
+    async def delete_with_crash(self: FlushStore, refs: Sequence[SnapshotRef]) -> None:
+        if phase == "after_commit" and refs:
             crash()
-        if phase == "mid_delete" and len(key_list) >= 2:
-            await delete(self, key_list[:1])
+        if phase == "mid_delete" and len(refs) >= 2:
+            await delete(self, refs[:1])
             crash()
-        await delete(self, key_list)
+        await delete(self, refs)
 
     if phase == "after_snapshot":
         store_cls.snapshot = snapshot_then_crash  # type: ignore[method-assign]

@@ -1,0 +1,131 @@
+"""Opening a process's Redis client and Postgres pool from Settings, sized by its role, and
+the stores on them. Every process opens its clients here, and closes them through it.
+
+The stores share one client and one `Units` (a load or a baseline through one store drops
+the cached site total another reads); each caller is handed only the store it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.config import Settings
+from services.counter import client
+from services.counter.baselinestore import BaselineStore
+from services.counter.flushstore import FlushStore
+from services.counter.hitstore import HitStore
+from services.counter.units import Units
+from services.db import baselines as db_baselines
+from services.db import ledger as db_ledger
+from services.db import pool as db_pool
+from services.db import reports as db_reports
+from services.db import sites as db_sites
+
+
+@dataclass(frozen=True)
+class Role:
+    """How many connections (and how patient) a process's clients are."""
+
+    name: str
+    postgres_max_size: int
+    redis_connections: int | None = None  # None: VIEWCOUNTER_REDIS_MAX_CONNECTIONS
+    redis_timeout_s: float | None = None  # None: VIEWCOUNTER_REDIS_TIMEOUT
+    redis_timeout_floor_s: float = 0.0  # the timeout is never below this
+
+
+# The api: Redis as configured (the hit path's connections); min_size 0 in Postgres, so the
+# api starts, and counts, while Postgres is down.
+API = Role("api", postgres_max_size=10)
+# The api's start-up wait: a few quick checks before the workers start.
+API_STARTUP = Role("api start-up", postgres_max_size=1, redis_connections=2, redis_timeout_s=2.0)
+# The flusher's Redis timeout stays above its WAITAOF wait (worker.FSYNC_WAIT_MS, 2 s).
+FLUSHER = Role("flusher", postgres_max_size=4, redis_connections=8, redis_timeout_floor_s=3.0)
+# Commands: one site at a time; an import applies large chunks, so it waits longer.
+COMMAND = Role("command", postgres_max_size=2, redis_connections=4, redis_timeout_s=5.0)
+IMPORT = Role("import", postgres_max_size=2, redis_connections=4, redis_timeout_s=10.0)
+REPORT = Role("report", postgres_max_size=2)  # Postgres only
+
+
+def connect_redis(settings: Settings, role: Role) -> client.Client:
+    """The Redis client of `role`."""
+    timeout_s = settings.redis_timeout if role.redis_timeout_s is None else role.redis_timeout_s
+    return client.connect(
+        settings.redis_url,
+        max_connections=role.redis_connections or settings.redis_max_connections,
+        timeout_s=max(timeout_s, role.redis_timeout_floor_s),
+    )
+
+
+async def connect_postgres(settings: Settings, role: Role) -> db_pool.Pool:
+    """The Postgres pool of `role` (statement timeouts from VIEWCOUNTER_STATEMENT_TIMEOUT)."""
+    return await db_pool.connect_pool(
+        settings.database_url,
+        statement_timeout_s=settings.statement_timeout,
+        max_size=role.postgres_max_size,
+    )
+
+
+@dataclass(frozen=True)
+class Repositories:
+    """The Postgres repositories on one pool (each receives the pool, none closes it)."""
+
+    pool: db_pool.Pool
+    sites: db_sites.Sites
+    ledger: db_ledger.Ledger
+    baselines: db_baselines.Baselines
+    reports: db_reports.Reports
+
+    @classmethod
+    def on(cls, pool: db_pool.Pool) -> Repositories:
+        """Every repository on `pool`."""
+        return cls(
+            pool,
+            db_sites.Sites(pool),
+            db_ledger.Ledger(pool),
+            db_baselines.Baselines(pool),
+            db_reports.Reports(pool),
+        )
+
+
+class Clients:
+    """A process's Redis client (and Postgres pool), the stores on them, and their close."""
+
+    def __init__(
+        self, redis: client.Client, pool: db_pool.Pool | None = None, *, units: int = 1
+    ) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.units = Units(redis, units)
+        self.hits = HitStore(redis, self.units)
+        self.flush = FlushStore(redis, self.units)
+        self.baselines = BaselineStore(redis, self.units)
+        self._db = None if pool is None else Repositories.on(pool)
+
+    @property
+    def db(self) -> Repositories:
+        """The repositories on the pool (of clients opened with one)."""
+        if self._db is None:
+            raise RuntimeError("these clients have no Postgres pool")
+        return self._db
+
+    async def aclose(self) -> None:
+        """Finish the calls in flight, then close the stores' clients, Redis, and Postgres."""
+        try:
+            await self.hits.close()
+            await self.units.close()
+            await self.flush.close()
+            await self.redis.aclose()
+        finally:
+            if self.pool is not None:
+                await self.pool.close()
+
+
+async def connect(settings: Settings, role: Role) -> Clients:
+    """The Redis client and Postgres pool of `role`, with the stores on them."""
+    redis = connect_redis(settings, role)
+    try:
+        pool = await connect_postgres(settings, role)
+    except BaseException:
+        await redis.aclose()
+        raise
+    return Clients(redis, pool, units=settings.shards)

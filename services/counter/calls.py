@@ -1,0 +1,94 @@
+"""The KEYS and ARGV of the scripts' calls, built from typed values (no server needed).
+
+Each builder follows the header of its script (lua/*.lua); nothing outside this package
+sees KEYS or ARGV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.counter import keys, scripts
+from services.counter.outcomes import HitRequest
+from services.counter.scripts import Call
+
+
+def unit_of(site: str, page: str, units: int) -> str:
+    """The unit of `site` (split over `units`) that counts `page`."""
+    return site if units == 1 else keys.unit(site, keys.unit_index(page, units))
+
+
+def hits_call(
+    unit: str,
+    requests: Sequence[HitRequest],
+    units: int = 1,
+    idempotency_token: str = "-",
+    keep_s: int = 0,
+) -> Call:
+    """One hits.lua call taking `requests` (all of one `unit` of a site split over `units`);
+    with `keep_s`, idempotent under `idempotency_token` for that long.
+
+    Split over several units, a site's page bound applies per unit as its share (rounded
+    up), and a client's rate limit per unit: a unit cannot see the others' counts.
+    """
+    key_list = [keys.site_key(unit)]
+    key_list.extend(keys.pending_key(unit, shard) for shard in range(keys.PENDING_SHARDS))
+    key_list.append(keys.idempotency_key(unit, idempotency_token))
+    args: list[str | int | bytes] = [keep_s]
+    for r in requests:
+        bucket, field = keys.page_entry(unit, r.page)
+        key_list.extend(
+            (
+                keys.seen_key(unit, r.seen_token),
+                keys.rate_key(unit, r.client_token, r.minute),
+                keys.site_visitors_key(unit, r.day),
+                keys.page_visitors_key(unit, r.day, r.page),
+                bucket,
+            )
+        )
+        args.extend(
+            (
+                keys.shard_of(r.page),
+                r.page,
+                r.day,
+                r.dedupe_window_s,
+                r.rate_limit,
+                r.page_rule.lua_arg(units),
+                r.visitor_token,
+                field,
+            )
+        )
+    return (scripts.HITS, len(key_list), [*key_list, *args])
+
+
+def pages_call(
+    script: scripts.Script,
+    unit: str,
+    head: Sequence[str | int],
+    pages: Sequence[str],
+    values: Sequence[int] | None = None,
+) -> Call:
+    """A call of a script taking the unit hash and a bucket per page as KEYS, and `head`,
+    then each page's field (followed by its value, with `values`) as ARGV (load_pages,
+    set_config, apply_baseline)."""
+    key_list = [keys.site_key(unit)]
+    argv: list[str | int | bytes] = [*head]
+    for i, page in enumerate(pages):
+        bucket, field = keys.page_entry(unit, page)
+        key_list.append(bucket)
+        argv.append(field)
+        if values is not None:
+            argv.append(values[i])
+    return (script, len(key_list), [*key_list, *argv])
+
+
+def counts_call(unit: str, day: str, pages: Sequence[str]) -> Call:
+    """One counts.lua call reading the unit's part of the site total and its visitors on
+    `day`, and each page's total and visitors."""
+    key_list = [keys.site_key(unit), keys.site_visitors_key(unit, day)]
+    fields: list[bytes] = []
+    for page in pages:
+        bucket, field = keys.page_entry(unit, page)
+        key_list.extend((bucket, keys.page_visitors_key(unit, day, page)))
+        fields.append(field)
+    return (scripts.COUNTS, len(key_list), [*key_list, *fields])

@@ -1,0 +1,15 @@
+"""The Redis side's own errors; their docstrings are their default messages."""
+
+from __future__ import annotations
+
+
+class CounterUnavailable(Exception):
+    """Redis is unreachable, loading, full or did not answer in time."""
+
+
+class UnsafeRedis(Exception):
+    """Redis is configured to evict keys, which would silently drop unflushed counts."""
+
+
+class LayoutMismatch(UnsafeRedis):
+    """Redis holds counts split over another number of units than VIEWCOUNTER_SHARDS says."""

@@ -1,0 +1,238 @@
+"""What the api's counting calls in Redis: hits, reads of live totals, loads of a site from
+Postgres' totals, its settings, and the small keys beside them (salt, rate, idempotency)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from typing import cast
+
+from services.counter import calls, client, keys, scripts
+from services.counter.client import Client
+from services.counter.errors import CounterUnavailable
+from services.counter.groupcommit import MAX_HITS_PER_CALL, CountsBatcher, CountsRequest, HitBatcher
+from services.counter.outcomes import Counts, HitRequest, HitResult, hit_results
+from services.counter.scripts import Call
+from services.counter.siteconfig import SiteConfig
+from services.counter.units import Units
+
+SALT_TTL_S = 2 * 86400
+ADMIN_RATE_TTL_S = 120  # a clock minute's counter outlives its minute
+
+
+class HitStore:
+    """Counting state in Redis as the api uses it; Redis errors raise CounterUnavailable.
+
+    Each site is split by page over `units` (keys.py): methods that take a site fan out to
+    its units. The store never closes the client it is given.
+    """
+
+    def __init__(self, redis: Client, units: Units) -> None:
+        self._redis = redis
+        self._units = units
+        self._count = units.count
+        self._hits = HitBatcher(redis, units.count)
+        self._counts = CountsBatcher(redis)
+
+    async def close(self) -> None:
+        """Finish the calls in flight."""
+        await self._hits.drain()
+        await self._counts.drain()
+
+    async def hit(self, request: HitRequest) -> HitResult | None:
+        """Take one page view; None when the site (the page's unit of it) is not loaded:
+        nothing was written then."""
+        result = await self._hits.submit(request)
+        if result is None or self._count == 1:
+            return result
+        unit = calls.unit_of(request.site, request.page, self._count)
+        site_views, _ = await self._units.site_views(
+            request.site, {unit: result.site_views}, wait=False
+        )
+        return HitResult(result.outcome, result.page_views, site_views)
+
+    async def hit_batch(
+        self, requests: Sequence[HitRequest], idempotency_token: str, keep_s: int
+    ) -> list[HitResult] | None:
+        """Take many page views of one site, MAX_HITS_PER_CALL per script call (per unit),
+        each call idempotent under `idempotency_token` and its position: sent again (a retry
+        after a failure part-way), the calls that ran answer what they did and count nothing.
+        None when the site (a unit of it) is not loaded. The site views answered are those
+        of the page's unit."""
+        groups: dict[str, list[int]] = {}
+        for position, request in enumerate(requests):
+            groups.setdefault(self._units.holding(request.site, request.page), []).append(position)
+        call_list: list[Call] = []
+        positions: list[list[int]] = []
+        for index, (unit, members) in enumerate(groups.items()):
+            # The same body always gives the same calls, so a retry finds their records.
+            prefix = idempotency_token if self._count == 1 else f"{idempotency_token}:u{index}"
+            for n, i in enumerate(range(0, len(members), MAX_HITS_PER_CALL)):
+                chunk = members[i : i + MAX_HITS_PER_CALL]
+                call_list.append(
+                    calls.hits_call(
+                        unit, [requests[p] for p in chunk], self._count, f"{prefix}:{n}", keep_s
+                    )
+                )
+                positions.append(chunk)
+        answers: dict[int, HitResult] = {}
+        for chunk, answer in zip(positions, await scripts.run(self._redis, call_list), strict=True):
+            results = hit_results(answer)
+            if results is None:
+                return None  # the calls that ran answer the same when sent again
+            answers.update(zip(chunk, results, strict=True))
+        return [answers[position] for position in range(len(requests))]
+
+    async def counts(self, site: str, day: str, pages: Sequence[str]) -> Counts | None:
+        """Live totals of `site` and `pages`, and their distinct visitors on local `day`;
+        None when the site (a unit of it) is not loaded. Reads taken together leave
+        together (group commit, as hits do)."""
+        groups: dict[str, list[str]] = {site: []} if self._count == 1 else {}
+        for page in dict.fromkeys(pages):
+            groups.setdefault(calls.unit_of(site, page, self._count), []).append(page)
+        answers = await asyncio.gather(
+            *(self._counts.submit(CountsRequest(u, day, p)) for u, p in groups.items()),
+            return_exceptions=True,
+        )
+        per_page: dict[str, tuple[int, int]] = {}
+        fresh: dict[str, int] = {}
+        site_views = site_visitors = 0
+        for unit, answer in zip(groups, answers, strict=True):
+            if isinstance(answer, BaseException):
+                raise answer  # every read was answered (no error left unread)
+            if answer is None:
+                return None
+            fresh[unit] = answer[0]
+            per_page.update(answer[2])
+            if self._count == 1:
+                site_views, site_visitors = answer[0], answer[1]
+        if self._count > 1:
+            site_views, state = await self._units.site_views(site, fresh)
+            if state.unreachable:
+                raise CounterUnavailable("a Redis node holding part of the site does not answer")
+            if state.unloaded:
+                return None
+            site_visitors = await self._units.site_visitors(site, day)
+        return Counts(
+            site_views=site_views,
+            pages={page: per_page[page][0] for page in pages},
+            site_visitors=site_visitors,
+            page_visitors={page: per_page[page][1] for page in pages},
+        )
+
+    async def site_config(self, site: str) -> SiteConfig | None:
+        """The settings the site was loaded with, or None when it is not loaded."""
+        with client.translated():
+            gen, tz, cfg = await self._redis.hmget(
+                keys.site_key(site), [keys.SITE_GEN, keys.SITE_TZ, keys.SITE_CONFIG]
+            )
+        if gen is None or tz is None:
+            return None
+        return SiteConfig.from_json(cast(str | None, cfg), cast(str, tz))
+
+    async def set_config(
+        self, site: str, config: SiteConfig, new_pages: Sequence[str] = ()
+    ) -> bool:
+        """Record changed settings (and newly registered pages) of a loaded site, in each of its
+        units; False when a unit is not loaded (nothing written there): its next load brings
+        them from Postgres."""
+        groups: dict[str, list[str]] = {unit: [] for unit in self._units.of(site)}
+        for page in new_pages:
+            groups[self._units.holding(site, page)].append(page)
+        call_list = [
+            calls.pages_call(
+                scripts.SET_CONFIG, unit, (config.timezone, config.to_json()), unit_pages
+            )
+            for unit, unit_pages in groups.items()
+        ]
+        return all(await scripts.run(self._redis, call_list))
+
+    async def load(
+        self,
+        site: str,
+        site_total: int,
+        config: SiteConfig,
+        page_totals: AsyncIterator[Sequence[tuple[str, int]]],
+    ) -> None:
+        """Copy a site's totals (from Postgres: its total, then its pages in chunks) into
+        those of its units that are not loaded; a unit another loader finished meanwhile is
+        left alone.
+
+        A unit's part of the site total is the sum of its pages' totals; unit 0 also holds
+        the rest (site total minus all pages, e.g. a site baseline), so the parts sum to the
+        site total however many units are loaded at a time.
+        """
+        unit_ids = self._units.of(site)
+        loading = set(unit_ids)
+        parts = dict.fromkeys(unit_ids, 0)
+        async for chunk in page_totals:
+            found: dict[str, tuple[list[str], list[int]]] = {}
+            for page, total in chunk:
+                unit = self._units.holding(site, page)
+                parts[unit] += total
+                if unit in loading:
+                    unit_pages, totals = found.setdefault(unit, ([], []))
+                    unit_pages.append(page)
+                    totals.append(total)
+            call_list = [
+                calls.pages_call(scripts.LOAD_PAGES, u, (), unit_pages, totals)
+                for u, (unit_pages, totals) in found.items()
+            ]
+            for unit, written in zip(found, await scripts.run(self._redis, call_list), strict=True):
+                if not written:
+                    loading.discard(unit)  # loaded meanwhile by another process
+            if not loading:
+                return
+        parts[site] = site_total - sum(parts[u] for u in unit_ids[1:])
+        await scripts.run(
+            self._redis,
+            [
+                (
+                    scripts.LOAD_SITE,
+                    1,
+                    [
+                        keys.site_key(unit),
+                        secrets.token_hex(8),
+                        parts[unit],
+                        config.timezone,
+                        config.to_json(),
+                    ],
+                )
+                for unit in unit_ids
+                if unit in loading
+            ],
+        )
+        self._units.forget(site)
+
+    async def daily_salt(self, day: str) -> bytes:
+        """The shared random salt of `day` for visitor hashes (created by the first asker)."""
+        key = keys.salt_key(day)
+        with client.translated():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, secrets.token_hex(32), nx=True, ex=SALT_TTL_S)
+                pipe.get(key)
+                _, salt = await pipe.execute()
+        return bytes.fromhex(salt)
+
+    async def count_admin_request(self, token: str, minute: int) -> int:
+        """Count one admin request of a client in a clock minute; the count so far."""
+        key = keys.admin_rate_key(token, minute)
+        with client.translated():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, 0, nx=True, ex=ADMIN_RATE_TTL_S)  # the expiry exists before any count
+                pipe.incr(key)
+                _, count = await pipe.execute()
+        return int(count)
+
+    async def claim_idempotency(
+        self, site: str, token: str, body_hash: str, keep_s: int
+    ) -> str | None:
+        """SET-if-absent the body hash of an idempotent batch; the earlier hash, or None."""
+        key = keys.idempotency_key(site, f"{token}:body")
+        with client.translated():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, body_hash, nx=True, ex=keep_s)
+                pipe.get(key)
+                created, stored = await pipe.execute()
+        return None if created else cast(str, stored)

@@ -1,0 +1,142 @@
+"""What a hit asks for and what happens to it: the outcome, the page rule, the value types.
+
+Pure values: nothing here talks to Redis, so the api, the use cases and the tests share them.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+
+class Outcome(enum.StrEnum):
+    """What happened to a hit; the values are the API's `reason` strings (and metric labels).
+
+    A StrEnum, so the answer's JSON and the metrics take a member as the string it is.
+    """
+
+    COUNTED = "counted"
+    DUPLICATE = "duplicate"
+    RATE_LIMITED = "rate_limited"
+    PAGE_LIMIT = "page_limit"
+    UNKNOWN_PAGE = "unknown_page"
+    BOT = "bot"
+
+
+# hits.lua answers each hit with a code 1-5 (see its header): code n is _BY_CODE[n - 1].
+_BY_CODE: Final[tuple[Outcome, ...]] = (
+    Outcome.COUNTED,
+    Outcome.DUPLICATE,
+    Outcome.RATE_LIMITED,
+    Outcome.PAGE_LIMIT,
+    Outcome.UNKNOWN_PAGE,
+)
+
+
+def decode(code: int) -> Outcome:
+    """The outcome of hits.lua's code 1-5; ValueError for any other."""
+    if not 1 <= code <= len(_BY_CODE):
+        raise ValueError(f"hits.lua outcome code {code} is not 1-{len(_BY_CODE)}")
+    return _BY_CODE[code - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class HitResult:
+    """What happened to a hit, and the live totals."""
+
+    outcome: Outcome
+    page_views: int
+    site_views: int
+
+
+def hit_results(answer: Sequence[Any]) -> list[HitResult] | None:
+    """The results in a hits.lua answer (`loaded`, then outcome code, page views, site
+    views per hit); None when the unit was not loaded (nothing was written)."""
+    if answer[0] == 0:
+        return None
+    # Integer replies arrive as ints: no conversion on the hit path.
+    return [
+        HitResult(decode(answer[i]), answer[i + 1], answer[i + 2]) for i in range(1, len(answer), 3)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class PageRule:
+    """Which pages of a site a hit may count on: any page, at most n distinct pages, or
+    only the pages registered for the site. Build it with any_page(), at_most(n),
+    only_known()."""
+
+    # hits.lua's encoding: 0 any page, n > 0 at most n pages, -1 only known pages.
+    bound: int
+
+    @staticmethod
+    def any_page() -> PageRule:
+        """Every page counts."""
+        return ANY_PAGE
+
+    @staticmethod
+    def at_most(pages: int) -> PageRule:
+        """Pages count until the site has `pages` distinct ones (0: any page)."""
+        if pages < 0:
+            raise ValueError(f"a page bound is at least 0, not {pages}")
+        return ANY_PAGE if pages == 0 else PageRule(pages)
+
+    @staticmethod
+    def only_known() -> PageRule:
+        """Only pages registered for the site count."""
+        return ONLY_KNOWN
+
+    def lua_arg(self, units: int) -> int:
+        """The rule as hits.lua takes it for one of `units` units of the site: a bound of
+        n pages becomes each unit's share, n / units rounded up (a unit cannot see the
+        others' pages)."""
+        bound = self.bound
+        if units > 1 and bound > 0:
+            return math.ceil(bound / units)
+        return bound
+
+
+ANY_PAGE: Final = PageRule(0)
+ONLY_KNOWN: Final = PageRule(-1)
+
+
+@dataclass(frozen=True, slots=True)
+class HitRequest:
+    """One page view to take: the page, its local day, and who it came from (as tokens)."""
+
+    site: str
+    page: str
+    day: str
+    seen_token: str
+    dedupe_window_s: int
+    client_token: str
+    minute: int
+    rate_limit: int
+    page_rule: PageRule
+    visitor_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Live totals of a site and some of its pages."""
+
+    site_views: int
+    pages: dict[str, int]
+    site_visitors: int = 0  # distinct visitors of the site on the day asked
+    page_visitors: dict[str, int] | None = None  # distinct visitors of each page that day
+
+
+@dataclass(frozen=True, slots=True)
+class RedisMemory:
+    """Redis' memory use against its bound (`max_bytes` 0: no bound set)."""
+
+    used_bytes: int
+    max_bytes: int
+
+    @property
+    def ratio(self) -> float | None:
+        """Used / bound, or None when Redis has no bound."""
+        return self.used_bytes / self.max_bytes if self.max_bytes else None

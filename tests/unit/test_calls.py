@@ -1,0 +1,65 @@
+"""KEYS and ARGV of the hits.lua call, built without a server (lua/hits.lua's header)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.counter import calls, keys, scripts
+from services.counter.outcomes import HitRequest, PageRule
+
+pytestmark = pytest.mark.unit
+
+SITE = "quan11"
+DAY = "2026-01-01"
+
+
+def request(page: str, rule: PageRule) -> HitRequest:
+    return HitRequest(SITE, page, DAY, f"seen-{page}", 1800, "client", 29_000_000, 600, rule, "v")
+
+
+def test_one_hit_on_a_site_of_one_unit() -> None:
+    script, numkeys, argv = calls.hits_call(SITE, [request("/a", PageRule.at_most(10))])
+    bucket, field = keys.page_entry(SITE, "/a")
+    assert script is scripts.HITS
+    assert numkeys == 15
+    assert argv[:numkeys] == [
+        "{vc:quan11}:site",
+        *(f"{{vc:quan11}}:pend:{shard}" for shard in range(8)),
+        "{vc:quan11}:idem:-",
+        "{vc:quan11}:seen:seen-/a",
+        "{vc:quan11}:rate:client:29000000",
+        f"{{vc:quan11}}:uv:{DAY}",
+        f"{{vc:quan11}}:uvp:{DAY}:/a",
+        bucket,
+    ]
+    assert argv[numkeys:] == [0, keys.shard_of("/a"), "/a", DAY, 1800, 600, 10, "v", field]
+
+
+def test_several_hits_of_one_unit_of_a_split_site_are_one_idempotent_call() -> None:
+    units = 4
+    pages = [
+        p for p in (f"/p{i}" for i in range(40)) if calls.unit_of(SITE, p, units) == "quan11~1"
+    ]
+    hits = [request(p, PageRule.at_most(10)) for p in pages[:3]]
+    _, numkeys, argv = calls.hits_call("quan11~1", hits, units, "tok:u0:0", 86400)
+    assert numkeys == 10 + 5 * 3
+    assert argv[0] == "{vc:quan11~1}:site"
+    assert argv[9] == "{vc:quan11~1}:idem:tok:u0:0"
+    assert all(key.startswith("{vc:quan11~1}:") for key in argv[:numkeys])  # one Cluster slot
+    args = argv[numkeys:]
+    assert args[0] == 86400
+    for j, page in enumerate(pages[:3]):
+        per_hit = args[1 + 8 * j : 9 + 8 * j]
+        # The page bound of 10 becomes this unit's share: 3 of 4 units, rounded up.
+        assert per_hit[:7] == [keys.shard_of(page), page, DAY, 1800, 600, 3, "v"]
+        assert per_hit[7] == keys.page_entry("quan11~1", page)[1]
+
+
+def test_unit_zero_is_the_site_itself() -> None:
+    assert calls.unit_of(SITE, "/any", 1) == SITE
+    assert {calls.unit_of(SITE, f"/p{i}", 4) for i in range(200)} == {
+        SITE,
+        "quan11~1",
+        "quan11~2",
+        "quan11~3",
+    }
