@@ -59,7 +59,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.noop_app import BARE_NOOP_PATH, FASTAPI_NOOP_PATH, LEAN_NOOP_PATH  # noqa: E402
-from services.cli.localservers import PostgresProcess, RedisProcess, free_port  # noqa: E402
+from services.cli.localpostgres import PostgresProcess  # noqa: E402
+from services.cli.localredis import RedisProcess  # noqa: E402
+from services.cli.localservers import free_port  # noqa: E402
 
 PYTHON = sys.executable
 T = TypeVar("T")

@@ -60,7 +60,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench import run  # noqa: E402
-from services.cli.localservers import PostgresProcess, RedisProcess, free_port  # noqa: E402
+from services.cli.localpostgres import PostgresProcess  # noqa: E402
+from services.cli.localredis import RedisProcess  # noqa: E402
+from services.cli.localservers import free_port  # noqa: E402
 from services.flusher import worker  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"

@@ -24,7 +24,9 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from services.api.app import create_app, server_options
-from services.cli.localservers import PostgresProcess, RedisProcess, free_port
+from services.cli.localpostgres import PostgresProcess
+from services.cli.localredis import RedisProcess
+from services.cli.localservers import free_port
 from services.clients import Clients
 from services.config import Settings
 from services.counter import client as counter_client

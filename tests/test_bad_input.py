@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 from services.api.hit_body import URL_MAX_CHARS, VISITOR_MAX_CHARS
 from services.api.hits import MAX_PAGES_PER_READ
-from services.cli.localservers import PostgresProcess, RedisProcess
+from services.cli.localpostgres import PostgresProcess
+from services.cli.localredis import RedisProcess
 from services.config import Settings
 from services.counter import ids
 from services.counter.ids import PAGE_ID_MAX_BYTES

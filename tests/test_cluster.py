@@ -14,7 +14,7 @@ import httpx
 import pytest
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
-from services.cli.localservers import RedisCluster
+from services.cli.localredis import RedisCluster
 from services.config import CLUSTER_SHARDS
 from services.counter import keys
 from services.counter.calls import unit_of

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 import redis.asyncio as aioredis
 
-from services.cli.localservers import RedisProcess
+from services.cli.localredis import RedisProcess
 from services.config import Settings
 from services.flusher.worker import Flusher
 from tests.checks import days_around_now, totals, views

@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.cli import localservers
+from services.cli import localpostgres, localredis
 from tests.conftest import pid_exists
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[localservers.RedisProcess]:
-    with localservers.RedisProcess(tmp_path / "redis") as server:
+def redis_server(tmp_path: Path) -> Iterator[localredis.RedisProcess]:
+    with localredis.RedisProcess(tmp_path / "redis") as server:
         yield server
 
 
-def _client(server: localservers.RedisProcess) -> redis.Redis:
+def _client(server: localredis.RedisProcess) -> redis.Redis:
     return redis.Redis.from_url(server.url, socket_timeout=5)
 
 
@@ -26,7 +26,7 @@ def test_redis_keeps_acknowledged_writes_across_sigkill(tmp_path: Path) -> None:
     # appendfsync always: Redis writes and fsyncs the AOF before it replies. (Under everysec
     # it may postpone the write while a background fsync is slow, and reply first: a kill
     # then loses the last writes, which this test once saw under load.)
-    redis_server = localservers.RedisProcess(tmp_path / "redis", appendfsync="always")
+    redis_server = localredis.RedisProcess(tmp_path / "redis", appendfsync="always")
     redis_server.start()
     try:
         _kill_and_restart_keeps(redis_server)
@@ -34,7 +34,7 @@ def test_redis_keeps_acknowledged_writes_across_sigkill(tmp_path: Path) -> None:
         redis_server.stop()
 
 
-def _kill_and_restart_keeps(redis_server: localservers.RedisProcess) -> None:
+def _kill_and_restart_keeps(redis_server: localredis.RedisProcess) -> None:
     client = _client(redis_server)
     client.incrby("views", 41)
     client.incr("views")
@@ -53,7 +53,7 @@ def _kill_and_restart_keeps(redis_server: localservers.RedisProcess) -> None:
 
 
 def test_redis_graceful_restart_keeps_data_on_the_same_port(
-    redis_server: localservers.RedisProcess,
+    redis_server: localredis.RedisProcess,
 ) -> None:
     port, url = redis_server.port, redis_server.url
     client = _client(redis_server)
@@ -69,14 +69,14 @@ def test_redis_graceful_restart_keeps_data_on_the_same_port(
 
 
 def test_redis_start_failure_reports_log_tail(tmp_path: Path) -> None:
-    server = localservers.RedisProcess(tmp_path / "redis", appendfsync="sometimes")
+    server = localredis.RedisProcess(tmp_path / "redis", appendfsync="sometimes")
     with pytest.raises(RuntimeError, match="appendfsync"):
         server.start()
     assert server.pid is None
 
 
 def test_exit_stops_the_server(tmp_path: Path) -> None:
-    with localservers.RedisProcess(tmp_path / "redis") as server:
+    with localredis.RedisProcess(tmp_path / "redis") as server:
         pid = server.pid
         assert pid is not None
     assert server.pid is None
@@ -84,7 +84,7 @@ def test_exit_stops_the_server(tmp_path: Path) -> None:
 
 
 def test_postgres_keeps_committed_rows_across_sigkill(tmp_path: Path) -> None:
-    with localservers.PostgresProcess(tmp_path / "pg") as server:
+    with localpostgres.PostgresProcess(tmp_path / "pg") as server:
         assert server.url("viewcounter") == (
             f"postgresql://postgres@127.0.0.1:{server.port}/viewcounter"
         )
@@ -109,7 +109,7 @@ def test_postgres_keeps_committed_rows_across_sigkill(tmp_path: Path) -> None:
 
 
 def test_postgres_without_fsync_applies_speed_settings(tmp_path: Path) -> None:
-    with localservers.PostgresProcess(tmp_path / "pg", fsync=False) as server:
+    with localpostgres.PostgresProcess(tmp_path / "pg", fsync=False) as server:
         settings = server.psql(
             "SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_settings"
             " WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes')"

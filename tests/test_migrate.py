@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.cli.localservers import PostgresProcess
+from services.cli.localpostgres import PostgresProcess
 from services.db import migrate
 from tests.conftest import create_database
 

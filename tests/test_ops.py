@@ -22,7 +22,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.cli.localservers import PostgresProcess, RedisProcess, free_port
+from services.cli.localpostgres import PostgresProcess
+from services.cli.localredis import RedisProcess
+from services.cli.localservers import free_port
 from services.config import Settings
 from tests.conftest import (
     ADMIN_TOKEN,

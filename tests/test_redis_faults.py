@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import redis.asyncio as aioredis
 
-from services.cli.localservers import RedisProcess, free_port
+from services.cli.localredis import RedisProcess
+from services.cli.localservers import free_port
 from services.clients import Clients
 from services.config import Settings
 from services.counter import client as counter_client

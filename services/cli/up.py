@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from rich.console import Console
 
-from services.cli import localservers, progress
+from services.cli import localpostgres, localredis, localservers, progress
 
 REDIS_URL_ENV = "VIEWCOUNTER_REDIS_URL"
 DATABASE_URL_ENV = "VIEWCOUNTER_DATABASE_URL"
@@ -215,7 +215,7 @@ def _start_databases(
     """Start Redis and Postgres for whichever URL the environment does not provide, saying
     what it is doing on `console` (a spinner on a terminal, plain lines otherwise)."""
     if not env.get(REDIS_URL_ENV):
-        redis_server = localservers.RedisProcess(
+        redis_server = localredis.RedisProcess(
             data_dir / "redis", appendonly=True, appendfsync="everysec"
         )
         servers.append(redis_server)
@@ -225,7 +225,7 @@ def _start_databases(
         print(f"viewcounter up: started Redis on {redis_server.url}", flush=True)
     if not env.get(DATABASE_URL_ENV):
         pg_dir = data_dir / "postgres"
-        pg_server = localservers.PostgresProcess(pg_dir, log_file=data_dir / "postgres.log")
+        pg_server = localpostgres.PostgresProcess(pg_dir, log_file=data_dir / "postgres.log")
         servers.append(pg_server)
         doing = (
             f"starting Postgres in {pg_dir}"

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.cli.localservers import PostgresProcess, RedisProcess
+from services.cli.localpostgres import PostgresProcess
+from services.cli.localredis import RedisProcess
 from services.config import Settings
 from tests.chaos.harness import (
     Load,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.localservers import RedisProcess
+from services.cli.localredis import RedisProcess
 from tests.chaos.harness import Load, Sampler, final_report, flusher_process, stop_gracefully, until
 from tests.conftest import SITE, make_settings, register_site, running_api
 

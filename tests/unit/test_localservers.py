@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import localservers
+from services.cli import localpostgres, localredis, localservers
 
 pytestmark = pytest.mark.unit
 
@@ -25,14 +25,14 @@ def test_binary_overrides_come_from_environment(
 ) -> None:
     monkeypatch.setenv(localservers.REDIS_SERVER_ENV, "/opt/custom/valkey-server")
     monkeypatch.setenv(localservers.PG_BIN_DIR_ENV, str(tmp_path))
-    assert localservers.redis_server_binary() == "/opt/custom/valkey-server"
-    assert localservers.postgres_bin_dir() == tmp_path
+    assert localredis.redis_server_binary() == "/opt/custom/valkey-server"
+    assert localpostgres.postgres_bin_dir() == tmp_path
 
 
 def test_default_binaries_exist(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(localservers.REDIS_SERVER_ENV, raising=False)
     monkeypatch.delenv(localservers.PG_BIN_DIR_ENV, raising=False)
-    assert os.access(localservers.redis_server_binary(), os.X_OK)
-    bin_dir = localservers.postgres_bin_dir()
+    assert os.access(localredis.redis_server_binary(), os.X_OK)
+    bin_dir = localpostgres.postgres_bin_dir()
     for name in ("postgres", "initdb", "pg_isready", "psql"):
         assert os.access(bin_dir / name, os.X_OK), name
