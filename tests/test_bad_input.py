@@ -32,8 +32,14 @@ from services.config import Settings
 from services.counter import ids
 from services.counter.ids import PAGE_ID_MAX_BYTES
 from services.flusher.worker import Flusher
-from tests.checks import assert_consistent, totals, views
-from tests.conftest import ADMIN_TOKEN, copy_template, make_settings, register_site, running_api
+from tests.support.checks import assert_consistent, totals, views
+from tests.support.stack import (
+    ADMIN_TOKEN,
+    copy_template,
+    make_settings,
+    register_site,
+    running_api,
+)
 
 SITE = "quan11"
 HITS = f"/v1/sites/{SITE}/hits"

@@ -13,8 +13,8 @@ from services.db import ledger as db_ledger
 from services.db import pool as db_pool
 from services.db import sites as db_sites
 from services.flusher.worker import Flusher
-from tests.checks import assert_consistent, totals
-from tests.conftest import (
+from tests.support.checks import assert_consistent, totals
+from tests.support.stack import (
     ADMIN_TOKEN,
     SITE,
     FakeClock,

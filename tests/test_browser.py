@@ -20,8 +20,14 @@ from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page
 from services.cli import up
 from services.cli.localservers import free_port
 from services.config import Settings
-from tests.browser import ARTIFACTS, HostPages, seed_baselines, serve_host_pages, session_browser
-from tests.conftest import BROWSER_UA, SITE, make_settings, register_site, running_api
+from tests.support.browser import (
+    ARTIFACTS,
+    HostPages,
+    seed_baselines,
+    serve_host_pages,
+    session_browser,
+)
+from tests.support.stack import BROWSER_UA, SITE, make_settings, register_site, running_api
 
 ARTICLE = "/tin-tuc/phat-huy-vai-tro-doan-vien-thanh-nien-123"
 DEMO_LIST = [

@@ -19,9 +19,9 @@ from services.config import CLUSTER_SHARDS
 from services.counter import keys
 from services.counter.calls import unit_of
 from services.counter.errors import CounterUnavailable
-from tests.chaos.harness import outcome, record
-from tests.checks import assert_consistent, totals
-from tests.conftest import ADMIN_TOKEN, flusher_for, make_settings, running_api
+from tests.support.chaos import outcome, record
+from tests.support.checks import assert_consistent, totals
+from tests.support.stack import ADMIN_TOKEN, flusher_for, make_settings, running_api
 
 SITES = [f"site{n}" for n in range(12)]
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}

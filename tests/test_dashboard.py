@@ -13,9 +13,16 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage
 
 from services.config import Settings
-from tests.browser import ARTIFACTS, session_browser
-from tests.conftest import ADMIN_TOKEN, BROWSER_UA, SITE, flusher_for, make_settings, running_api
-from tests.test_reports import live_counts
+from tests.support.browser import ARTIFACTS, session_browser
+from tests.support.stack import (
+    ADMIN_TOKEN,
+    BROWSER_UA,
+    SITE,
+    flusher_for,
+    live_counts,
+    make_settings,
+    running_api,
+)
 
 REPORT_TOKEN = "report-token-for-editors-0123"
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}

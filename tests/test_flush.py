@@ -22,8 +22,8 @@ from services.db import ledger as db_ledger
 from services.db import pool as db_pool
 from services.flusher import worker
 from services.flusher.worker import Flusher, FlushReport, assigned_flusher, batch_id
-from tests.checks import Totals, assert_consistent, totals
-from tests.conftest import ADMIN_TOKEN, flusher_for
+from tests.support.checks import Totals, assert_consistent, totals
+from tests.support.stack import ADMIN_TOKEN, flusher_for
 
 
 async def send_hits(

@@ -22,7 +22,7 @@ from schemathesis.openapi import from_dict
 
 from services.api.app import create_app, server_options
 from services.cli.localservers import free_port
-from tests.conftest import ADMIN_TOKEN, BROWSER_UA, SITE, SITE_TZ, make_settings
+from tests.support.stack import ADMIN_TOKEN, BROWSER_UA, SITE, SITE_TZ, make_settings
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 HEADERS = {"authorization": f"Bearer {ADMIN_TOKEN}", "user-agent": BROWSER_UA}

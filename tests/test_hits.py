@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from services.cli.localredis import RedisProcess
 from services.config import Settings
 from services.flusher.worker import Flusher
-from tests.checks import days_around_now, totals, views
-from tests.conftest import ADMIN_TOKEN, SITE_TZ, make_settings, register_site, running_api
+from tests.support.checks import days_around_now, totals, views
+from tests.support.stack import ADMIN_TOKEN, SITE_TZ, make_settings, register_site, running_api
 
 
 async def hit(client: httpx.AsyncClient, page: str, site: str = "quan11") -> httpx.Response:

@@ -30,8 +30,8 @@ from services.db import baselines as db_baselines
 from services.db import ledger as db_ledger
 from services.db import pool as db_pool
 from services.flusher.worker import Flusher
-from tests.checks import assert_consistent, totals
-from tests.conftest import ADMIN_TOKEN, SITE, flusher_for, make_settings, running_api
+from tests.support.checks import assert_consistent, totals
+from tests.support.stack import ADMIN_TOKEN, SITE, flusher_for, make_settings, running_api
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 LEGACY_TOTAL = 37_409_357

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from services.cli import localpostgres, localredis
-from tests.conftest import pid_exists
+from tests.support.stack import pid_exists
 
 
 @pytest.fixture

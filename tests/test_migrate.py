@@ -13,7 +13,7 @@ import pytest
 
 from services.cli.localpostgres import PostgresProcess
 from services.db import migrate
-from tests.conftest import create_database
+from tests.support.stack import create_database
 
 REPO = Path(__file__).resolve().parent.parent
 

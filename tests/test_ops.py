@@ -26,7 +26,7 @@ from services.cli.localpostgres import PostgresProcess
 from services.cli.localredis import RedisProcess
 from services.cli.localservers import free_port
 from services.config import Settings
-from tests.conftest import (
+from tests.support.stack import (
     ADMIN_TOKEN,
     BROWSER_UA,
     SITE,

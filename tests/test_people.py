@@ -20,8 +20,8 @@ from services.db import ledger as db_ledger
 from services.db import pool as db_pool
 from services.db import sites as db_sites
 from services.flusher.worker import Flusher
-from tests.checks import views
-from tests.conftest import SITE, FakeClock, make_settings, register_site, running_api
+from tests.support.checks import views
+from tests.support.stack import SITE, FakeClock, make_settings, register_site, running_api
 
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 HEADLESS = (

@@ -15,8 +15,8 @@ from services.clients import Clients
 from services.config import Settings
 from services.counter import client as counter_client
 from services.counter.outcomes import HitRequest, PageRule
-from tests.checks import views
-from tests.conftest import SITE, make_settings, register_site, running_api
+from tests.support.checks import views
+from tests.support.stack import SITE, make_settings, register_site, running_api
 
 
 class PausableProxy:

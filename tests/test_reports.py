@@ -8,8 +8,6 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,15 +15,9 @@ import asyncpg
 import httpx
 import pytest
 
-from services.clients import Clients
 from services.config import Settings
-from services.counter import client as counter_client
-from services.counter import startup
-from services.counting.live import LiveCounts
-from services.db import pool as db_pool
 from services.db import reports as db_reports
-from services.db import sites as db_sites
-from tests.conftest import ADMIN_TOKEN, flusher_for, make_settings, running_api
+from tests.support.stack import ADMIN_TOKEN, flusher_for, live_counts, make_settings, running_api
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 REPORT_TOKEN = "report-token-for-editors-0123"
@@ -52,19 +44,6 @@ HITS = [
     ("2025-03-09 17:00:30", "/early"),
     ("2025-03-10 23:30:00", "/a"),  # the 11th in Ho Chi Minh City, the 10th in London
 ]
-
-
-@asynccontextmanager
-async def live_counts(settings: Settings, clock: list[float]) -> AsyncIterator[LiveCounts]:
-    """The api's LiveCounts on real Redis and Postgres, with a clock the test sets."""
-    stores = Clients(counter_client.connect(settings.redis_url, max_connections=4, timeout_s=5))
-    await startup.register_scripts(stores.redis)
-    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
-    try:
-        yield LiveCounts(stores.hits, db_sites.Sites(pool), clock=lambda: clock[0])
-    finally:
-        await pool.close()
-        await stores.aclose()
 
 
 async def record_known_hits(settings: Settings) -> None:

@@ -19,8 +19,8 @@ from services.counter import keys, startup
 from services.counter.calls import unit_of
 from services.counter.errors import LayoutMismatch
 from services.flusher.worker import assigned_flusher
-from tests.checks import assert_consistent, totals
-from tests.conftest import (
+from tests.support.checks import assert_consistent, totals
+from tests.support.stack import (
     ADMIN_TOKEN,
     SITE,
     flusher_for,

@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.config import Settings
 from services.counter import keys
 from services.flusher.worker import Flusher
-from tests.checks import views
-from tests.conftest import (
+from tests.support.checks import views
+from tests.support.stack import (
     ADMIN_TOKEN,
     SITE,
     FakeClock,

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from services.cli import up
-from tests.conftest import pid_exists
+from tests.support.stack import pid_exists
 
 # Stands in for `python -m services.cli ...`: records its argv and env, then behaves per FAKE_*.
 FAKE_CLI = """

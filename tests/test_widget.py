@@ -17,7 +17,7 @@ import pytest
 
 from services.api import badge, widget
 from services.cli.localservers import free_port
-from tests.conftest import SITE, make_settings, register_site, running_api
+from tests.support.stack import SITE, make_settings, register_site, running_api
 
 SVG = "{http://www.w3.org/2000/svg}"
 HOSTILE_LABELS = [

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from services.cli.localservers import free_port
-from tests.chaos.harness import (
+from tests.support.chaos import (
     Load,
     Sampler,
     final_report,
@@ -22,7 +22,7 @@ from tests.chaos.harness import (
     stop_gracefully,
     until,
 )
-from tests.conftest import BROWSER_UA, SITE, make_settings, register_site
+from tests.support.stack import BROWSER_UA, SITE, make_settings, register_site
 
 # The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]

@@ -1,6 +1,6 @@
 """kill -9 of a flusher process in every phase of a flush, while hits flow.
 
-Each run starts a flusher (tests/chaos/crashing_flusher.py: the real command, which SIGKILLs
+Each run starts a flusher (tests/support/crashing_flusher.py: the real command, which SIGKILLs
 itself at the phase named), checks that Redis and Postgres hold exactly the state that phase
 leaves, then lets an ordinary flusher take the site over (its lease runs out after 1 s) and
 finish, and compares Postgres with what was acknowledged.
@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 
 from services.config import Settings
 from services.counter import keys
-from tests.chaos import crashing_flusher
-from tests.chaos.harness import (
+from tests.support import crashing_flusher
+from tests.support.chaos import (
     Load,
     Sampler,
     final_report,
@@ -29,7 +29,7 @@ from tests.chaos.harness import (
     stop_gracefully,
     until,
 )
-from tests.conftest import make_settings
+from tests.support.stack import make_settings
 
 # The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from services.config import Settings
 from services.counter import keys
-from tests.chaos.harness import (
+from tests.support.chaos import (
     Load,
     Sampler,
     final_report,
@@ -24,7 +24,7 @@ from tests.chaos.harness import (
     stop_gracefully,
     until,
 )
-from tests.conftest import make_settings, register_site, running_api
+from tests.support.stack import make_settings, register_site, running_api
 
 # The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]

@@ -1,5 +1,5 @@
 """A TCP proxy between the flusher process and Postgres cuts or delays the connection in the
-middle of a flush transaction (tests/chaos/proxy.py), while hits flow."""
+middle of a flush transaction (tests/support/proxy.py), while hits flow."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from services.cli.localservers import free_port
 from services.config import Settings
-from tests.chaos.harness import (
+from tests.support.chaos import (
     Load,
     Sampler,
     final_report,
@@ -20,8 +20,8 @@ from tests.chaos.harness import (
     stop_gracefully,
     wait_for_batches,
 )
-from tests.chaos.proxy import FAULTS, PostgresProxy
-from tests.conftest import make_settings
+from tests.support.proxy import FAULTS, PostgresProxy
+from tests.support.stack import make_settings
 
 # The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]

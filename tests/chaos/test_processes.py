@@ -16,7 +16,7 @@ import pytest
 from services.cli.localpostgres import PostgresProcess
 from services.cli.localredis import RedisProcess
 from services.config import Settings
-from tests.chaos.harness import (
+from tests.support.chaos import (
     Load,
     Sampler,
     final_report,
@@ -25,7 +25,7 @@ from tests.chaos.harness import (
     stop_gracefully,
     wait_for_batches,
 )
-from tests.conftest import (
+from tests.support.stack import (
     SITE,
     copy_template,
     create_migrated_template,

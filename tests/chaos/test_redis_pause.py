@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from services.cli.localredis import RedisProcess
-from tests.chaos.harness import Load, Sampler, final_report, flusher_process, stop_gracefully, until
-from tests.conftest import SITE, make_settings, register_site, running_api
+from tests.support.chaos import Load, Sampler, final_report, flusher_process, stop_gracefully, until
+from tests.support.stack import SITE, make_settings, register_site, running_api
 
 # The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from services.api.app import create_app
-from tests.conftest import BROWSER_UA, make_settings
+from tests.support.stack import BROWSER_UA, make_settings
 
 pytestmark = pytest.mark.unit
 

@@ -32,8 +32,8 @@ import httpx
 
 from services.cli.localservers import free_port
 from services.config import Settings
-from tests.checks import Totals, assert_consistent, totals
-from tests.conftest import ADMIN_TOKEN
+from tests.support.checks import Totals, assert_consistent, totals
+from tests.support.stack import ADMIN_TOKEN
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT_FILE = REPO / "tests" / "artifacts" / "chaos.md"
@@ -115,8 +115,9 @@ def flusher_process(
     settings: Settings, log: Path, *, crash_at: str | None = None, **extra: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`viewcounter flusher` as its own process; with `crash_at`, the same flusher that SIGKILLs
-    itself the first time it reaches that phase (tests/chaos/crashing_flusher.py)."""
-    module = ["tests.chaos.crashing_flusher", crash_at] if crash_at else ["services.cli", "flusher"]
+    itself the first time it reaches that phase (tests/support/crashing_flusher.py)."""
+    crashing = ["tests.support.crashing_flusher", crash_at]
+    module = crashing if crash_at else ["services.cli", "flusher"]
     with spawned([sys.executable, "-m", *module], process_env(settings, **extra), log) as proc:
         yield proc
 

@@ -1,6 +1,6 @@
 """`viewcounter flusher`, unchanged, that SIGKILLs itself the first time it reaches a phase.
 
-Run as `python -m tests.chaos.crashing_flusher PHASE`. It wraps three methods of the real
+Run as `python -m tests.support.crashing_flusher PHASE`. It wraps three methods of the real
 flusher's collaborators (each wrapper calls the real method) and then runs the real command
 (`services.cli.main.main(["flusher"])`), so the crash lands at an exact point of the protocol
 without any hook in production code:
