@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     redis_cluster: bool = False
     # Units each site is split into by page (keys.py), each its own Cluster slot, so one busy
     # site spreads over the Cluster's nodes. 0: 16 on a Cluster, 1 on a single Redis (where
-    # more would only cost). Changing it needs a drained Redis (README, Scaling).
+    # more would only cost). Changing it needs a drained Redis (docs/scaling.md).
     shards: int = Field(default=0, ge=0, le=1024)
     database_url: str = Field(min_length=1)
     admin_token: SecretStr | None = None

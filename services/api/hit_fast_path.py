@@ -4,7 +4,7 @@ layer in front of the whole app.
 The hit is the hot path, and the counts read the widget's. Through the middleware stack
 (ServerErrorMiddleware, RequestTelemetry, BodyLimit, SiteCors, ExceptionMiddleware, FastAPI's
 exit stack, routing over every route) and Starlette's Request/Response objects, a hit costs
-several times the counting work (BENCHMARKS.md has the profiles). For these two routes this
+several times the counting work (docs/benchmarks.md has the profiles). For these two routes this
 layer does exactly what those layers do, in the same order and with the same answers:
 
 1. telemetry: the request id (kept or made, echoed last in the answer's headers, set for log

@@ -2,7 +2,7 @@
 
 These are plain Starlette endpoints (added to the FastAPI app as routes): the hit path is the
 hot path, and FastAPI's per-request dependency and parameter machinery cost more than the whole
-counting work. They parse their own input; /docs does not list them (the README does).
+counting work. They parse their own input; public_schema.py describes them for /docs.
 """
 
 from __future__ import annotations

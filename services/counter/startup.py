@@ -41,7 +41,7 @@ async def check_layout(redis: Client, units: int) -> None:
     if int(recorded) != units:
         raise LayoutMismatch(
             f"Redis holds sites split over {recorded} units, VIEWCOUNTER_SHARDS says "
-            f"{units}: set it back, or drain Redis first (README, Scaling)"
+            f"{units}: set it back, or drain Redis first (docs/scaling.md)"
         )
 
 

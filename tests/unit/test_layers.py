@@ -111,3 +111,9 @@ def test_root_modules_import_no_process_and_no_use_case() -> None:
 def test_only_the_redis_side_knows_the_key_schema() -> None:
     outside = [m for m in MODULES if not _within(m, ["services.counter"])]
     assert _offending(outside, ["services.counter.keys"]) == {}
+
+
+def test_only_the_database_side_runs_sql() -> None:
+    # The local Postgres server (cli/localpostgres.py) runs psql as a program, not through asyncpg.
+    outside = [m for m in MODULES if not _within(m, ["services.db"])]
+    assert _offending(outside, ["asyncpg"]) == {}

@@ -1,4 +1,4 @@
--- viewcounter schema v1. Report writers: see README "Postgres tables".
+-- viewcounter schema v1. Report writers: see docs/postgres.md.
 -- `views` columns hold hits counted by viewcounter only; numbers carried over from a legacy
 -- counter go to `baseline`, so views == sum of daily buckets stays checkable.
 

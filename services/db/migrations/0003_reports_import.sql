@@ -1,7 +1,7 @@
 -- Reports and legacy imports: baseline changes with their audit trail, the outbox that moves
 -- baseline deltas into Redis' live totals, covering indexes for the report queries, views
--- for report writers, and a read-only role they can log in as. README: "Postgres tables",
--- "Reports", "Importing legacy counts".
+-- for report writers, and a read-only role they can log in as. docs/: postgres.md,
+-- reports.md, importing.md.
 
 -- One row per baseline change (an import that changed something, or one page's PUT).
 -- The id is taken under the site's site_views row lock, so per site ids grow in commit order.
