@@ -20,16 +20,7 @@ from services.cli.localredis import RedisProcess
 from services.cli.localservers import free_port
 from services.config import Settings
 from services.flusher.worker import Flusher
-from tests.support.stack import (
-    SITE,
-    TEMPLATE_DB,
-    copy_template,
-    create_migrated_template,
-    flusher_for,
-    make_settings,
-    register_site,
-    running_api,
-)
+from tests.support import stack
 
 # What a test of the unit tier (tests/unit/, `-m unit`) may take: it starts no server.
 UNIT_TIMEOUT_S = 10
@@ -66,13 +57,13 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresProc
 
 @pytest.fixture(scope="session")
 async def migrated_template(pg_server: PostgresProcess) -> str:
-    await create_migrated_template(pg_server)
-    return TEMPLATE_DB
+    await stack.create_migrated_template(pg_server)
+    return stack.TEMPLATE_DB
 
 
 @pytest.fixture
 async def database_url(pg_server: PostgresProcess, migrated_template: str) -> str:
-    return await copy_template(pg_server)
+    return await stack.copy_template(pg_server)
 
 
 @pytest.fixture
@@ -88,24 +79,24 @@ async def redis_url(redis_server: RedisProcess) -> str:
 
 @pytest.fixture
 def settings(redis_url: str, database_url: str) -> Settings:
-    return make_settings(redis_url, database_url)
+    return stack.make_settings(redis_url, database_url)
 
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_api(settings) as client:
+    async with stack.running_api(settings) as client:
         yield client
 
 
 @pytest.fixture
 async def site(api: httpx.AsyncClient) -> str:
-    await register_site(api)
-    return SITE
+    await stack.register_site(api)
+    return stack.SITE
 
 
 @pytest.fixture
 async def flusher(settings: Settings) -> AsyncIterator[Flusher]:
-    async with flusher_for(settings) as f:
+    async with stack.flusher_for(settings) as f:
         yield f
 
 

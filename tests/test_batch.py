@@ -8,16 +8,14 @@ from services.clients import Clients
 from services.config import Settings
 from services.counter import client as counter_client
 from services.counting.live import LiveCounts, View
-from services.db import baselines as db_baselines
-from services.db import ledger as db_ledger
 from services.db import pool as db_pool
 from services.db import sites as db_sites
-from services.flusher.worker import Flusher
 from tests.support.checks import assert_consistent, totals
 from tests.support.stack import (
     ADMIN_TOKEN,
     SITE,
     FakeClock,
+    flusher_on,
     make_settings,
     register_site,
     running_api,
@@ -72,13 +70,7 @@ async def test_a_batch_counts_like_single_hits_and_lands_in_postgres(
     stores = Clients(counter_client.connect(redis_url, max_connections=4, timeout_s=5))
     pool = await db_pool.connect_pool(database_url, statement_timeout_s=5)
     try:
-        await Flusher(
-            stores.flush,
-            stores.baselines,
-            db_ledger.Ledger(pool),
-            db_baselines.Baselines(pool),
-            interval_s=1,
-        ).flush_once()
+        await flusher_on(stores, pool).flush_once()
     finally:
         await pool.close()
         await stores.aclose()

@@ -19,7 +19,7 @@ from services.config import CLUSTER_SHARDS
 from services.counter import keys
 from services.counter.calls import unit_of
 from services.counter.errors import CounterUnavailable
-from tests.support.chaos import outcome, record
+from tests.support import chaos
 from tests.support.checks import assert_consistent, totals
 from tests.support.stack import ADMIN_TOKEN, flusher_for, make_settings, running_api
 
@@ -178,15 +178,15 @@ async def test_a_node_killed_and_restarted_under_load_loses_and_doubles_nothing(
         done = sum(acked[site].values())
         print(
             f"{site}: acknowledged {done}, in Postgres {stored.site_views}, "
-            f"unknown outcome {unknown[site]}"
+            f"unknown chaos.outcome {unknown[site]}"
         )
         # Nothing acknowledged is lost; nothing is counted twice (at most the hits whose
         # answer was lost may have been applied).
         assert done <= stored.site_views <= done + unknown[site]
         for page, n in acked[site].items():
             assert stored.pages.get(page, 0) >= n
-    result = record(
-        outcome(
+    result = chaos.record(
+        chaos.outcome(
             "Redis Cluster node kill -9 and restart",
             {f"{site}/{p}": n for site in SITES for p, n in acked[site].items()},
             {f"{site}/{p}": n for site in SITES for p, n in unknown_pages[site].items()},

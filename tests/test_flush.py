@@ -17,13 +17,12 @@ from services.config import Settings
 from services.counter import client as counter_client
 from services.counter import keys
 from services.counter.flushstore import FlushStore, SnapshotRef
-from services.db import baselines as db_baselines
 from services.db import ledger as db_ledger
 from services.db import pool as db_pool
 from services.flusher import worker
 from services.flusher.worker import Flusher, FlushReport, assigned_flusher, batch_id
 from tests.support.checks import Totals, assert_consistent, totals
-from tests.support.stack import ADMIN_TOKEN, flusher_for
+from tests.support.stack import ADMIN_TOKEN, flusher_for, flusher_on
 
 
 async def send_hits(
@@ -116,13 +115,7 @@ async def test_a_batch_committed_but_not_deleted_is_not_counted_twice(
     await send_hits(api, site, ["a", "a", "c"], counted)
     stores = flusher_stores(settings, CrashBeforeDelete)
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
-    crashing = Flusher(
-        stores.flush,
-        stores.baselines,
-        db_ledger.Ledger(pool),
-        db_baselines.Baselines(pool),
-        interval_s=1,
-    )
+    crashing = flusher_on(stores, pool)
     try:
         with pytest.raises(SystemExit):
             await crashing.flush_once()
@@ -187,13 +180,7 @@ async def test_a_batch_read_before_redis_lost_its_data_is_rolled_back(
     stores = flusher_stores(settings)
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
-        report = await Flusher(
-            stores.flush,
-            stores.baselines,
-            RedisLostMeanwhile(pool),
-            db_baselines.Baselines(pool),
-            interval_s=1,
-        ).flush_once()
+        report = await flusher_on(stores, pool, RedisLostMeanwhile(pool)).flush_once()
     finally:
         await pool.close()
         await stores.aclose()
@@ -272,14 +259,7 @@ async def test_a_dead_flushers_sites_are_taken_over_when_its_lease_runs_out(
     await send_hits(api, site, ["a", "b", "c"], counted)
     stores = flusher_stores(settings, CrashBeforeDelete)
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
-    dying = Flusher(
-        stores.flush,
-        stores.baselines,
-        db_ledger.Ledger(pool),
-        db_baselines.Baselines(pool),
-        interval_s=0.1,
-        lease_s=3,
-    )
+    dying = flusher_on(stores, pool, interval_s=0.1, lease_s=3)
     try:
         with pytest.raises(SystemExit):
             await dying.flush_once()  # committed, then died before deleting its snapshot
@@ -325,13 +305,7 @@ async def test_a_site_refilled_meanwhile_drops_only_its_own_batch(
     stores = flusher_stores(settings)
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     try:
-        flusher = Flusher(
-            stores.flush,
-            stores.baselines,
-            SiteReloadedMeanwhile(pool),
-            db_baselines.Baselines(pool),
-            interval_s=1,
-        )
+        flusher = flusher_on(stores, pool, SiteReloadedMeanwhile(pool))
         report = await flusher.flush_once()
         await flusher.release_leases()
     finally:

@@ -27,11 +27,16 @@ from services.counter import client as counter_client
 from services.counter.flushstore import FlushStore
 from services.counting import baselines
 from services.db import baselines as db_baselines
-from services.db import ledger as db_ledger
 from services.db import pool as db_pool
-from services.flusher.worker import Flusher
 from tests.support.checks import assert_consistent, totals
-from tests.support.stack import ADMIN_TOKEN, SITE, flusher_for, make_settings, running_api
+from tests.support.stack import (
+    ADMIN_TOKEN,
+    SITE,
+    flusher_for,
+    flusher_on,
+    make_settings,
+    running_api,
+)
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 LEGACY_TOTAL = 37_409_357
@@ -414,13 +419,7 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_flusher(
             stores.flush, pool
         )  # as if the api died after COMMIT; no re-import
         lagging = await live(api, "/a", "/b")
-        flusher = Flusher(
-            stores.flush,
-            stores.baselines,
-            db_ledger.Ledger(pool),
-            db_baselines.Baselines(pool),
-            interval_s=1,
-        )
+        flusher = flusher_on(stores, pool)
         await flusher.flush_once()
         await flusher.flush_once()  # nothing queued any more: changes nothing
         await flusher.release_leases()

@@ -15,13 +15,17 @@ from services.counter import client as counter_client
 from services.counter import keys, startup
 from services.counter.outcomes import HitRequest, PageRule
 from services.counting.live import LiveCounts
-from services.db import baselines as db_baselines
-from services.db import ledger as db_ledger
 from services.db import pool as db_pool
 from services.db import sites as db_sites
-from services.flusher.worker import Flusher
 from tests.support.checks import views
-from tests.support.stack import SITE, FakeClock, make_settings, register_site, running_api
+from tests.support.stack import (
+    SITE,
+    FakeClock,
+    flusher_on,
+    make_settings,
+    register_site,
+    running_api,
+)
 
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 HEADLESS = (
@@ -263,13 +267,7 @@ async def test_ten_thousand_visitors_are_counted_within_two_percent(
                 )
             )
         counts = await live_counts.counts(SITE, [f"p{n}" for n in range(10)])
-        await Flusher(
-            stores.flush,
-            stores.baselines,
-            db_ledger.Ledger(pool),
-            db_baselines.Baselines(pool),
-            interval_s=1,
-        ).flush_once()
+        await flusher_on(stores, pool).flush_once()
         stored = await pool.fetchval(
             "SELECT sum(visitors) FROM site_views_daily WHERE site = $1", SITE
         )

@@ -9,7 +9,6 @@ import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from xml.etree import ElementTree
 
 import httpx
 import orjson
@@ -17,17 +16,8 @@ import pytest
 
 from services.api import badge, widget
 from services.cli.localservers import free_port
+from tests.support import svg
 from tests.support.stack import SITE, make_settings, register_site, running_api
-
-SVG = "{http://www.w3.org/2000/svg}"
-HOSTILE_LABELS = [
-    '<script>alert("x")</script>',
-    '"><svg onload=alert(1)>',
-    "a & b ]]> <![CDATA[ x",
-    'it\'s "quoted"',
-    "Số lượt xem",
-    "&amp; &#x3C; &lt;",
-]
 
 
 async def hit(client: httpx.AsyncClient, page: str) -> None:
@@ -88,10 +78,6 @@ async def test_counter_js_is_gzipped_when_accepted_and_head_answers(
 # --- badge.svg --------------------------------------------------------------------------
 
 
-def _texts(svg: str) -> tuple[ElementTree.Element, list[str]]:
-    root = ElementTree.fromstring(svg)  # well-formed XML, or this raises
-    return root, [t.text or "" for t in root.iter(f"{SVG}text")]
-
 
 async def test_badge_shows_site_and_page_totals_without_counting(
     api: httpx.AsyncClient, site: str
@@ -108,9 +94,9 @@ async def test_badge_shows_site_and_page_totals_without_counting(
     assert "script-src" not in site_badge.headers["content-security-policy"]
     assert site_badge.headers["content-security-policy"].startswith("default-src 'none'")
     assert "no-cache" in site_badge.headers["cache-control"]
-    assert _texts(site_badge.text)[1] == ["views", "3"]
-    assert _texts(page_badge.text)[1] == ["Số lượt xem", "2"]
-    assert _texts(unseen.text)[1] == ["views", "0"]
+    assert svg.texts(site_badge.text)[1] == ["views", "3"]
+    assert svg.texts(page_badge.text)[1] == ["Số lượt xem", "2"]
+    assert svg.texts(unseen.text)[1] == ["views", "0"]
     counts = await api.get(f"/v1/sites/{site}/counts", params={"page": ["a", "b"]})
     assert (counts.json()["site_views"], counts.json()["pages"]) == (3, {"a": 2, "b": 1})
 
@@ -118,10 +104,10 @@ async def test_badge_shows_site_and_page_totals_without_counting(
 async def test_hostile_label_through_the_route_is_escaped(
     api: httpx.AsyncClient, site: str
 ) -> None:
-    for label in HOSTILE_LABELS:
+    for label in svg.HOSTILE_LABELS:
         response = await api.get(f"/v1/sites/{site}/badge.svg", params={"label": label})
         assert response.status_code == 200
-        assert _texts(response.text)[1] == [label, "0"]
+        assert svg.texts(response.text)[1] == [label, "0"]
         assert "<script" not in response.text
 
 

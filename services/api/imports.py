@@ -141,39 +141,21 @@ def _only(data: dict[str, object], allowed: set[str]) -> None:
         raise ApiError(422, "unknown_field", f"{unknown[0]} is not a field here", unknown[0])
 
 
-_PAGE_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "page": {"type": "string"},
-                        "baseline": {"type": "integer", "minimum": 0},
-                    },
-                    "required": ["page", "baseline"],
-                    "additionalProperties": False,
-                }
-            }
-        },
+def _json_body(properties: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its JSON object itself: these fields,
+    all required, no others."""
+    schema = {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
     }
-}
-_SITE_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"baseline": {"type": "integer", "minimum": 0}},
-                    "required": ["baseline"],
-                    "additionalProperties": False,
-                }
-            }
-        },
-    }
-}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_BASELINE = {"type": "integer", "minimum": 0}
+_PAGE_BODY = _json_body({"page": {"type": "string"}, "baseline": _BASELINE})
+_SITE_BODY = _json_body({"baseline": _BASELINE})
 
 
 @router.put("/pages/baseline", openapi_extra=_PAGE_BODY)

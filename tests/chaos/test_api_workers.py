@@ -12,16 +12,7 @@ import httpx
 import pytest
 
 from services.cli.localservers import free_port
-from tests.support.chaos import (
-    Load,
-    Sampler,
-    final_report,
-    flusher_process,
-    process_env,
-    spawned,
-    stop_gracefully,
-    until,
-)
+from tests.support import chaos
 from tests.support.stack import BROWSER_UA, SITE, make_settings, register_site
 
 # The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
@@ -47,14 +38,16 @@ def workers_of(master: int) -> set[int]:
     return found
 
 
-async def stop_a_worker_holding_requests(load: Load, workers: set[int]) -> tuple[int, int]:
+async def stop_a_worker_holding_requests(load: chaos.Load, workers: set[int]) -> tuple[int, int]:
     """SIGSTOP a worker that holds requests in flight (keep-alive connections stay with the
     worker that accepted them, and one may hold none); its pid and the requests it holds."""
     for _ in range(5):
         for worker in sorted(workers):
             os.kill(worker, signal.SIGSTOP)
             with contextlib.suppress(AssertionError):
-                await until(lambda: load.waiting_longer_than(STUCK_S) > 0, "a stuck request", 1.5)
+                await chaos.until(
+                    lambda: load.waiting_longer_than(STUCK_S) > 0, "a stuck request", 1.5
+                )
                 return worker, load.waiting_longer_than(STUCK_S)
             os.kill(worker, signal.SIGCONT)
     raise AssertionError("no worker held a request")
@@ -66,7 +59,7 @@ async def test_api_worker_killed_mid_request_loses_nothing_acknowledged(
     settings = make_settings(redis_url, database_url, flush_interval=0.1)
     port = free_port()
     argv = [sys.executable, "-m", "services.cli", "api", "--workers", "2", "--port", str(port)]
-    with spawned(argv, process_env(settings), tmp_path / "api.log") as api:
+    with chaos.spawned(argv, chaos.process_env(settings), tmp_path / "api.log") as api:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}",
             timeout=10,
@@ -81,12 +74,12 @@ async def test_api_worker_killed_mid_request_loses_nothing_acknowledged(
                     return False
                 return answer.status_code == 200 and len(workers_of(api.pid)) == 2
 
-            await until(ready, "the api and both workers")
+            await chaos.until(ready, "the api and both workers")
             await register_site(client)
-            load = Load(client, SITE, pages=20, seed=7)
+            load = chaos.Load(client, SITE, pages=20, seed=7)
             with (
-                Sampler(database_url, [load]) as sampler,
-                flusher_process(settings, tmp_path / "flusher.log") as flusher,
+                chaos.Sampler(database_url, [load]) as sampler,
+                chaos.flusher_process(settings, tmp_path / "flusher.log") as flusher,
             ):
                 async with load.flowing(clients=8):
                     await load.more_acked(300)
@@ -98,13 +91,13 @@ async def test_api_worker_killed_mid_request_loses_nothing_acknowledged(
                         now = workers_of(api.pid)
                         return len(now) == 2 and victim not in now
 
-                    await until(replaced, "uvicorn to start a new worker")
+                    await chaos.until(replaced, "uvicorn to start a new worker")
                     new_worker = (workers_of(api.pid) - before).pop()
                     await load.more_acked(300)
-                assert await stop_gracefully(flusher) == 0
-            api_exit = await stop_gracefully(api, 40)
+                assert await chaos.stop_gracefully(flusher) == 0
+            api_exit = await chaos.stop_gracefully(api, 40)
 
-    result = await final_report(
+    result = await chaos.final_report(
         "api worker kill -9 mid-request (--workers 2)", database_url, [load], sampler,
         notes=(
             f"{held} requests held by the worker at the kill; uvicorn replaced worker {victim} "

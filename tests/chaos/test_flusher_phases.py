@@ -19,16 +19,7 @@ import redis.asyncio as aioredis
 
 from services.config import Settings
 from services.counter import keys
-from tests.support import crashing_flusher
-from tests.support.chaos import (
-    Load,
-    Sampler,
-    final_report,
-    flusher_process,
-    ledger_count,
-    stop_gracefully,
-    until,
-)
+from tests.support import chaos, crashing_flusher
 from tests.support.stack import make_settings
 
 # The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
@@ -82,29 +73,30 @@ async def test_flusher_killed_in_each_phase_loses_and_doubles_nothing(
     phase: str, api: httpx.AsyncClient, site: str, settings: Settings, tmp_path: Path
 ) -> None:
     settings = make_settings(settings.redis_url, settings.database_url, flush_interval=0.05)
-    load = Load(api, site, pages=60, seed=len(phase))
+    load = chaos.Load(api, site, pages=60, seed=len(phase))
     log = tmp_path / "flusher.log"
-    with Sampler(settings.database_url, [load]) as sampler:
+    with chaos.Sampler(settings.database_url, [load]) as sampler:
         async with load.flowing(clients=4):
             await load.more_acked(100)
-            with flusher_process(settings, log, crash_at=phase) as crashing:
+            with chaos.flusher_process(settings, log, crash_at=phase) as crashing:
                 code = await asyncio.to_thread(crashing.wait, 30)
             assert code == -signal.SIGKILL, f"no crash at {phase}: {log.read_text()}"
             note = await check_state_left(phase, settings)
-            batches = await ledger_count(settings.database_url)
+            batches = await chaos.ledger_count(settings.database_url)
             left = await snapshot_keys(settings.redis_url)
 
-            with flusher_process(settings, log) as flusher:
+            with chaos.flusher_process(settings, log) as flusher:
 
                 async def taken_over() -> bool:
                     now = await snapshot_keys(settings.redis_url)
-                    return not left & now and await ledger_count(settings.database_url) > batches
+                    done = await chaos.ledger_count(settings.database_url)
+                    return not left & now and done > batches
 
-                await until(taken_over, "a new flusher to finish the crashed batch")
+                await chaos.until(taken_over, "a new flusher to finish the crashed batch")
                 await load.more_acked(100)
                 await load.halt()
-                assert await stop_gracefully(flusher) == 0  # its final flush takes the rest
-    result = await final_report(
+                assert await chaos.stop_gracefully(flusher) == 0  # its final flush takes the rest
+    result = await chaos.final_report(
         f"flusher kill -9 {phase}", settings.database_url, [load], sampler, notes=note
     )
     assert load.unknown_total == 0

@@ -16,14 +16,7 @@ import redis.asyncio as aioredis
 
 from services.config import Settings
 from services.counter import keys
-from tests.support.chaos import (
-    Load,
-    Sampler,
-    final_report,
-    flusher_process,
-    stop_gracefully,
-    until,
-)
+from tests.support import chaos
 from tests.support.stack import make_settings, register_site, running_api
 
 # The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
@@ -76,23 +69,23 @@ async def _three_flushers(
 ) -> None:
     for site in SITES:
         await register_site(api, site)
-    loads = [Load(api, site, pages=10, seed=30 + n) for n, site in enumerate(SITES)]
+    loads = [chaos.Load(api, site, pages=10, seed=30 + n) for n, site in enumerate(SITES)]
     logs = [tmp_path / f"flusher{n}.log" for n in range(3)]
     async with AsyncExitStack() as stack:
-        sampler = stack.enter_context(Sampler(settings.database_url, loads))
+        sampler = stack.enter_context(chaos.Sampler(settings.database_url, loads))
         flushers = [
-            stack.enter_context(flusher_process(settings, log, VIEWCOUNTER_LOG_LEVEL="info"))
+            stack.enter_context(chaos.flusher_process(settings, log, VIEWCOUNTER_LOG_LEVEL="info"))
             for log in logs
         ]
         for load in loads:
             await stack.enter_async_context(load.flowing(clients=1))
-        await until(lambda: all(OWNER.search(log.read_text()) for log in logs), "3 flushers")
+        await chaos.until(lambda: all(OWNER.search(log.read_text()) for log in logs), "3 flushers")
         owners = [OWNER.search(log.read_text()).group(1) for log in logs]  # type: ignore[union-attr]
 
         async def all_leased() -> bool:
             return len(await lease_holders(settings.redis_url, units)) == len(units)
 
-        await until(all_leased, "every unit to be leased")
+        await chaos.until(all_leased, "every unit to be leased")
         for load in loads:
             await load.more_acked(50)
         held = Counter((await lease_holders(settings.redis_url, units)).values())
@@ -115,15 +108,15 @@ async def _three_flushers(
                 for s in victim_units
             )
 
-        await until(taken_over, "the survivors to lease and flush the victim's units")
+        await chaos.until(taken_over, "the survivors to lease and flush the victim's units")
         takers = set((await lease_holders(settings.redis_url, units)).values())
         for load in loads:
             await load.more_acked(50)
             await load.halt()
         for proc in survivors:
-            assert await stop_gracefully(proc) == 0
+            assert await chaos.stop_gracefully(proc) == 0
 
-    result = await final_report(
+    result = await chaos.final_report(
         f"3 flushers, one kill -9 ({settings.shards} unit(s) a site)", settings.database_url,
         loads, sampler,
         notes=(

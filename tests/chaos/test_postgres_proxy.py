@@ -11,15 +11,7 @@ import pytest
 
 from services.cli.localservers import free_port
 from services.config import Settings
-from tests.support.chaos import (
-    Load,
-    Sampler,
-    final_report,
-    flusher_process,
-    ledger_count,
-    stop_gracefully,
-    wait_for_batches,
-)
+from tests.support import chaos
 from tests.support.proxy import FAULTS, PostgresProxy
 from tests.support.stack import make_settings
 
@@ -51,32 +43,33 @@ async def test_connection_cut_or_delayed_mid_transaction_loses_and_doubles_nothi
     direct = settings.database_url
     flusher_settings = make_settings(settings.redis_url, proxy.url(direct), flush_interval=0.05)
     metrics_port = free_port()
-    load = Load(api, site, pages=40, seed=21)
+    load = chaos.Load(api, site, pages=40, seed=21)
     try:
-        with Sampler(direct, [load]) as sampler:
+        with chaos.Sampler(direct, [load]) as sampler:
             async with load.flowing(clients=4):
-                with flusher_process(
+                with chaos.flusher_process(
                     flusher_settings,
                     tmp_path / "flusher.log",
                     VIEWCOUNTER_METRICS_PORT=str(metrics_port),
                 ) as flusher:
-                    batches = await wait_for_batches(direct, 0)
+                    batches = await chaos.wait_for_batches(direct, 0)
                     for fault in FAULTS:
                         proxy.arm(fault)
                         await proxy.wait_fired()
                         # The flusher retries; a batch commits after the fault (the lost-reply
                         # one may already have).
-                        batches = await wait_for_batches(direct, await ledger_count(direct))
+                        committed = await chaos.ledger_count(direct)
+                        batches = await chaos.wait_for_batches(direct, committed)
                     proxy.latency_s = SLOW_LINK_S
-                    await wait_for_batches(direct, batches + SLOW_BATCHES - 1)
+                    await chaos.wait_for_batches(direct, batches + SLOW_BATCHES - 1)
                     proxy.latency_s = 0.0
                     replayed = await scrape(metrics_port, "viewcounter_replayed_batches_total")
                     failures = await scrape(metrics_port, "viewcounter_flush_failures_total")
                     await load.halt()
-                    assert await stop_gracefully(flusher) == 0
+                    assert await chaos.stop_gracefully(flusher) == 0
     finally:
         await proxy.close()
-    result = await final_report(
+    result = await chaos.final_report(
         "Postgres link cut/delayed mid-transaction (proxy)", direct, [load], sampler,
         notes=(
             f"faults {', '.join(proxy.fired)}, then {SLOW_LINK_S * 1000:.0f} ms per chunk; "

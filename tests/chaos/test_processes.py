@@ -16,15 +16,7 @@ import pytest
 from services.cli.localpostgres import PostgresProcess
 from services.cli.localredis import RedisProcess
 from services.config import Settings
-from tests.support.chaos import (
-    Load,
-    Sampler,
-    final_report,
-    flusher_process,
-    ledger_count,
-    stop_gracefully,
-    wait_for_batches,
-)
+from tests.support import chaos
 from tests.support.stack import (
     SITE,
     copy_template,
@@ -48,25 +40,26 @@ async def test_flusher_killed_20_times_while_hits_flow_loses_and_doubles_nothing
     # Many distinct pages and a short interval keep the flusher busy inside its passes, so
     # the kills land in every step of the protocol, not only in the sleep between passes.
     settings = make_settings(settings.redis_url, settings.database_url, flush_interval=0.01)
-    load = Load(api, site, pages=20_000, seed=11)
+    load = chaos.Load(api, site, pages=20_000, seed=11)
     rng = random.Random(5)
     batches = 0
     kills = 0
     log = tmp_path / "flusher.log"
-    with Sampler(settings.database_url, [load]) as sampler:
+    with chaos.Sampler(settings.database_url, [load]) as sampler:
         async with load.flowing(clients=8):
             for _ in range(22):
-                with flusher_process(settings, log) as proc:
-                    batches = await wait_for_batches(settings.database_url, batches)
+                with chaos.flusher_process(settings, log) as proc:
+                    batches = await chaos.wait_for_batches(settings.database_url, batches)
                     await asyncio.sleep(rng.uniform(0, 0.15))  # land anywhere in the next passes
                     proc.send_signal(signal.SIGKILL)
                     kills += 1
-        with flusher_process(settings, log) as proc:
-            await wait_for_batches(settings.database_url, await ledger_count(settings.database_url))
-            assert await stop_gracefully(proc) == 0
-    result = await final_report(
+        with chaos.flusher_process(settings, log) as proc:
+            committed = await chaos.ledger_count(settings.database_url)
+            await chaos.wait_for_batches(settings.database_url, committed)
+            assert await chaos.stop_gracefully(proc) == 0
+    result = await chaos.final_report(
         "flusher kill -9 x22 at random points", settings.database_url, [load], sampler,
-        notes=f"{kills} kills, {await ledger_count(settings.database_url)} batches",
+        notes=f"{kills} kills, {await chaos.ledger_count(settings.database_url)} batches",
     )  # fmt: skip
     assert kills >= 20
     assert load.unknown_total == 0
@@ -77,14 +70,14 @@ async def test_sigterm_flushes_what_is_pending_and_exits_0(
     api: httpx.AsyncClient, site: str, settings: Settings, tmp_path: Path
 ) -> None:
     settings = make_settings(settings.redis_url, settings.database_url, flush_interval=3600)
-    load = Load(api, site, pages=5, seed=1)
-    with flusher_process(settings, tmp_path / "flusher.log") as proc:
+    load = chaos.Load(api, site, pages=5, seed=1)
+    with chaos.flusher_process(settings, tmp_path / "flusher.log") as proc:
         await load.one("first")
-        await wait_for_batches(settings.database_url, 0)  # the start-up pass
+        await chaos.wait_for_batches(settings.database_url, 0)  # the start-up pass
         for i in range(30):
             await load.one(f"page-{i % 5}")
-        assert await stop_gracefully(proc) == 0
-    result = await final_report(
+        assert await chaos.stop_gracefully(proc) == 0
+    result = await chaos.final_report(
         "flusher SIGTERM", settings.database_url, [load], notes="interval 1 h: only the final flush"
     )
     assert load.acked_total == 31
@@ -100,13 +93,13 @@ async def test_postgres_down_keeps_hits_flowing_and_totals_exact(
     settings = make_settings(redis_url, database_url, flush_interval=0.1, statement_timeout=2)
     async with running_api(settings) as client:
         await register_site(client)
-        load = Load(client, SITE, pages=20, seed=2)
+        load = chaos.Load(client, SITE, pages=20, seed=2)
         with (
-            Sampler(database_url, [load]) as sampler,
-            flusher_process(settings, tmp_path / "flusher.log") as flusher,
+            chaos.Sampler(database_url, [load]) as sampler,
+            chaos.flusher_process(settings, tmp_path / "flusher.log") as flusher,
         ):
             async with load.flowing(clients=4):
-                await wait_for_batches(database_url, 0)
+                await chaos.wait_for_batches(database_url, 0)
                 # kill -9: committed work must survive; stop: a fast shutdown (SIGINT) that
                 # aborts the flusher's open transaction.
                 await asyncio.to_thread(own_postgres.kill if how == "kill" else own_postgres.stop)
@@ -114,9 +107,9 @@ async def test_postgres_down_keeps_hits_flowing_and_totals_exact(
                 await load.more_acked(300)  # hits are answered while Postgres is down
                 during = load.acked_total - before
                 await asyncio.to_thread(own_postgres.start)
-                await wait_for_batches(database_url, await ledger_count(database_url))
-            assert await stop_gracefully(flusher) == 0
-    result = await final_report(
+                await chaos.wait_for_batches(database_url, await chaos.ledger_count(database_url))
+            assert await chaos.stop_gracefully(flusher) == 0
+    result = await chaos.final_report(
         f"Postgres {'kill -9' if how == 'kill' else 'stop (fast shutdown)'} and restart",
         database_url, [load], sampler,
         notes=f"{during} hits acknowledged while Postgres was down",
@@ -125,7 +118,7 @@ async def test_postgres_down_keeps_hits_flowing_and_totals_exact(
     result.assert_exact()
 
 
-async def _watch(watcher: Load, shown: list[int], n: int) -> None:
+async def _watch(watcher: chaos.Load, shown: list[int], n: int) -> None:
     """`n` sequential hits on one page; the site totals they were answered with."""
     for _ in range(n):
         body = await watcher.one("watched")
@@ -142,10 +135,10 @@ async def test_redis_killed_with_aof_always_loses_nothing_and_never_goes_backwar
         await register_site(client)
         stop = asyncio.Event()
         flushing = asyncio.create_task(flusher.run(stop))
-        load = Load(client, SITE, pages=20, seed=3)
-        watcher = Load(client, SITE, pages=1, seed=4)  # one sequential reader of the total
+        load = chaos.Load(client, SITE, pages=20, seed=3)
+        watcher = chaos.Load(client, SITE, pages=1, seed=4)  # one sequential reader of the total
         shown: list[int] = []
-        with Sampler(database_url, [load, watcher]) as sampler:
+        with chaos.Sampler(database_url, [load, watcher]) as sampler:
             async with load.flowing(clients=4):
                 for _ in range(3):
                     await _watch(watcher, shown, 40)
@@ -158,7 +151,7 @@ async def test_redis_killed_with_aof_always_loses_nothing_and_never_goes_backwar
             await flusher.flush_once()
             live = (await client.get(f"/v1/sites/{SITE}/counts")).json()["site_views"]
 
-    result = await final_report(
+    result = await chaos.final_report(
         "Redis kill -9 x3, AOF always", database_url, [load, watcher], sampler,
         notes="site totals shown never went backwards",
     )  # fmt: skip
@@ -179,8 +172,8 @@ async def test_redis_killed_with_aof_everysec_loses_at_most_its_window(
         await register_site(client)
         stop = asyncio.Event()
         flushing = asyncio.create_task(flusher.run(stop))
-        load = Load(client, SITE, pages=20, seed=6)
-        with Sampler(database_url, [load]) as sampler:
+        load = chaos.Load(client, SITE, pages=20, seed=6)
+        with chaos.Sampler(database_url, [load]) as sampler:
             began = time.monotonic()
             async with load.flowing(clients=4):
                 for _ in range(kills):
@@ -196,7 +189,7 @@ async def test_redis_killed_with_aof_everysec_loses_at_most_its_window(
 
     rate = load.acked_total / elapsed  # acknowledged hits per second, this run
     bound = int(rate * EVERYSEC_WINDOW_S * kills)
-    result = await final_report(
+    result = await chaos.final_report(
         "Redis kill -9 x3, AOF everysec", database_url, [load], sampler,
         notes=f"{rate:.0f} acked/s; loss allowed {bound} ({EVERYSEC_WINDOW_S:g} s x {kills} kills)",
     )  # fmt: skip

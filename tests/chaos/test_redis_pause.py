@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.cli.localredis import RedisProcess
-from tests.support.chaos import Load, Sampler, final_report, flusher_process, stop_gracefully, until
+from tests.support import chaos
 from tests.support.stack import SITE, make_settings, register_site, running_api
 
 # The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
@@ -32,11 +32,11 @@ async def test_redis_paused_past_the_timeout_answers_503_and_counts_nothing_twic
     )
     async with running_api(settings) as client:
         await register_site(client)
-        load = Load(client, SITE, pages=20, seed=8)
-        watcher = Load(client, SITE, pages=1, seed=9)  # sequential hits on a page of its own
+        load = chaos.Load(client, SITE, pages=20, seed=8)
+        watcher = chaos.Load(client, SITE, pages=1, seed=9)  # sequential hits on a page of its own
         with (
-            Sampler(database_url, [load, watcher]) as sampler,
-            flusher_process(settings, tmp_path / "flusher.log") as flusher,
+            chaos.Sampler(database_url, [load, watcher]) as sampler,
+            chaos.flusher_process(settings, tmp_path / "flusher.log") as flusher,
         ):
             async with load.flowing(clients=4):
                 await load.more_acked(200)
@@ -45,9 +45,11 @@ async def test_redis_paused_past_the_timeout_answers_503_and_counts_nothing_twic
                 paused = time.monotonic()
                 try:
                     refused = load.refused
-                    await until(lambda: load.refused >= refused + REFUSED_FIRST, "503 answers")
+                    await chaos.until(
+                        lambda: load.refused >= refused + REFUSED_FIRST, "503 answers"
+                    )
                     acked = load.acked_total
-                    await until(lambda: load.refused >= refused + REFUSED_MORE, "more 503s")
+                    await chaos.until(lambda: load.refused >= refused + REFUSED_MORE, "more 503s")
                     assert load.acked_total == acked, "a hit was acknowledged by a paused Redis"
                 finally:
                     os.kill(server.pid, signal.SIGCONT)
@@ -62,9 +64,9 @@ async def test_redis_paused_past_the_timeout_answers_503_and_counts_nothing_twic
                 assert body is not None
                 shown.append(int(str(body["page_views"])))
             assert shown == list(range(shown[0], shown[0] + 20)), shown
-            assert await stop_gracefully(flusher) == 0
+            assert await chaos.stop_gracefully(flusher) == 0
 
-    result = await final_report(
+    result = await chaos.final_report(
         f"Redis SIGSTOP {pause_s:.1f} s (timeout {REDIS_TIMEOUT_S} s)", database_url,
         [load, watcher], sampler,
         notes=f"{load.refused} answered 503 while paused; nothing acknowledged meanwhile",

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import httpx
@@ -157,6 +158,16 @@ async def register_site(client: httpx.AsyncClient, site: str = SITE, tz: str = S
     assert response.status_code in (200, 201), response.text
 
 
+def flusher_on(
+    stores: Clients, pool: db_pool.Pool, ledger: db_ledger.Ledger | None = None, **options: Any
+) -> Flusher:
+    """A Flusher on these clients and pool (with `ledger` instead of the pool's: a test's
+    subclass), `options` as Flusher takes them (interval 1 s unless given)."""
+    options.setdefault("interval_s", 1.0)
+    ledger = db_ledger.Ledger(pool) if ledger is None else ledger
+    return Flusher(stores.flush, stores.baselines, ledger, db_baselines.Baselines(pool), **options)
+
+
 @asynccontextmanager
 async def flusher_for(settings: Settings) -> AsyncIterator[Flusher]:
     """A Flusher with its own clients, as the flusher process builds it."""
@@ -165,13 +176,7 @@ async def flusher_for(settings: Settings) -> AsyncIterator[Flusher]:
         units=settings.shards,
     )
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
-    flusher = Flusher(
-        stores.flush,
-        stores.baselines,
-        db_ledger.Ledger(pool),
-        db_baselines.Baselines(pool),
-        interval_s=settings.flush_interval,
-    )
+    flusher = flusher_on(stores, pool, interval_s=settings.flush_interval)
     try:
         yield flusher
     finally:

@@ -8,23 +8,11 @@ from xml.etree import ElementTree
 import pytest
 
 from services.api import badge, widget
+from tests.support import svg
 
 pytestmark = pytest.mark.unit
 
-SVG = "{http://www.w3.org/2000/svg}"
-HOSTILE_LABELS = [
-    '<script>alert("x")</script>',
-    '"><svg onload=alert(1)>',
-    "a & b ]]> <![CDATA[ x",
-    'it\'s "quoted"',
-    "Số lượt xem",
-    "&amp; &#x3C; &lt;",
-]
 
-
-def _texts(svg: str) -> tuple[ElementTree.Element, list[str]]:
-    root = ElementTree.fromstring(svg)  # well-formed XML, or this raises
-    return root, [t.text or "" for t in root.iter(f"{SVG}text")]
 
 
 def test_counter_js_has_no_eval_or_inline_code_constructs() -> None:
@@ -34,13 +22,13 @@ def test_counter_js_has_no_eval_or_inline_code_constructs() -> None:
     assert len(widget.SCRIPT_GZIP) < 4096
 
 
-@pytest.mark.parametrize("label", HOSTILE_LABELS)
+@pytest.mark.parametrize("label", svg.HOSTILE_LABELS)
 def test_badge_escapes_hostile_labels(label: str) -> None:
-    root, texts = _texts(badge.render(label, "37\u202f409\u202f357"))
+    root, texts = svg.texts(badge.render(label, "37\u202f409\u202f357"))
     assert texts == [label, "37\u202f409\u202f357"]
     assert root.get("aria-label") == f"{label}: 37\u202f409\u202f357"
-    assert root.findtext(f"{SVG}title") == f"{label}: 37\u202f409\u202f357"
-    tags = {element.tag.removeprefix(SVG) for element in root.iter()}
+    assert root.findtext(f"{svg.SVG}title") == f"{label}: 37\u202f409\u202f357"
+    tags = {element.tag.removeprefix(svg.SVG) for element in root.iter()}
     assert tags == {"svg", "title", "clipPath", "rect", "g", "text"}
     assert all(not name.startswith("on") for e in root.iter() for name in e.attrib)
 
