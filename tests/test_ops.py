@@ -26,8 +26,8 @@ from services.cli.localpostgres import PostgresProcess
 from services.cli.localredis import RedisProcess
 from services.cli.localservers import free_port
 from services.config import Settings
+from tests.support import chaos
 from tests.support.stack import (
-    ADMIN_TOKEN,
     BROWSER_UA,
     SITE,
     copy_template,
@@ -76,19 +76,8 @@ def value(
 
 
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIEWCOUNTER_", "PROMETHEUS_"))}
-    env.update(
-        VIEWCOUNTER_REDIS_URL=settings.redis_url,
-        VIEWCOUNTER_DATABASE_URL=settings.database_url,
-        VIEWCOUNTER_ADMIN_TOKEN=ADMIN_TOKEN,
-        VIEWCOUNTER_FLUSH_INTERVAL=str(settings.flush_interval),
-        VIEWCOUNTER_DEDUPE_WINDOW=str(settings.dedupe_window),
-        VIEWCOUNTER_RATE_LIMIT=str(settings.rate_limit),
-        VIEWCOUNTER_STARTUP_TIMEOUT="20",
-        VIEWCOUNTER_LOG_LEVEL="info",
-    )
-    env.update(extra)
-    return env
+    """A `viewcounter` process's environment (as the chaos harness builds it), logging at info."""
+    return chaos.process_env(settings, **{"VIEWCOUNTER_LOG_LEVEL": "info", **extra})
 
 
 @contextmanager
