@@ -24,6 +24,7 @@ class HitBody:
     visitor: str | None = None
     url: str | None = None
     referrer: str | None = None
+    title: str | None = None  # the page's title, learned where the site learns titles
 
 
 def _optional_text(data: dict[str, object], name: str, max_chars: int) -> str | None:
@@ -52,4 +53,13 @@ def parse(content_type: str | None, raw: bytes) -> HitBody:
         visitor=_optional_text(data, "visitor", VISITOR_MAX_CHARS),
         url=_optional_text(data, "url", URL_MAX_CHARS),
         referrer=_optional_text(data, "referrer", URL_MAX_CHARS),
+        title=_title(data.get("title")),
     )
+
+
+def _title(value: object) -> str | None:
+    """The hit's title, validated whatever the site's settings (a malformed body is one);
+    absent, null or blank: none."""
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    return ids.title(value)

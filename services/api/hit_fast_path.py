@@ -188,7 +188,13 @@ class HitFastPath:
         hit = hit_body.parse(headers.content_type, await self._body(receive))
         client = scope.get("client")
         outcome, page_views, site_views = await hits.take(
-            live, site, hit.page, hit.visitor, client[0] if client else "", headers.user_agent or ""
+            live,
+            site,
+            hit.page,
+            hit.visitor,
+            client[0] if client else "",
+            headers.user_agent or "",
+            hit.title,
         )
         return hits.hit_answer(site, hit.page, outcome, page_views, site_views)
 

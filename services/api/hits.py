@@ -40,21 +40,35 @@ def _site_and_live(request: Request) -> tuple[str, LiveCounts]:
 
 
 async def take(
-    live: LiveCounts, site: str, page: str, visitor: str | None, ip: str, user_agent: str
+    live: LiveCounts,
+    site: str,
+    page: str,
+    visitor: str | None,
+    ip: str,
+    user_agent: str,
+    title: str | None = None,
 ) -> tuple[Outcome, int, int]:
-    """(outcome, page views, site views) of one page view from client `ip` with `user_agent`."""
-    result = await live.hit(site, page, visitor=visitor, ip=ip, user_agent=user_agent)
+    """(outcome, page views, site views) of one page view from client `ip` with `user_agent`
+    (`title`: the page's title, validated, learned where the site learns titles)."""
+    result = await live.hit(
+        site, page, visitor=visitor, ip=ip, user_agent=user_agent, title=title
+    )
     metrics.count_hit(site, result.outcome)
     return result.outcome, result.page_views, result.site_views
 
 
 async def _take(
-    request: Request, live: LiveCounts, site: str, page: str, visitor: str | None
+    request: Request,
+    live: LiveCounts,
+    site: str,
+    page: str,
+    visitor: str | None,
+    title: str | None = None,
 ) -> tuple[Outcome, int, int]:
     # The socket's peer, or the forwarded client when uvicorn trusted the proxy it came from.
     ip = request.client.host if request.client else ""
     user_agent = request.headers.get("user-agent", "")
-    return await take(live, site, page, visitor, ip, user_agent)
+    return await take(live, site, page, visitor, ip, user_agent, title)
 
 
 def hit_answer(site: str, page: str, outcome: Outcome, page_views: int, site_views: int) -> bytes:
@@ -76,7 +90,9 @@ async def post_hit(request: Request) -> Response:
     """
     site, live = _site_and_live(request)
     hit = hit_body.parse(request.headers.get("content-type"), await request.body())
-    outcome, page_views, site_views = await _take(request, live, site, hit.page, hit.visitor)
+    outcome, page_views, site_views = await _take(
+        request, live, site, hit.page, hit.visitor, hit.title
+    )
     return _json_bytes(hit_answer(site, hit.page, outcome, page_views, site_views))
 
 

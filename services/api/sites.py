@@ -37,6 +37,10 @@ class SiteSettingsIn(BaseModel):
     allowed_origins: list[str] = Field(
         default_factory=list, max_length=siteconfig.MAX_ORIGINS, description="empty: any"
     )
+    public_top: bool = Field(True, description="publish GET /v1/sites/{site}/top")
+    learn_titles: bool = Field(
+        False, description="take page titles from hits' `title` (anyone sending hits can set one)"
+    )
 
 
 class PagesIn(BaseModel):

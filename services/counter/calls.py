@@ -34,6 +34,7 @@ def hits_call(
     key_list = [keys.site_key(unit)]
     key_list.extend(keys.pending_key(unit, shard) for shard in range(keys.PENDING_SHARDS))
     key_list.append(keys.idempotency_key(unit, idempotency_token))
+    key_list.append(keys.titles_key(unit))
     args: list[str | int | bytes] = [keep_s]
     for r in requests:
         bucket, field = keys.page_entry(unit, r.page)
@@ -56,6 +57,7 @@ def hits_call(
                 r.page_rule.lua_arg(units),
                 r.visitor_token,
                 field,
+                r.title,
             )
         )
     return (scripts.HITS, len(key_list), [*key_list, *args])

@@ -164,6 +164,24 @@ def parse_snapshot_key(key: str) -> tuple[str, int, str] | None:
     return unit, int(shard), batch_id
 
 
+def titles_key(unit: str) -> str:
+    """Hash page id -> the title last learned from a hit, not yet moved to Postgres. Named
+    like a pending shard (`pend:titles`), so the flusher's one SCAN for work finds it too."""
+    return f"{tag(unit)}:pend:{TITLES_SHARD}"
+
+
+TITLES_SHARD = "titles"
+
+
+def parse_titles_key(key: str) -> str | None:
+    """The unit of a learned-titles hash key, or None when `key` is not one."""
+    parts = _split(key, "pend")
+    if parts is None:
+        return None
+    unit, rest = parts
+    return unit if rest == TITLES_SHARD else None
+
+
 def pending_field(day: str, page: str) -> str:
     """Field of a pending hash for `page` on local `day` (hits.lua builds it the same way)."""
     return day + page

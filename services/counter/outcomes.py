@@ -117,6 +117,7 @@ class HitRequest:
     rate_limit: int
     page_rule: PageRule
     visitor_token: str
+    title: str = ""  # a title to learn for the page (validated); "": none
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,8 @@ class SiteConfig:
     `dedupe_window` and `max_pages` None mean the service defaults. A site with page rules
     (`registered_pages_only` or `page_patterns`) counts a page only when it is registered
     (already has a row in `page_views`) or matches one of the patterns. An empty
-    `allowed_origins` lets any web page send hits and read counts.
+    `allowed_origins` lets any web page send hits and read counts. `public_top` publishes the
+    most-read list (GET .../top); `learn_titles` takes page titles from hits.
     """
 
     timezone: str = "UTC"
@@ -47,6 +48,8 @@ class SiteConfig:
     registered_pages_only: bool = False
     page_patterns: tuple[str, ...] = field(default=())
     allowed_origins: tuple[str, ...] = field(default=())
+    public_top: bool = True
+    learn_titles: bool = False
 
     def to_json(self) -> str:
         """The form kept in Redis (the site hash's `cfg` field)."""
@@ -61,6 +64,8 @@ class SiteConfig:
             "registered_pages_only": self.registered_pages_only,
             "page_patterns": list(self.page_patterns),
             "allowed_origins": list(self.allowed_origins),
+            "public_top": self.public_top,
+            "learn_titles": self.learn_titles,
         }
 
     @classmethod
@@ -91,6 +96,8 @@ class SiteConfig:
             ),
             page_patterns=page_patterns(values.get("page_patterns", [])),
             allowed_origins=origins(values.get("allowed_origins", [])),
+            public_top=_bool(values.get("public_top", True), "public_top"),
+            learn_titles=_bool(values.get("learn_titles", False), "learn_titles"),
         )
 
     @property

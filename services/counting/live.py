@@ -94,14 +94,24 @@ class LiveCounts:
         self._loading: dict[str, asyncio.Task[SiteConfig]] = {}
 
     async def hit(
-        self, site: str, page: str, *, visitor: str | None, ip: str, user_agent: str
+        self,
+        site: str,
+        page: str,
+        *,
+        visitor: str | None,
+        ip: str,
+        user_agent: str,
+        title: str | None = None,
     ) -> HitResult:
         """Take one view of `page` (already validated): counted unless a known bot's, a
         repeat, over the client's rate or a page the site does not count; answers the
-        outcome and the live totals."""
+        outcome and the live totals. `title` (validated) is learned as the page's title
+        where the site learns titles, from a counted or duplicate hit; ignored elsewhere."""
         if bots.is_bot(user_agent):
             return self._uncounted(Outcome.BOT, await self.counts(site, [page]), page)
-        request = await self._request(site, page, visitor, ip, user_agent, self._rate_limit)
+        request = await self._request(
+            site, page, visitor, ip, user_agent, self._rate_limit, title
+        )
         if request is None:
             return self._uncounted(Outcome.UNKNOWN_PAGE, await self.counts(site, [page]), page)
         result = await self._store.hit(request)
@@ -171,6 +181,7 @@ class LiveCounts:
         ip: str,
         user_agent: str,
         rate_limit: int,
+        title: str | None = None,
     ) -> HitRequest | None:
         """The hit to send to Redis, or None when the site's page rules refuse `page`."""
         now = self._clock()
@@ -196,6 +207,7 @@ class LiveCounts:
             rate_limit=rate_limit,
             page_rule=page_rule,
             visitor_token=visitor_token,
+            title=title if title is not None and config.learn_titles else "",
         )
 
     async def counts(self, site: str, pages: Sequence[str]) -> Counts:

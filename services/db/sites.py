@@ -66,6 +66,8 @@ class Sites:
                 config.registered_pages_only,
                 list(config.page_patterns),
                 list(config.allowed_origins),
+                config.public_top,
+                config.learn_titles,
             )
             await conn.execute(Q["ensure_site_views"], site)
             return config, created
@@ -102,4 +104,6 @@ def _config(row: db_pool.Record) -> SiteConfig:
         registered_pages_only=row["registered_pages_only"],
         page_patterns=tuple(row["page_patterns"]),
         allowed_origins=tuple(row["allowed_origins"]),
+        public_top=row["public_top"],
+        learn_titles=row["learn_titles"],
     )

@@ -3,14 +3,14 @@
 
 -- name: lock_site_settings
 SELECT timezone, dedupe_window, max_pages, registered_pages_only, page_patterns,
-       allowed_origins
+       allowed_origins, public_top, learn_titles
 FROM sites WHERE site = $1
 FOR UPDATE;
 
 -- name: upsert_site
 INSERT INTO sites AS s (site, timezone, dedupe_window, max_pages, registered_pages_only,
-                        page_patterns, allowed_origins)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+                        page_patterns, allowed_origins, public_top, learn_titles)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (site) DO UPDATE SET
     timezone = EXCLUDED.timezone,
     dedupe_window = EXCLUDED.dedupe_window,
@@ -18,6 +18,8 @@ ON CONFLICT (site) DO UPDATE SET
     registered_pages_only = EXCLUDED.registered_pages_only,
     page_patterns = EXCLUDED.page_patterns,
     allowed_origins = EXCLUDED.allowed_origins,
+    public_top = EXCLUDED.public_top,
+    learn_titles = EXCLUDED.learn_titles,
     updated_at = now()
 RETURNING (xmax = 0) AS created;
 
@@ -26,7 +28,7 @@ INSERT INTO site_views (site) VALUES ($1) ON CONFLICT (site) DO NOTHING;
 
 -- name: get_site
 SELECT timezone, dedupe_window, max_pages, registered_pages_only, page_patterns,
-       allowed_origins
+       allowed_origins, public_top, learn_titles
 FROM sites WHERE site = $1;
 
 -- name: register_pages
@@ -39,7 +41,8 @@ RETURNING page;
 -- name: lock_site_totals
 -- Taken by a loader while it copies totals to Redis; a flush of the same site waits for it.
 SELECT sv.views + sv.baseline AS total, s.timezone, s.dedupe_window, s.max_pages,
-       s.registered_pages_only, s.page_patterns, s.allowed_origins
+       s.registered_pages_only, s.page_patterns, s.allowed_origins, s.public_top,
+       s.learn_titles
 FROM site_views sv JOIN sites s USING (site)
 WHERE sv.site = $1
 FOR UPDATE OF sv;

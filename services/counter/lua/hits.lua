@@ -6,7 +6,8 @@
 -- KEYS[1]      unit hash   ({vc:UNIT}:site)   fields: gen, views, npages, tz, cfg
 -- KEYS[2..9]   pending shards 0..7 ({vc:UNIT}:pend:k), day..page -> delta not yet in Postgres
 -- KEYS[10]     this call's idempotency record ({vc:UNIT}:idem:...), used when ARGV[1] > 0
--- then for hit j (1-based), at b = 10 + 5(j-1):
+-- KEYS[11]     titles learned from hits, not yet in Postgres ({vc:UNIT}:pend:titles, page -> title)
+-- then for hit j (1-based), at b = 11 + 5(j-1):
 --   KEYS[b+1] its dedupe mark            ({vc:UNIT}:seen:TOKEN)
 --   KEYS[b+2] its client's rate counter  ({vc:UNIT}:rate:TOKEN:MIN)
 --   KEYS[b+3] the unit's visitors of the day  ({vc:UNIT}:uv:DAY, HyperLogLog)
@@ -14,11 +15,13 @@
 --   KEYS[b+5] the page's bucket          ({vc:UNIT}:pages:N, page digest -> live total)
 -- ARGV[1] seconds to keep this call's answer under KEYS[10] (0: not idempotent): a call
 --         sent again with the same record answers what the first one did, counting nothing
--- ARGV  then per hit, 8 values: pending shard index (0-based), page id, local day,
+-- ARGV  then per hit, 9 values: pending shard index (0-based), page id, local day,
 --       dedupe window in seconds (0: off), hits allowed per client per minute (0: off),
 --       page rule (0: any page; n > 0: at most n distinct pages in the unit; -1: only pages
 --       the unit has already), visitor token (what the visitor sketches count), the page's
---       field in its bucket (a digest of the page id)
+--       field in its bucket (a digest of the page id), the page's title to learn ("": none;
+--       kept for a counted or duplicate hit only: never a rate-limited one's, nor one of a
+--       page the site does not count)
 -- Returns {1, outcome_1, page_views_1, unit_views_1, ...} in hit order, where outcome is
 -- 1 counted, 2 duplicate (same visitor and page inside the window), 3 rate limited,
 -- 4 page limit (a new page on a unit that has its maximum of pages), 5 unknown page (a new
@@ -40,9 +43,9 @@ if idempotent_for > 0 then
 end
 local out = {1}
 local visitors_ttl = 259200
-for j = 1, (#ARGV - 1) / 8 do
-  local a = 1 + (j - 1) * 8
-  local b = 10 + (j - 1) * 5
+for j = 1, (#ARGV - 1) / 9 do
+  local a = 1 + (j - 1) * 9
+  local b = 11 + (j - 1) * 5
   local page = ARGV[a + 2]
   local field = ARGV[a + 8]
   local window = tonumber(ARGV[a + 4])
@@ -84,12 +87,18 @@ for j = 1, (#ARGV - 1) / 8 do
     out[#out + 1] = redis.call('HINCRBY', KEYS[b + 5], field, 1)
     out[#out + 1] = redis.call('HINCRBY', KEYS[1], 'views', 1)
     redis.call('HINCRBY', KEYS[2 + tonumber(ARGV[a + 1])], ARGV[a + 3] .. page, 1)
+    if ARGV[a + 9] ~= '' then
+      redis.call('HSET', KEYS[11], page, ARGV[a + 9])
+    end
     for k = b + 3, b + 4 do
       if redis.call('PFADD', KEYS[k], ARGV[a + 7]) == 1 then
         redis.call('EXPIRE', KEYS[k], visitors_ttl, 'NX')
       end
     end
   else
+    if outcome == 2 and ARGV[a + 9] ~= '' then
+      redis.call('HSET', KEYS[11], page, ARGV[a + 9])
+    end
     out[#out + 1] = outcome
     out[#out + 1] = tonumber(redis.call('HGET', KEYS[b + 5], field) or '0')
     out[#out + 1] = tonumber(redis.call('HGET', KEYS[1], 'views') or '0')
