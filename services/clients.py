@@ -14,12 +14,15 @@ from services.counter import client
 from services.counter.baselinestore import BaselineStore
 from services.counter.flushstore import FlushStore
 from services.counter.hitstore import HitStore
+from services.counter.pendingviews import PendingViews
 from services.counter.units import Units
 from services.db import baselines as db_baselines
 from services.db import ledger as db_ledger
 from services.db import pool as db_pool
 from services.db import reports as db_reports
 from services.db import sites as db_sites
+from services.db import titles as db_titles
+from services.db import top as db_top
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class Repositories:
     ledger: db_ledger.Ledger
     baselines: db_baselines.Baselines
     reports: db_reports.Reports
+    titles: db_titles.Titles
+    top: db_top.TopPages
 
     @classmethod
     def on(cls, pool: db_pool.Pool) -> Repositories:
@@ -84,6 +89,8 @@ class Repositories:
             db_ledger.Ledger(pool),
             db_baselines.Baselines(pool),
             db_reports.Reports(pool),
+            db_titles.Titles(pool),
+            db_top.TopPages(pool),
         )
 
 
@@ -99,6 +106,7 @@ class Clients:
         self.hits = HitStore(redis, self.units)
         self.flush = FlushStore(redis, self.units)
         self.baselines = BaselineStore(redis, self.units)
+        self.pending = PendingViews(redis, self.units)
         self._db = None if pool is None else Repositories.on(pool)
 
     @property

@@ -27,6 +27,7 @@ from services.api import (
     public_schema,
     reports,
     sites,
+    top,
     widget,
 )
 from services.api.body_limit import BodyLimit
@@ -38,6 +39,7 @@ from services.config import Settings, load_settings
 from services.counter import startup
 from services.counter.errors import CounterUnavailable
 from services.counting.live import LiveCounts
+from services.counting.top import MostRead
 
 log = logging.getLogger("viewcounter.api")
 # Each request leaves short-lived cycles (tasks, futures, frames): collect the young
@@ -79,6 +81,14 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fa
             gc.collect()
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
+            live = LiveCounts(
+                opened.hits,
+                opened.db.sites,
+                dedupe_window_s=settings.dedupe_window,
+                rate_limit_per_min=settings.rate_limit,
+                max_pages_per_site=settings.max_pages_per_site,
+                clock=clock,
+            )
             yield State(
                 settings=settings,
                 redis=opened.redis,
@@ -86,13 +96,10 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fa
                 baseline_store=opened.baselines,
                 baselines=opened.db.baselines,
                 reports=opened.db.reports,
-                live=LiveCounts(
-                    opened.hits,
-                    opened.db.sites,
-                    dedupe_window_s=settings.dedupe_window,
-                    rate_limit_per_min=settings.rate_limit,
-                    max_pages_per_site=settings.max_pages_per_site,
-                    clock=clock,
+                live=live,
+                titles=opened.db.titles,
+                top=MostRead(
+                    live, opened.pending, opened.db.top, opened.db.titles, clock=clock
                 ),
             )
         finally:
@@ -114,6 +121,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fa
     public_schema.install(app)
     _serve_docs(app)
     app.router.routes.extend(hits.routes)
+    app.router.routes.extend(top.routes)
     app.router.routes.extend(batch.routes)
     app.router.routes.extend(widget.routes(settings))
     app.include_router(sites.router)

@@ -14,9 +14,11 @@ from services.config import Settings
 from services.counter.baselinestore import BaselineStore
 from services.counter.client import Client
 from services.counting.live import LiveCounts
+from services.counting.top import MostRead
 from services.db import baselines as db_baselines
 from services.db import pool as db_pool
 from services.db import reports as db_reports
+from services.db import titles as db_titles
 
 
 class State(TypedDict):
@@ -29,6 +31,8 @@ class State(TypedDict):
     baselines: db_baselines.Baselines
     reports: db_reports.Reports
     live: LiveCounts
+    titles: db_titles.Titles
+    top: MostRead
 
 
 async def get_live(request: Request) -> LiveCounts:
@@ -47,7 +51,15 @@ async def get_state(request: Request) -> State:
         baselines=request.state.baselines,
         reports=request.state.reports,
         live=request.state.live,
+        titles=request.state.titles,
+        top=request.state.top,
     )
+
+
+async def get_titles(request: Request) -> db_titles.Titles:
+    """Page titles in Postgres."""
+    titles: db_titles.Titles = request.state.titles
+    return titles
 
 
 def _digest(value: str) -> bytes:
@@ -112,5 +124,6 @@ def require_bearer(request: Request, accepted: list[SecretStr], what: str) -> No
 
 # All dependencies are `async def`: a plain `def` costs a thread-pool hop per request.
 Live = Annotated[LiveCounts, Depends(get_live)]
+TitlesDep = Annotated[db_titles.Titles, Depends(get_titles)]
 AppState = Annotated[State, Depends(get_state)]
 Admin = Depends(require_admin)

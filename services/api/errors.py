@@ -16,6 +16,7 @@ from services import metrics
 from services.counter import ids, siteconfig
 from services.counter.errors import CounterUnavailable
 from services.counting.live import InvalidTimezone, UnknownSite
+from services.counting.top import TopDisabled
 from services.db import errors as db_errors
 
 log = logging.getLogger("viewcounter.api")
@@ -72,6 +73,8 @@ def _as_api_error(exc: Exception) -> ApiError:
         return ApiError(422, "invalid_field", str(exc), "timezone")
     if isinstance(exc, UnknownSite):
         return ApiError(404, "unknown_site", "no such site; register it first", "site")
+    if isinstance(exc, TopDisabled):
+        return ApiError(404, "not_found", "this site does not publish its most-read list")
     if isinstance(exc, CounterUnavailable):
         return ApiError(
             503, "redis_unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}
@@ -142,6 +145,7 @@ _KNOWN: tuple[type[Exception], ...] = (
     siteconfig.InvalidSetting,
     InvalidTimezone,
     UnknownSite,
+    TopDisabled,
     CounterUnavailable,
     db_errors.DatabaseUnavailable,
     ClientDisconnect,

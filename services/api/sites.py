@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from services.api import public_schema
-from services.api.deps import Admin, Live
+from services.api.deps import Admin, Live, TitlesDep
 from services.api.errors import ApiError
 from services.api.json_body import json_object
 from services.counter import ids, siteconfig
@@ -43,12 +43,21 @@ class SiteSettingsIn(BaseModel):
     )
 
 
-class PagesIn(BaseModel):
-    """Body of POST /v1/sites/{site}/pages."""
+class PageTitleIn(BaseModel):
+    """A page to register, with the title its admin gives it (null: clear the admin title)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    pages: list[str] = Field(max_length=MAX_PAGES_PER_REGISTRATION)
+    page: str
+    title: str | None = Field(None, max_length=ids.TITLE_MAX_CHARS)
+
+
+class PagesIn(BaseModel):
+    """Body of POST /v1/sites/{site}/pages: page ids, or objects with a page and its title."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pages: list[str | PageTitleIn] = Field(max_length=MAX_PAGES_PER_REGISTRATION)
 
 
 router = APIRouter(
@@ -102,8 +111,9 @@ async def get_site(site: str, live: Live) -> Response:
 
 
 @router.post("/pages", openapi_extra=_body_schema(PagesIn))
-async def register_pages(site: str, request: Request, live: Live) -> Response:
-    """Register pages, for sites that count only registered pages; answers the new ones."""
+async def register_pages(site: str, request: Request, live: Live, titles: TitlesDep) -> Response:
+    """Register pages (for sites that count only registered pages), and set the titles given
+    with them; answers the new pages and how many titles changed."""
     site = ids.site_id(site)
     data = json_object(await request.body())
     pages = data.get("pages")
@@ -111,14 +121,48 @@ async def register_pages(site: str, request: Request, live: Live) -> Response:
         not isinstance(pages, list)
         or not pages
         or len(pages) > MAX_PAGES_PER_REGISTRATION
-        or not all(isinstance(p, str) for p in pages)
+        or not all(isinstance(p, str | dict) for p in pages)
     ):
         raise ApiError(
             422,
             "invalid_field",
-            f"pages must be a list of 1 to {MAX_PAGES_PER_REGISTRATION} page ids",
+            f"pages must be a list of 1 to {MAX_PAGES_PER_REGISTRATION} page ids or"
+            ' {"page", "title"} objects',
             "pages",
         )
-    unique = list(dict.fromkeys(ids.page_id(p) for p in pages))
-    new = await live.register_pages(site, unique)
-    return _json({"site": site, "registered": new, "known": len(unique) - len(new)})
+    unique: dict[str, None] = {}
+    given: dict[str, str | None] = {}  # page -> admin title (None: clear); the last one wins
+    for position, entry in enumerate(pages):
+        if isinstance(entry, str):
+            unique[ids.page_id(entry)] = None
+            continue
+        page, has_title, title = _page_entry(entry, position)
+        unique[page] = None
+        if has_title:
+            given[page] = title
+    new = await live.register_pages(site, list(unique))
+    changed = await titles.set_admin(site, given)
+    return _json(
+        {"site": site, "registered": new, "known": len(unique) - len(new), "titles_set": changed}
+    )
+
+
+def _page_entry(entry: dict[str, object], position: int) -> tuple[str, bool, str | None]:
+    """(page, whether a title was given, the title or None to clear it) of a pages entry;
+    errors name the field (`page`, `title`) and say the entry's position."""
+    unknown = sorted(set(entry) - {"page", "title"})
+    if unknown:
+        raise ApiError(
+            422, "unknown_field", f"pages[{position}].{unknown[0]} is not a field here", unknown[0]
+        )
+    if "page" not in entry:
+        raise ApiError(422, "missing_field", f"pages[{position}].page is required", "page")
+    try:
+        page = ids.page_id(entry["page"])
+        raw = entry.get("title")
+        title = None if raw is None else ids.title(raw)
+    except ids.InvalidId as exc:
+        raise ApiError(
+            422, "invalid_field", f"pages[{position}].{exc.field} {exc.message}", exc.field
+        ) from None
+    return page, "title" in entry, title

@@ -18,6 +18,7 @@ from services.counter.units import Units
 SNAPSHOT_SCAN_COUNT = 5000
 WORK_SCAN_COUNT = 1000
 VISITOR_READ_CHUNK = 1000
+TITLE_CHUNK = 1000
 
 # One row of a snapshot: (site, page, local day, hits). A plain tuple: a batch reads
 # millions of them.
@@ -77,10 +78,12 @@ class FlushStore:
         if self._nodes is not None:
             await self._nodes.close()
 
-    async def find_work(self) -> tuple[set[str], dict[str, list[SnapshotRef]]]:
-        """Units with pending deltas, and snapshots left in Redis grouped by batch id."""
+    async def find_work(self) -> tuple[set[str], dict[str, list[SnapshotRef]], set[str]]:
+        """Units with pending deltas, snapshots left in Redis grouped by batch id, and units
+        with titles learned from hits (all found by one SCAN)."""
         units: set[str] = set()
         batches: dict[str, list[SnapshotRef]] = {}
+        title_units: set[str] = set()
         with client.translated():
             async for key in self._redis.scan_iter(
                 match=keys.WORK_KEYS_PATTERN, count=WORK_SCAN_COUNT
@@ -92,7 +95,40 @@ class FlushStore:
                 ref = SnapshotRef.parse(key)
                 if ref is not None:
                     batches.setdefault(ref.batch_id, []).append(ref)
-        return units, batches
+                    continue
+                titles_unit = keys.parse_titles_key(key)
+                if titles_unit is not None:
+                    title_units.add(titles_unit)
+        return units, batches, title_units
+
+    @staticmethod
+    def site_of(unit: str) -> str:
+        """The site a unit belongs to."""
+        return keys.site_of(unit)
+
+    async def learned_titles(self, unit: str) -> AsyncIterator[dict[str, str]]:
+        """The titles learned from the unit's hits (page -> the last title seen), in chunks
+        of about TITLE_CHUNK pages (HSCAN)."""
+        chunk: dict[str, str] = {}
+        with client.translated():
+            async for page, title in self._redis.hscan_iter(
+                keys.titles_key(unit), count=TITLE_CHUNK
+            ):
+                chunk[page] = title
+                if len(chunk) >= TITLE_CHUNK:
+                    yield chunk
+                    chunk = {}
+        if chunk:
+            yield chunk
+
+    async def forget_titles(self, unit: str, moved: Mapping[str, str]) -> int:
+        """Drop learned titles that Postgres now has, each only if unchanged since it was read;
+        how many were dropped."""
+        argv = [value for page, title in moved.items() for value in (page, title)]
+        removed = await scripts.call(
+            self._redis, scripts.FORGET_TITLES, (keys.titles_key(unit),), argv
+        )
+        return int(removed)
 
     async def flushers_alive(self, owner: str, lease_ms: int) -> list[str]:
         """Record that flusher `owner` is alive; the flushers alive within the last

@@ -52,6 +52,7 @@ APPLY_BASELINE = _load("apply_baseline")
 MERGE_VISITORS = _load("merge_visitors")
 FLUSHERS = _load("flushers")
 MIGRATE_PAGES = _load("migrate_pages")
+FORGET_TITLES = _load("forget_titles")
 ALL = (
     HITS,
     COUNTS,
@@ -67,6 +68,7 @@ ALL = (
     MERGE_VISITORS,
     FLUSHERS,
     MIGRATE_PAGES,
+    FORGET_TITLES,
 )
 
 # One script call: the script, how many of its arguments are KEYS, then KEYS and ARGV.

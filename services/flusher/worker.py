@@ -39,6 +39,7 @@ from services.counting import baselines
 from services.db import baselines as db_baselines
 from services.db import errors as db_errors
 from services.db import ledger as db_ledger
+from services.db import titles as db_titles
 from services.flusher import metrics as flusher_metrics
 from services.flusher.metrics import (
     DISCARDED_HITS,
@@ -71,6 +72,7 @@ class FlushReport:
     hits: int = 0
     rows: int = 0
     discarded_hits: int = 0
+    titles: int = 0  # learned titles moved to Postgres
 
 
 def batch_id(owner: str, seq: int, now_s: float) -> str:
@@ -123,8 +125,11 @@ class Flusher:
         wait_fsync: bool = True,
         lease_s: float = DEFAULT_LEASE_S,
         clock: Callable[[], float] = time.time,
+        titles: db_titles.Titles | None = None,
     ) -> None:
         self._store = store
+        # Learned titles go to the ledger's database (their own repository, same pool).
+        self._titles = db_titles.Titles(ledger.pool) if titles is None else titles
         self._baseline_store = baseline_store
         self._ledger = ledger
         self._baselines = baselines
@@ -146,10 +151,10 @@ class Flusher:
         """One pass: finish leftover batches, then move all pending deltas to Postgres."""
         report = FlushReport()
         pass_started = self._clock()  # metrics: the flush lag counts from here
-        units, leftovers = await self._store.find_work()
+        units, leftovers, title_units = await self._store.find_work()
         flusher_metrics.found_work(len(units), sum(len(k) for k in leftovers.values()))
         leftover_units = {batch: {ref.unit for ref in refs} for batch, refs in leftovers.items()}
-        wanted = set(units).union(*leftover_units.values())
+        wanted = set(units).union(title_units, *leftover_units.values())
         held = await self._take_share(wanted)
         for batch, refs in sorted(leftovers.items()):
             # Ours, or left by a flusher whose lease ran out (dead, or stalled: then the
@@ -176,6 +181,7 @@ class Flusher:
                     await self._finish(
                         batches[snap.unit], snap.refs, {snap.unit: snap.generation}, report
                     )
+        await self._move_titles(title_units & held, report)
         await self._settle_baselines()
         self.last_success = self._clock()
         flusher_metrics.pass_succeeded(pass_started, self.last_success)
@@ -196,6 +202,16 @@ class Flusher:
         held = await self._store.take_leases(sorted(mine), self.owner, self._lease_ms)
         self._leased = (self._leased - set(given_back) - mine) | held
         return held
+
+    async def _move_titles(self, units: set[str], report: FlushReport) -> None:
+        # Titles learned from hits: the last one seen per page goes to Postgres (idempotent:
+        # a title is not a count, so no ledger), then leaves Redis unless a newer one came.
+        for unit in sorted(units):
+            site = self._store.site_of(unit)
+            async for chunk in self._store.learned_titles(unit):
+                await self._titles.learn(site, chunk)
+                await self._store.forget_titles(unit, chunk)
+                report.titles += len(chunk)
 
     async def _settle_baselines(self) -> None:
         # A baseline change is committed in Postgres with its Redis deltas queued beside it;
