@@ -37,7 +37,10 @@ from services.db import errors as db_errors
 
 log = logging.getLogger("viewcounter.baselines")
 
+Row = db_baselines.Row
+
 CSV_HEADER = ("page", "views")
+CSV_HEADER_TITLES = ("page", "views", "title")
 MAX_LINE_BYTES = 8192
 MAX_VIEWS = 10**15
 REPORTED_REJECTIONS = 1000
@@ -89,6 +92,7 @@ class ImportReport:
             "pages_new": r.pages_new,
             "pages_unchanged": r.rows_accepted - r.pages_changed,
             "site_baseline": {"old": r.site_baseline_old, "new": r.site_baseline_new},
+            "titles_set": r.titles_set,
             "rejected_count": self.rejected_count,
             "rejected": [
                 {"line": x.line, "field": x.field, "reason": x.reason} for x in self.rejected
@@ -161,40 +165,52 @@ def _fields(line: str) -> list[str] | None:
 
 async def csv_rows(
     chunks: AsyncIterable[bytes], rejections: Rejections, counter: list[int]
-) -> AsyncIterator[tuple[int, str, int]]:
-    """(line, page, views) of each valid row of a `page,views` CSV stream; others go to
-    `rejections`. counter[0] counts data rows read. Raises InvalidCsv without the header."""
+) -> AsyncIterator[Row]:
+    """(line, page, views, title or None) of each valid row of a `page,views` (or
+    `page,views,title`) CSV stream; others go to `rejections`. counter[0] counts data rows
+    read. Raises InvalidCsv without the header."""
     line_no = 0
-    header_seen = False
+    header: tuple[str, ...] | None = None
     async for line in _lines(chunks, rejections):
         line_no += 1
         if not line.strip():
             continue  # blank (or already rejected) line
         values = _fields(line)
-        if not header_seen:
-            if values is None or tuple(v.strip().lower() for v in values) != CSV_HEADER:
-                raise InvalidCsv(f"line {line_no} must be the header 'page,views'")
-            header_seen = True
+        if header is None:
+            found = None if values is None else tuple(v.strip().lower() for v in values)
+            if found not in (CSV_HEADER, CSV_HEADER_TITLES):
+                raise InvalidCsv(
+                    f"line {line_no} must be the header 'page,views' (or 'page,views,title')"
+                )
+            header = found
             continue
         counter[0] += 1
         if values is None:
             rejections.add(line_no, "line", "is not valid CSV (check the quotes)")
             continue
-        if len(values) != 2:
-            rejections.add(line_no, "line", f"must have 2 fields (page,views), not {len(values)}")
-            continue
         try:
-            page = ids.page_id(values[0])
-            views = views_value(values[1])
+            yield _row(line_no, values, header)
         except ids.InvalidId as exc:
             rejections.add(line_no, exc.field, exc.message)
-            continue
-        yield line_no, page, views
-    if not header_seen:
+    if header is None:
         raise InvalidCsv("the file is empty: it needs the header 'page,views'")
 
 
-async def _rows_of(items: Iterable[tuple[int, str, int]]) -> AsyncIterator[tuple[int, str, int]]:
+def _row(line_no: int, values: list[str], header: tuple[str, ...]) -> Row:
+    """One data row; InvalidId naming the field at fault (`line` for a wrong field count).
+    With a title column a row may leave the title out or empty: its title stays as it is."""
+    names = ",".join(header)
+    if not (len(values) == len(header) or (header == CSV_HEADER_TITLES and len(values) == 2)):
+        raise ids.InvalidId("line", f"must have {len(header)} fields ({names}), not {len(values)}")
+    page = ids.page_id(values[0])
+    views = views_value(values[1])
+    title = None
+    if len(values) == 3 and values[2].strip():
+        title = ids.title(values[2])
+    return line_no, page, views, title
+
+
+async def _rows_of(items: Iterable[Row]) -> AsyncIterator[Row]:
     for item in items:
         yield item
 
@@ -250,7 +266,7 @@ class Importer:
         chunks still queued for Redis."""
         result = await self._change(
             db_baselines.BaselineChange(site, None, SOURCE_PAGE, changed_by),
-            _rows_of([(1, page, baseline)]),
+            _rows_of([(1, page, baseline, None)]),
         )
         return result, await self.settle(site)
 
@@ -264,7 +280,7 @@ class Importer:
         return result, await self.settle(site)
 
     async def _change(
-        self, change: db_baselines.BaselineChange, rows: AsyncIterable[tuple[int, str, int]]
+        self, change: db_baselines.BaselineChange, rows: AsyncIterable[Row]
     ) -> db_baselines.BaselineResult:
         async def generation() -> str | None:
             return await self._store.site_generation(change.site)

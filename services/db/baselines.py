@@ -11,6 +11,8 @@ from services.db import queries
 from services.db.errors import DatabaseUnavailable, UnknownSiteRow
 
 Q = queries.load("baselines")
+Row = tuple[int, str, int, str | None]
+"""A row of an import: (line, page, baseline, admin title or None: unchanged)."""
 OUTBOX_CHUNK_PAGES = 1000
 OUTBOX_FETCH_ROWS = 20
 
@@ -47,6 +49,7 @@ class BaselineResult:
     site_baseline_new: int
     rejected_count: int
     rejected: list[RejectedRow]
+    titles_set: int = 0  # admin titles the rows set or changed
 
 
 @dataclass(frozen=True)
@@ -70,13 +73,14 @@ class Baselines:
     async def apply(
         self,
         change: BaselineChange,
-        rows: AsyncIterable[tuple[int, str, int]],
+        rows: AsyncIterable[Row],
         *,
         default_max_pages: int,
         generation: Callable[[], Awaitable[str | None]],
         report_rows: int,
     ) -> BaselineResult:
-        """Set baselines to the (line, page, views) `rows` (streamed in with COPY) and the
+        """Set baselines (and admin titles, where a row has one) to the `rows` (streamed in
+        with COPY) and the
         site's baseline to `change.site_total` (None: unchanged), in one transaction.
 
         Rows naming a page twice, or new pages beyond the site's page bound, are rejected.
@@ -92,12 +96,13 @@ class Baselines:
                 raise UnknownSiteRow(site)
             await conn.execute(Q["import_create_tables"])
             await conn.copy_records_to_table(
-                "import_rows", records=rows, columns=("line", "page", "views")
+                "import_rows", records=rows, columns=("line", "page", "views", "title")
             )
             bound = default_max_pages if current["max_pages"] is None else current["max_pages"]
             counts, rejected = await _stage_changes(conn, site, bound, report_rows)
             if counts["changed"]:
                 await conn.execute(Q["import_apply_pages"], site)
+            titles_set = _affected(await conn.execute(Q["import_apply_titles"], site))
             # Last, like a flush: a load of this site waits here until we commit, and the
             # generation read below cannot change before the commit.
             old_site: int = await conn.fetchval(Q["lock_site_baseline"], site)
@@ -121,6 +126,7 @@ class Baselines:
             site_baseline_new=new_site,
             rejected_count=counts["rejected"],
             rejected=rejected,
+            titles_set=titles_set,
         )
 
     async def outbox(self, site: str) -> AsyncIterator[OutboxChunk]:
@@ -218,6 +224,11 @@ async def _record_change(
                 Q["outbox_page_deltas"], change_id, site, generation, OUTBOX_CHUNK_PAGES
             )
     return change_id
+
+
+def _affected(status: str) -> int:
+    """Rows a statement wrote, from its command status ("INSERT 0 42")."""
+    return int(status.rsplit(" ", 1)[1])
 
 
 def _one(row: db_pool.Record | None) -> db_pool.Record:

@@ -12,7 +12,8 @@ FROM site_views sv JOIN sites s USING (site)
 WHERE sv.site = $1;
 
 -- name: import_create_tables
-CREATE TEMP TABLE import_rows (line bigint NOT NULL, page text NOT NULL, views bigint NOT NULL)
+CREATE TEMP TABLE import_rows (line bigint NOT NULL, page text NOT NULL, views bigint NOT NULL,
+                               title text)
     ON COMMIT DROP;
 CREATE TEMP TABLE import_rejected (line bigint NOT NULL, field text NOT NULL, reason text NOT NULL)
     ON COMMIT DROP;
@@ -68,6 +69,14 @@ SELECT line, field, reason FROM import_rejected ORDER BY line LIMIT $1;
 INSERT INTO page_views AS pv (site, page, baseline)
 SELECT $1, page, new FROM import_changes ORDER BY page
 ON CONFLICT (site, page) DO UPDATE SET baseline = EXCLUDED.baseline;
+
+-- name: import_apply_titles
+-- The admin titles of the rows taken (rejected rows are gone from import_rows by now); a row
+-- without a title leaves the page's title as it is. Sorted by page, as pages are.
+INSERT INTO page_titles AS t (site, page, admin_title)
+SELECT $1, page, title FROM import_rows WHERE title IS NOT NULL ORDER BY page
+ON CONFLICT (site, page) DO UPDATE SET admin_title = EXCLUDED.admin_title, updated_at = now()
+WHERE t.admin_title IS DISTINCT FROM EXCLUDED.admin_title;
 
 -- name: lock_site_baseline
 -- Taken last, as a flush takes it: a load of the site into Redis waits for this commit.
