@@ -97,6 +97,8 @@ async def test_admin_routes_need_the_token(api: httpx.AsyncClient) -> None:
         "registered_pages_only": False,
         "page_patterns": [],
         "allowed_origins": [],
+        "public_top": True,
+        "learn_titles": False,
         "created": False,
     }
 

@@ -68,6 +68,8 @@ async def test_put_changes_only_the_settings_it_names(api: httpx.AsyncClient, si
         "registered_pages_only": False,
         "page_patterns": [],
         "allowed_origins": [PORTAL],
+        "public_top": True,
+        "learn_titles": False,
         "created": False,
     }
     assert read.json() == {k: v for k, v in second.items() if k != "created"}
@@ -82,6 +84,8 @@ async def test_bad_settings_are_refused_by_field_and_change_nothing(
         "dedupe_window": [-1, "60", True, 10**9],
         "max_pages": [-5, 1.5, "x"],
         "registered_pages_only": ["yes", 1, None],
+        "public_top": ["yes", 0, None],
+        "learn_titles": ["true", 1, None],
         "page_patterns": ["/a/*", None, [1], [""], ["x" * 600], ["a\nb"], ["/p"] * 101],
         "allowed_origins": [
             "https://a.example",
@@ -140,7 +144,12 @@ async def test_patterns_and_registered_pages_decide_what_counts(
     registered = await api.post(
         f"/v1/sites/{SITE}/pages", json={"pages": ["/gioi-thieu", "/old-article"]}, headers=ADMIN
     )
-    assert registered.json() == {"site": SITE, "registered": ["/gioi-thieu"], "known": 1}
+    assert registered.json() == {
+        "site": SITE,
+        "registered": ["/gioi-thieu"],
+        "known": 1,
+        "titles_set": 0,
+    }
     either = [await counted(api, p) for p in ("/gioi-thieu", "/old-article", "/tin-tuc/c", "/nope")]
     assert either == [(True, None)] * 3 + [(False, "unknown_page")]
     assert await live_views(api, "/nope", "/random", "/gioi-thieu") == {
