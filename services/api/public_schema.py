@@ -30,6 +30,12 @@ class HitIn(BaseModel):
     )
     url: str | None = Field(None, max_length=2048)
     referrer: str | None = Field(None, max_length=2048)
+    title: str | None = Field(
+        None,
+        max_length=ids.TITLE_MAX_CHARS,
+        description="the page's title, learned only where the site sets learn_titles; no "
+        "control or format characters",
+    )
 
 
 class HitOut(BaseModel):
@@ -52,6 +58,24 @@ class CountsOut(BaseModel):
     day: str = Field(description="the site's local date the visitor numbers are for")
     site_visitors: int
     page_visitors: dict[str, int]
+
+
+class TopPage(BaseModel):
+    """One page of the most-read list."""
+
+    page: str
+    title: str | None = Field(description="null when unknown")
+    views: int
+
+
+class TopOut(BaseModel):
+    """The most viewed pages of the period, live (at most 60 s stale), ties by page id."""
+
+    site: str
+    period: Literal["today", "week", "month"]
+    from_: str = Field(alias="from", description="the period's first local day, YYYY-MM-DD")
+    to: str = Field(description="the site's local date today, YYYY-MM-DD")
+    pages: list[TopPage]
 
 
 class BatchView(BaseModel):
@@ -92,7 +116,15 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
-MODELS: tuple[type[BaseModel], ...] = (HitIn, HitOut, CountsOut, BatchIn, BatchOut, ErrorOut)
+MODELS: tuple[type[BaseModel], ...] = (
+    HitIn,
+    HitOut,
+    CountsOut,
+    TopOut,
+    BatchIn,
+    BatchOut,
+    ErrorOut,
+)
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -221,6 +253,37 @@ PATHS: dict[str, Any] = {
                 "200": {
                     "description": "live totals",
                     "content": {"application/json": {"schema": _ref(CountsOut)}},
+                },
+                **_errors(403, 404, 422, 503),
+            },
+        }
+    },
+    "/v1/sites/{site}/top": {
+        "get": {
+            "summary": "The most viewed pages of today, this week or this month, live",
+            "operationId": "get_top",
+            "tags": ["counting"],
+            "parameters": [
+                SITE_PARAM,
+                {
+                    "name": "period",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "enum": ["today", "week", "month"]},
+                    "description": "default today; days are the site's local days",
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 50},
+                    "description": "default 10",
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "the list (404 not_found where the site turned it off)",
+                    "content": {"application/json": {"schema": _ref(TopOut)}},
                 },
                 **_errors(403, 404, 422, 503),
             },
