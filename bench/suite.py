@@ -14,6 +14,8 @@ machine noise falls on both sides of a ratio):
 - `workers`  hit req/s of a 2-worker api over a 1-worker api, both serving at once, runs
              alternating; target >= 1.7.
 - `counts`   GET counts of 20 pages over the hit, same server; target >= 0.5.
+- `top`      GET top (this week, 10 pages) over the hit, same server, while the hits keep
+             the pending shards busy; target >= 0.5.
 - `memory`   Redis bytes per page of a site after hits to MEMORY_PAGES distinct pages (no
              flusher running): the live counter alone (the page buckets) and everything the hits
              left (pending deltas, per-page visitor sketches, dedupe marks); target <= 32.
@@ -74,7 +76,7 @@ PACED_FRACTIONS = (0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.2)
 PACED_CONNECTIONS = 64
 PACED_LATENCY_MS = 2.0
 T = TypeVar("T")
-FIGURES = ("hit", "latency", "workers", "counts", "batch", "memory", "flusher", "soak")
+FIGURES = ("hit", "latency", "workers", "counts", "top", "batch", "memory", "flusher", "soak")
 MEMORY_SITE = "mem"
 MEMORY_PAGES = 20_000
 FLUSH_SITE = "fb"
@@ -202,6 +204,36 @@ def fig_hit_and_counts(b: Bench, with_counts: bool) -> None:
                 [by_round[run.COUNTS, n] / by_round[run.HIT, n] for n in range(1, args.rounds + 1)],
             )
         )
+
+
+def fig_top(b: Bench) -> None:
+    """The most-read list (GET top, this week, 10 pages) against the hit, one server, rounds
+    alternating: the hits before each top run leave unflushed views for it to merge (no
+    flusher runs), and its per-process cache answers most reads."""
+    names = [run.HIT, run.TOP]
+    args = _run_args(b.args, "--endpoints", ",".join(names))
+    with run.api_server(b.env, args.app, 1, b.tmp / "api-top.log") as (port, pid):
+        runs = run.measure(args, b.kind, port, pid)
+    measured = [r for r in runs if r.phase == "measured"]
+    medians = {n: run.median_of([r for r in measured if r.endpoint == n]) for n in names}
+    hit, top = medians[run.HIT], medians[run.TOP]
+    by_round = {(r.endpoint, r.round): r.rps for r in measured}
+    b.rows.append(
+        Row(
+            "8. top(week, 10) / hit",
+            f"top {top['rps']:.0f}/s",
+            f"hit {hit['rps']:.0f}/s",
+            top["rps"],
+            hit["rps"],
+            ">= 0.5",
+            top["rps"] / hit["rps"] >= 0.5,
+            top["p50_ms"],
+            top["p99_ms"],
+            f"errors {int(top['non2xx'] + top['socket_errors'])};"
+            f" cpu: api {top['server_cpu_pct']:.0f}%",
+            [by_round[run.TOP, n] / by_round[run.HIT, n] for n in range(1, args.rounds + 1)],
+        )
+    )
 
 
 def _paced_script(delay_ms: int, tmp: Path) -> Path:
@@ -830,6 +862,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "hit" in figures or "counts" in figures:
                 print(f"\n== hit{' and counts' if 'counts' in figures else ''}")
                 fig_hit_and_counts(b, with_counts="counts" in figures)
+            if "top" in figures:
+                print("\n== top")
+                fig_top(b)
             if "latency" in figures:
                 print("\n== latency at paced loads")
                 points = [tuple(p) for p in fig_latency(b)]
