@@ -93,17 +93,28 @@
       return script.hasAttribute(name) && script.getAttribute(name) !== "false";
     }
 
+    /** Controls, format characters (bidi marks, zero-width ones, soft hyphens) and lone
+     * surrogates: the server refuses a title holding any (and with it the hit). Built at run
+     * time so that a browser without \p{} escapes falls back instead of failing to parse. */
+    function unprintable() {
+      try {
+        return new RegExp("[\\p{Cc}\\p{Cf}\\p{Cs}]", "gu");
+      } catch (e) {
+        return /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]/g;
+      }
+    }
+
     /** The title to send: data-title, else document.title with data-send-title, else none.
-     * One line of printable text (no controls or bidi overrides), at most 200 characters. */
+     * One line of printable text, at most 200 characters (the server takes up to 300). */
     function pageTitle() {
       var given = script.getAttribute("data-title");
       if (given === null && !flag("data-send-title")) return "";
       var title = (given === null ? doc.title : given)
         .replace(/\s+/g, " ")
-        .replace(/[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, "")
+        .replace(unprintable(), "")
         .trim();
       if (title.length > TITLE_MAX_CHARS) {
-        title = title.slice(0, TITLE_MAX_CHARS).replace(/[\ud800-\udbff]$/, "");
+        title = title.slice(0, TITLE_MAX_CHARS).replace(/[\ud800-\udbff]$/, "").trim();
       }
       return title;
     }
