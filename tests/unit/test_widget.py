@@ -43,8 +43,8 @@ def test_counter_js_has_no_eval_or_html_parsing_constructs() -> None:
 
 
 def test_counter_js_stays_small() -> None:
-    # 3.4 KB before the statistics block and the most-read list; 4.9 KB with them.
-    assert len(widget.SCRIPT_GZIP) < 5 * 1024
+    # Gzipped: 3.4 KB before the statistics block, the most-read list and titles; 5.0 KB with.
+    assert len(widget.SCRIPT_GZIP) < 5.5 * 1024
 
 
 def test_counter_js_writes_data_as_text_only() -> None:
