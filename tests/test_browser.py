@@ -10,24 +10,29 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page
+from playwright.async_api import Browser
 
 from services.cli import up
 from services.cli.localservers import free_port
 from services.config import Settings
 from tests.support.browser import (
     ARTIFACTS,
+    VALUE,
     HostPages,
+    api_base,
+    browsing,
+    embed_page,
+    open_page,
+    reload,
     seed_baselines,
     serve_host_pages,
     session_browser,
 )
-from tests.support.stack import BROWSER_UA, SITE, make_settings, register_site, running_api
+from tests.support.stack import SITE, make_settings, register_site, running_api
 
 ARTICLE = "/tin-tuc/phat-huy-vai-tro-doan-vien-thanh-nien-123"
 DEMO_LIST = [
@@ -38,8 +43,6 @@ DEMO_LIST = [
 ]
 SITE_LEGACY_TOTAL = 37_409_356  # the next view makes it the issue's 37.409.357
 ARTICLE_LEGACY_VIEWS = 563  # the next view makes it "Số lượt người xem: 564"
-VALUE = "data-viewcounter-value"
-DONE = "script[data-viewcounter-state]"
 # Each test takes ~2 s; the first one also launches chromium (slow on a cold cache).
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,75 +57,6 @@ async def browser() -> AsyncIterator[Browser]:
 async def host() -> AsyncIterator[HostPages]:
     async with serve_host_pages() as pages:
         yield pages
-
-
-def api_base(client: httpx.AsyncClient) -> str:
-    return str(client.base_url).rstrip("/")
-
-
-@asynccontextmanager
-async def browsing(browser: Browser, **options: object) -> AsyncIterator[BrowserContext]:
-    """A fresh browser profile that looks like a person's Chrome."""
-    context = await browser.new_context(user_agent=BROWSER_UA, **options)  # type: ignore[arg-type]
-    try:
-        yield context
-    finally:
-        await context.close()
-
-
-class Watched:
-    """A page and what went wrong in it: uncaught errors, console errors, requests sent."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.errors: list[str] = []
-        self.console_errors: list[str] = []
-        self.requests: list[str] = []
-        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-        page.on("console", self._console)
-        page.on("request", lambda request: self.requests.append(request.url))
-
-    def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            self.console_errors.append(message.text)
-
-    async def value(self, selector: str) -> str | None:
-        return await self.page.get_attribute(selector, VALUE)
-
-    async def text(self, selector: str) -> str:
-        return await self.page.inner_text(selector)
-
-
-async def open_page(context: BrowserContext, url: str, *, wait_widget: bool = True) -> Watched:
-    """Open `url`; wait until counter.js has finished its hit and reads (done or failed)."""
-    watched = Watched(await context.new_page())
-    await watched.page.goto(url)
-    if wait_widget:
-        await watched.page.wait_for_selector(DONE, state="attached")
-    return watched
-
-
-async def reload(watched: Watched) -> None:
-    await watched.page.reload()
-    await watched.page.wait_for_selector(DONE, state="attached")
-
-
-def embed_page(
-    api: str,
-    body: str,
-    *,
-    script_attrs: str = "",
-    head: str = "",
-    lang: str = "vi",
-    site: str = SITE,
-) -> str:
-    """A host page with the two-line embed."""
-    return (
-        f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8"><title>host</title>'
-        f"{head}"
-        f'<script async src="{api}/v1/counter.js" data-site="{site}" {script_attrs}></script>'
-        f"</head><body><h1>Trang tin</h1>{body}</body></html>"
-    )
 
 
 async def live_counts(client: httpx.AsyncClient, *pages: str) -> tuple[int, dict[str, int]]:

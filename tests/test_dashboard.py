@@ -1,6 +1,6 @@
 """The dashboard in headless Chromium: token asked for, charts drawn from the report routes,
-the top pages table, the live total (views + baseline), no console errors under its CSP.
-A screenshot is kept in tests/artifacts/dashboard.png."""
+the top pages table, the live total (views + baseline), the statistics block, no console
+errors under its CSP. A screenshot is kept in tests/artifacts/dashboard.png."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tests.support.stack import (
     flusher_for,
     live_counts,
     make_settings,
+    register_site,
     running_api,
 )
 
@@ -125,6 +126,64 @@ async def test_dashboard_draws_charts_top_pages_and_the_live_total(
     assert chosen == "/tin-tuc/ra-quan-thang-thanh-nien-2025"  # the top page by default
     assert live_total == str(counted + 37_409_356)
     assert live_text == f"{counted + 37_409_356:,}"
+
+
+def problem(message: ConsoleMessage) -> bool:
+    """An error or warning of the page's own (the browser's 404 for /favicon.ico is none)."""
+    if message.type not in ("error", "warning"):
+        return False
+    return not message.location.get("url", "").endswith("/favicon.ico")
+
+
+async def test_dashboard_shows_the_statistics_block(
+    browser: Browser, redis_url: str, database_url: str
+) -> None:
+    settings = make_settings(redis_url, database_url, report_token=REPORT_TOKEN)
+    async with running_api(settings) as api:
+        await register_site(api)
+        imported = await api.post(
+            f"/v1/sites/{SITE}/import",
+            content=b"page,views\n/tin-tuc/ra-quan-thang-thanh-nien-2025,563\n",
+            params={"site_total": "37409356"},
+            headers={**ADMIN, "content-type": "text/csv"},
+        )
+        assert imported.status_code == 200, imported.text
+        for visitor in ("a", "b", "c"):
+            hit = await api.post(
+                f"/v1/sites/{SITE}/hits", json={"page": "/tin-tuc/a", "visitor": visitor}
+            )
+            assert hit.json()["counted"] is True, hit.text
+        base = str(api.base_url).rstrip("/")
+        context = await browser.new_context(user_agent=BROWSER_UA, locale="en-US")
+        errors: list[str] = []
+        try:
+            page = await context.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda m: errors.append(m.text) if problem(m) else None)
+            await page.goto(f"{base}/dashboard/{SITE}")
+            await page.fill("#token", REPORT_TOKEN)
+            await page.click("#login button[type=submit]")
+            await page.wait_for_selector("#stats[data-state=ready]", timeout=10_000)
+            await page.wait_for_selector("body[data-state=ready]")
+            labels = await page.locator("#stats dt").all_inner_texts()
+            shown = await page.eval_on_selector_all(
+                "#stats dd", "dds => dds.map(d => [d.dataset.stat, d.textContent, d.dataset.value])"
+            )
+            day = await page.inner_text("#stats-day")
+        finally:
+            await context.close()
+    assert errors == []
+    assert labels == ["Online now", "Today", "Yesterday", "This week", "This month", "Total"]
+    # Three readers today (so this week and this month too), on top of the carried-over total.
+    assert shown == [
+        ["online", "3", "3"],
+        ["today", "3", "3"],
+        ["yesterday", "0", "0"],
+        ["this_week", "3", "3"],
+        ["this_month", "3", "3"],
+        ["total", "37,409,359", "37409359"],
+    ]
+    assert day.endswith(" (Asia/Ho_Chi_Minh)")
 
 
 async def test_dashboard_files_are_served_under_the_csp(api: httpx.AsyncClient) -> None:

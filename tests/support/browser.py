@@ -1,4 +1,6 @@
-"""Browser-test helpers: one headless Chromium per session, and a server for host pages.
+"""Browser-test helpers: one headless Chromium per session, a server for host pages, and
+host pages with the embed, opened in a profile that looks like a person's Chrome and watched
+for errors and requests.
 
 Chromium is Debian's (`apt-get install chromium`; Playwright cannot download its own here),
 driven by Playwright through `executable_path`. Without it the browser tests skip, except
@@ -16,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 import redis.asyncio as aioredis
 import uvicorn
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
@@ -27,10 +30,13 @@ from starlette.routing import Route
 
 from services.cli.localservers import free_port
 from services.config import Settings
+from tests.support.stack import BROWSER_UA, SITE
 
 CHROMIUM_ENV = "VIEWCOUNTER_CHROMIUM"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).parent.parent / "artifacts"
+VALUE = "data-viewcounter-value"
+DONE = "script[data-viewcounter-state]"
 
 
 def chromium_path() -> str | None:
@@ -134,3 +140,74 @@ async def seed_baselines(
         await client.flushall()
     finally:
         await client.aclose()
+
+
+def api_base(client: httpx.AsyncClient) -> str:
+    """The api's origin, as a host page names it."""
+    return str(client.base_url).rstrip("/")
+
+
+@asynccontextmanager
+async def browsing(browser: Browser, **options: object) -> AsyncIterator[BrowserContext]:
+    """A fresh browser profile that looks like a person's Chrome."""
+    context = await browser.new_context(user_agent=BROWSER_UA, **options)  # type: ignore[arg-type]
+    try:
+        yield context
+    finally:
+        await context.close()
+
+
+class Watched:
+    """A page and what went wrong in it: uncaught errors, console errors, requests sent."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        self.console_errors: list[str] = []
+        self.requests: list[str] = []
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        page.on("console", self._console)
+        page.on("request", lambda request: self.requests.append(request.url))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.console_errors.append(message.text)
+
+    async def value(self, selector: str) -> str | None:
+        return await self.page.get_attribute(selector, VALUE)
+
+    async def text(self, selector: str) -> str:
+        return await self.page.inner_text(selector)
+
+
+async def open_page(context: BrowserContext, url: str, *, wait_widget: bool = True) -> Watched:
+    """Open `url`; wait until counter.js has finished its hit and reads (done or failed)."""
+    watched = Watched(await context.new_page())
+    await watched.page.goto(url)
+    if wait_widget:
+        await watched.page.wait_for_selector(DONE, state="attached")
+    return watched
+
+
+async def reload(watched: Watched) -> None:
+    """Reload and wait for counter.js as `open_page` does."""
+    await watched.page.reload()
+    await watched.page.wait_for_selector(DONE, state="attached")
+
+
+def embed_page(
+    api: str,
+    body: str,
+    *,
+    script_attrs: str = "",
+    head: str = "",
+    lang: str = "vi",
+    site: str = SITE,
+) -> str:
+    """A host page with the two-line embed."""
+    return (
+        f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8"><title>host</title>'
+        f"{head}"
+        f'<script async src="{api}/v1/counter.js" data-site="{site}" {script_attrs}></script>'
+        f"</head><body><h1>Trang tin</h1>{body}</body></html>"
+    )

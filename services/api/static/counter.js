@@ -7,8 +7,13 @@
  *   data-page="ID"      the page id (default: the canonical URL's path, normalised)
  *   data-locale="vi-VN" number format (default: <html lang>, then the browser's)
  *   data-live           keep the numbers fresh (Server-Sent Events)
+ *   data-send-title     send document.title with the hit (for the most-read list's titles)
+ *   data-title="T"      send T as the page's title instead
  * Elements: data-viewcounter="site" | "page", data-viewcounter-page="ID" (read, not counted),
- *   each optionally with data-locale and data-digits="8" (digit boxes, zero-padded to 8).
+ *   the statistics block data-viewcounter="online" | "today" | "yesterday" | "week" | "month" |
+ *   "total" (from the same hit's answer), each optionally with data-locale and data-digits="8"
+ *   (digit boxes, zero-padded to 8); data-viewcounter="top" with data-period="today|week|month"
+ *   and data-limit="10": the most-read list, as text (never parsed as HTML).
  */
 (function () {
   "use strict";
@@ -22,6 +27,16 @@
     var doc = document;
     var MAX_PAGES_PER_READ = 100;
     var RETRY_CLOSED_STREAM_MS = 60000;
+    var TITLE_MAX_CHARS = 200;
+    // data-viewcounter name -> field of the hit answer's `stats` (and of GET stats)
+    var STATS = {
+      online: "online",
+      today: "today",
+      yesterday: "yesterday",
+      week: "this_week",
+      month: "this_month",
+      total: "total"
+    };
 
     function noop() {}
 
@@ -73,6 +88,36 @@
     }
 
     var page = (script.getAttribute("data-page") || "").trim() || defaultPage();
+
+    function flag(name) {
+      return script.hasAttribute(name) && script.getAttribute(name) !== "false";
+    }
+
+    /** Controls, format characters (bidi marks, zero-width ones, soft hyphens) and lone
+     * surrogates: the server refuses a title holding any (and with it the hit). Built at run
+     * time so that a browser without \p{} escapes falls back instead of failing to parse. */
+    function unprintable() {
+      try {
+        return new RegExp("[\\p{Cc}\\p{Cf}\\p{Cs}]", "gu");
+      } catch (e) {
+        return /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]/g;
+      }
+    }
+
+    /** The title to send: data-title, else document.title with data-send-title, else none.
+     * One line of printable text, at most 200 characters (the server takes up to 300). */
+    function pageTitle() {
+      var given = script.getAttribute("data-title");
+      if (given === null && !flag("data-send-title")) return "";
+      var title = (given === null ? doc.title : given)
+        .replace(/\s+/g, " ")
+        .replace(unprintable(), "")
+        .trim();
+      if (title.length > TITLE_MAX_CHARS) {
+        title = title.slice(0, TITLE_MAX_CHARS).replace(/[\ud800-\udbff]$/, "").trim();
+      }
+      return title;
+    }
 
     function formatter(locale, options) {
       try {
@@ -136,18 +181,77 @@
       });
     }
 
+    /** The statistics block's elements. */
+    function statsElements() {
+      var found = [];
+      each("[data-viewcounter]", function (el) {
+        if (Object.prototype.hasOwnProperty.call(STATS, el.getAttribute("data-viewcounter"))) {
+          found.push(el);
+        }
+      });
+      return found;
+    }
+
+    function showStats(stats) {
+      statsElements().forEach(function (el) {
+        show(el, stats[STATS[el.getAttribute("data-viewcounter")]]);
+      });
+    }
+
+    /** The page's own URL for a page id that is a path ("/a", not "//host/a"), on this page's
+     * origin; null for anything else, so no entry ever links elsewhere or to javascript:. */
+    function linkTo(id) {
+      if (typeof id !== "string" || id.charAt(0) !== "/" || id.charAt(1) === "/") return null;
+      try {
+        var url = new URL(id, location.origin);
+        return url.origin === location.origin ? url.href : null;
+      } catch (e) {
+        return null;
+      }
+    }
+
+    /** The most-read list in `el` (or in an <ol> put in it): text nodes only, no HTML parsed. */
+    function showTop(el, pages) {
+      var list = el.tagName === "OL" || el.tagName === "UL" ? el : doc.createElement("ol");
+      var numbers = formatter(localeOf(el));
+      while (el.firstChild) el.removeChild(el.firstChild);
+      if (list !== el) el.appendChild(list);
+      list.classList.add("vc-top");
+      pages.forEach(function (entry) {
+        var href = linkTo(entry.page);
+        var item = doc.createElement("li");
+        var name = doc.createElement(href ? "a" : "span");
+        if (href) name.href = href;
+        name.className = "vc-top-title";
+        name.textContent = entry.title ? String(entry.title) : String(entry.page);
+        var views = doc.createElement("span");
+        views.className = "vc-top-views";
+        views.textContent = typeof entry.views === "number" ? numbers.format(entry.views) : "";
+        item.appendChild(name);
+        item.appendChild(doc.createTextNode(" "));
+        item.appendChild(views);
+        list.appendChild(item);
+      });
+      el.setAttribute("data-viewcounter-entries", String(pages.length));
+    }
+
     function jsonOf(response) {
       if (!response.ok) throw new Error("viewcounter: HTTP " + response.status);
       return response.json();
     }
 
-    /** One hit for this view. Resolves with its answer (the live totals) when one was read. */
-    function sendHit(wantTotals) {
+    /** One hit for this view. Resolves with its answer (the live totals, and the statistics
+     * block when `wantStats`) when the page needs it and it could be read; else with null. */
+    function sendHit(wantAnswer, wantStats) {
       var url = api + "hits";
+      var hit = { page: page };
+      var title = pageTitle();
+      if (title) hit.title = title;
+      if (wantStats) hit.stats = true;
       // A string body goes as text/plain: a "simple" request, so no CORS preflight.
-      var body = JSON.stringify({ page: page });
-      if (wantTotals && window.fetch) {
-        // fetch, because its answer carries the totals including this view; keepalive lets
+      var body = JSON.stringify(hit);
+      if (wantAnswer && window.fetch) {
+        // fetch, because its answer carries the numbers including this view; keepalive lets
         // the hit finish when the reader leaves at once.
         return fetch(url, { method: "POST", body: body, keepalive: true, credentials: "omit" }).then(
           jsonOf
@@ -241,14 +345,41 @@
       open();
     }
 
+    /** Fill every most-read list; one GET top per distinct (period, limit). */
+    function readTop() {
+      var reads = {};
+      var shown = [];
+      each('[data-viewcounter="top"]', function (el) {
+        var period = el.getAttribute("data-period") || "week";
+        var limit = Math.min(Math.max(parseInt(el.getAttribute("data-limit"), 10) || 10, 1), 50);
+        var query = "top?period=" + encodeURIComponent(period) + "&limit=" + limit;
+        if (!reads[query]) reads[query] = fetch(api + query, { credentials: "omit" }).then(jsonOf);
+        shown.push(
+          reads[query].then(function (answer) {
+            showTop(el, answer.pages || []);
+          })
+        );
+      });
+      return Promise.all(shown);
+    }
+
     function run() {
       var wantTotals = !!doc.querySelector('[data-viewcounter="site"], [data-viewcounter="page"]');
-      var isLive = script.hasAttribute("data-live") && script.getAttribute("data-live") !== "false";
-      var hit = sendHit(wantTotals).then(function (answer) {
+      var wantStats = statsElements().length > 0;
+      var answered = sendHit(wantTotals || wantStats, wantStats);
+      var hit = answered.then(function (answer) {
         if (answer) showTotals(answer.site_views, answer.page_views);
       });
+      var stats = !wantStats
+        ? Promise.resolve()
+        : answered.then(function (answer) {
+            if (answer && answer.stats) return showStats(answer.stats);
+            // The hit's answer could not be read, or had no block (an older server): one read.
+            return fetch(api + "stats", { credentials: "omit" }).then(jsonOf).then(showStats);
+          });
       var listed = doc.querySelector("[data-viewcounter-page]") ? readListed() : Promise.resolve();
-      Promise.all([hit, listed]).then(
+      var top = doc.querySelector('[data-viewcounter="top"]') ? readTop() : Promise.resolve();
+      Promise.all([hit, stats, listed, top]).then(
         function () {
           script.setAttribute("data-viewcounter-state", "done");
         },
@@ -256,7 +387,7 @@
           script.setAttribute("data-viewcounter-state", "failed");
         }
       );
-      if (isLive && wantTotals) hit.then(live, noop);
+      if (flag("data-live") && wantTotals) hit.then(live, noop);
     }
 
     function start() {

@@ -129,6 +129,24 @@
     });
   }
 
+  // The statistics block the site's pages show (GET stats: live, as counter.js fills it).
+  function refreshStats() {
+    return getJSON("/stats").then(function (stats) {
+      Array.prototype.forEach.call($("stats").querySelectorAll("dd[data-stat]"), function (dd) {
+        var value = stats[dd.getAttribute("data-stat")];
+        dd.textContent = numbers.format(value);
+        dd.setAttribute("data-value", String(value));
+      });
+      $("stats-day").textContent = stats.day + " (" + stats.timezone + ")";
+      $("stats").setAttribute("data-state", "ready");
+    });
+  }
+
+  function refreshNumbers() {
+    refreshStats().catch(fail);
+    return refreshLive();
+  }
+
   function today(tz) {
     // en-CA formats dates as YYYY-MM-DD.
     return new Intl.DateTimeFormat("en-CA", { timeZone: tz || undefined }).format(new Date());
@@ -180,11 +198,11 @@
   function start() {
     $("login").hidden = true;
     $("main").hidden = false;
-    refreshLive().then(function () {
+    refreshNumbers().then(function () {
       if (!$("to").value) { $("to").value = today(timezone); }
       if (!$("from").value) { $("from").value = minusDays($("to").value, 29); }
       if (liveTimer === null) {
-        liveTimer = setInterval(function () { refreshLive().catch(fail); }, 5000);
+        liveTimer = setInterval(function () { refreshNumbers().catch(fail); }, 5000);
       }
       return show();
     }).catch(fail);
