@@ -121,9 +121,12 @@ class HitBatcher(GroupCommit[HitRequest, HitResult | None]):
     """Hits, HITS_PER_BATCH at most a batch, one hits.lua call per unit of a site in it.
     A hit is answered None when its unit is not loaded (nothing was written)."""
 
-    def __init__(self, redis: Client, units: int) -> None:
+    def __init__(
+        self, redis: Client, units: int, online_window_s: int = calls.ONLINE_WINDOW_S
+    ) -> None:
         super().__init__(redis, HITS_PER_BATCH)
         self._units = units
+        self._online_window_s = online_window_s
 
     async def _send_batch(self, batch: list[_Queued[HitRequest, HitResult | None]]) -> None:
         groups: dict[str, list[_Queued[HitRequest, HitResult | None]]] = {}
@@ -136,7 +139,12 @@ class HitBatcher(GroupCommit[HitRequest, HitResult | None]):
             for i in range(0, len(items), MAX_HITS_PER_CALL)
         ]
         call_list = [
-            calls.hits_call(unit, [item.request for item in chunk], self._units)
+            calls.hits_call(
+                unit,
+                [item.request for item in chunk],
+                self._units,
+                online_window_s=self._online_window_s,
+            )
             for unit, chunk in chunks
         ]
         answers = await self._run_calls([chunk for _, chunk in chunks], call_list)

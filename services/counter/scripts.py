@@ -52,6 +52,9 @@ APPLY_BASELINE = _load("apply_baseline")
 MERGE_VISITORS = _load("merge_visitors")
 FLUSHERS = _load("flushers")
 MIGRATE_PAGES = _load("migrate_pages")
+STATS = _load("stats")
+FILL_DAYS = _load("fill_days")
+PRUNE_DAYS = _load("prune_days")
 ALL = (
     HITS,
     COUNTS,
@@ -67,6 +70,9 @@ ALL = (
     MERGE_VISITORS,
     FLUSHERS,
     MIGRATE_PAGES,
+    STATS,
+    FILL_DAYS,
+    PRUNE_DAYS,
 )
 
 # One script call: the script, how many of its arguments are KEYS, then KEYS and ARGV.

@@ -39,6 +39,8 @@ from services.counting import baselines
 from services.db import baselines as db_baselines
 from services.db import errors as db_errors
 from services.db import ledger as db_ledger
+from services.db import sites as db_sites
+from services.flusher import days
 from services.flusher import metrics as flusher_metrics
 from services.flusher.metrics import (
     DISCARDED_HITS,
@@ -123,8 +125,10 @@ class Flusher:
         wait_fsync: bool = True,
         lease_s: float = DEFAULT_LEASE_S,
         clock: Callable[[], float] = time.time,
+        sites: db_sites.Sites | None = None,
     ) -> None:
         self._store = store
+        self._sites = db_sites.Sites(ledger.pool) if sites is None else sites
         self._baseline_store = baseline_store
         self._ledger = ledger
         self._baselines = baselines
@@ -159,6 +163,8 @@ class Flusher:
                 REPLAYED_BATCHES.inc()
         # One batch (one transaction) per unit: a unit whose Redis data was lost and refilled
         # meanwhile drops only its own batch, never another's.
+        # Units with a leftover snapshot not finished: in flight, so no days fill this pass.
+        unfinished = set().union(*(u for u in leftover_units.values() if not u <= held))
         batches = {unit: self._new_batch_id() for unit in sorted(set(units) & held)}
         if batches:
             timeout = FSYNC_WAIT_MS if self._wait_fsync else None
@@ -176,6 +182,9 @@ class Flusher:
                     await self._finish(
                         batches[snap.unit], snap.refs, {snap.unit: snap.generation}, report
                     )
+        await days.keep_days(
+            self._store, self._sites, set(batches) - unfinished, self._clock()
+        )
         await self._settle_baselines()
         self.last_success = self._clock()
         flusher_metrics.pass_succeeded(pass_started, self.last_success)
