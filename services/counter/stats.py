@@ -1,11 +1,10 @@
 """The statistics block's Redis side: per unit, views by local day (the days hash) and the
 visitors online (per-minute HyperLogLogs), read with one stats.lua call per unit; for a site
-split over several units, their sum and the union of their sketches, reused for at most
-SITE_TOTAL_CACHE_S."""
+split over several units, their sum (read fresh) and the union of their sketches (reused for
+at most SITE_TOTAL_CACHE_S of the api's clock)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -53,49 +52,46 @@ class StatsStore:
         self._redis = redis
         self._units = units
         self._window_s = online_window_s
-        # A split site: (site, minute, days) -> (until, what was read) (time.monotonic()).
-        self._cached: dict[tuple[str, int, tuple[str, ...]], tuple[float, LiveStats]] = {}
+        # A split site's visitors online: (site, minute) -> (until, count), by the api's clock.
+        self._online: dict[tuple[str, int], tuple[float, int]] = {}
 
-    async def read(self, site: str, minute: int, days: Sequence[str]) -> LiveStats | None:
-        """The site's total, its visitors online as of clock `minute` and its views on each
-        of `days`; None when the site (a unit of it) is not loaded."""
+    async def read(self, site: str, now_s: float, days: Sequence[str]) -> LiveStats | None:
+        """The site's total, its visitors online at clock `now_s` and its views on each of
+        `days`; None when the site (a unit of it) is not loaded."""
+        minute = int(now_s // 60)
         minutes = calls.online_minutes(minute, self._window_s)
         if self._units.count == 1:
             (answer,) = await scripts.run(self._redis, [calls.stats_call(site, minutes, days)])
             if answer[0] == 0:
                 return None
-            return LiveStats(
-                int(answer[1]), int(answer[2]), dict(zip(days, answer[3:], strict=True))
-            )
-        key = (site, minute, tuple(days))
-        hit = self._cached.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        stats = await self._read_units(site, minutes, days)
-        if stats is not None:
-            if len(self._cached) >= SITE_CACHE_MAX:
-                self._cached.clear()
-            self._cached[key] = (time.monotonic() + SITE_TOTAL_CACHE_S, stats)
-        return stats
-
-    async def _read_units(
-        self, site: str, minutes: Sequence[int], days: Sequence[str]
-    ) -> LiveStats | None:
+            views = dict(zip(days, answer[3:], strict=True))
+            return LiveStats(int(answer[1]), int(answer[2]), views)
+        # Split: every unit's days and part of the total in one pipeline (always fresh, so
+        # a period shown includes every hit answered before); the union of the units'
+        # online sketches costs two more round trips, so it is reused for a second.
         unit_ids = self._units.of(site)
         answers = await scripts.run(
-            self._redis, [calls.stats_call(unit, minutes, days) for unit in unit_ids]
+            self._redis, [calls.stats_call(unit, (), days) for unit in unit_ids]
         )
         if any(answer[0] == 0 for answer in answers):
             return None
         per_day = dict.fromkeys(days, 0)
         for answer in answers:
-            for day, views in zip(days, answer[3:], strict=True):
-                per_day[day] += int(views)
+            for day, views_of_day in zip(days, answer[3:], strict=True):
+                per_day[day] += int(views_of_day)
         fresh = {unit: int(answer[1]) for unit, answer in zip(unit_ids, answers, strict=True)}
         site_views, state = await self._units.site_views(site, fresh, wait=False)
         if state.unreachable:
             raise CounterUnavailable("a Redis node holding part of the site does not answer")
-        return LiveStats(site_views, await self._online_union(site, unit_ids, minutes), per_day)
+        cached = self._online.get((site, minute))
+        if cached is not None and cached[0] > now_s:
+            online = cached[1]
+        else:
+            online = await self._online_union(site, unit_ids, minutes)
+            if len(self._online) >= SITE_CACHE_MAX:
+                self._online.clear()
+            self._online[(site, minute)] = (now_s + SITE_TOTAL_CACHE_S, online)
+        return LiveStats(site_views, online, per_day)
 
     async def _online_union(
         self, site: str, unit_ids: Sequence[str], minutes: Sequence[int]

@@ -216,10 +216,10 @@ class LiveCounts:
         cached = await self._site(site)
         now = self._clock()
         periods = stats.Periods(datetime.fromtimestamp(now, cached.zone).date())
-        days, minute = periods.days, int(now // 60)
-        read = await self._store.stats.read(site, minute, days)
+        days = periods.days
+        read = await self._store.stats.read(site, now, days)
         if read is None:
-            read = await self._after_load(site, lambda: self._store.stats.read(site, minute, days))
+            read = await self._after_load(site, lambda: self._store.stats.read(site, now, days))
         return stats.Stats.of(cached.config.timezone, periods, read)
 
     async def today(self, site: str) -> str:
