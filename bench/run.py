@@ -74,6 +74,9 @@ HIT = "hit"
 # default endpoints.
 COUNTS = "counts"
 COUNTS_PAGES = 20
+# GET /v1/sites/{site}/stats, the statistics block; not in the default endpoints.
+STATS = "stats"
+READS = (COUNTS, STATS)
 # Every endpoint the bench app serves but the hit, by name: its path.
 NOOP_PATHS = {
     "fastapi-noop": FASTAPI_NOOP_PATH,
@@ -81,7 +84,7 @@ NOOP_PATHS = {
     "bare-noop": BARE_NOOP_PATH,
 }
 ALL_ENDPOINTS = (*NOOP_PATHS, HIT)
-KNOWN_ENDPOINTS = (*ALL_ENDPOINTS, COUNTS)
+KNOWN_ENDPOINTS = (*ALL_ENDPOINTS, *READS)
 # The baselines the hit is compared with, and the target for hit req/s / baseline req/s.
 TARGETS: dict[str, float | None] = {"fastapi-noop": 0.80, "lean-noop": None, "bare-noop": 0.50}
 DATABASE = "viewcounter"
@@ -355,6 +358,8 @@ def endpoint_path(args: argparse.Namespace, endpoint: str) -> str:
     if endpoint == COUNTS:
         pages = "&".join(f"page=news%2Farticle-{i}" for i in range(COUNTS_PAGES))
         return f"/v1/sites/{args.site}/counts?{pages}"
+    if endpoint == STATS:
+        return f"/v1/sites/{args.site}/stats"
     return f"/v1/sites/{args.site}/hits" if endpoint == HIT else NOOP_PATHS[endpoint]
 
 
@@ -569,7 +574,7 @@ def measure(args: argparse.Namespace, kind: str, port: int, pid: int) -> list[Ru
     runs: list[RunResult] = []
     endpoints: tuple[str, ...] = args.endpoints
     for name in endpoints:
-        method = "GET" if name == COUNTS else "POST"
+        method = "GET" if name in READS else "POST"
         print(f"  {name:<12} {method} {endpoint_path(args, name)}")
     if args.warmup:
         print(f"warm-up ({args.warmup} s each): {', '.join(round_order(endpoints, 0))}")
