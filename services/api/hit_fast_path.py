@@ -192,9 +192,12 @@ class HitFastPath:
         """Take the hit in the request's body; the JSON answer."""
         hit = hit_body.parse(headers.content_type, await self._body(receive))
         client = scope.get("client")
-        return await hits.answer_hit(
-            live, site, hit, client[0] if client else "", headers.user_agent or ""
+        outcome, page_views, site_views = await hits.take(
+            live, site, hit.page, hit.visitor, client[0] if client else "", headers.user_agent or ""
         )
+        # Read after the hit, so the block includes it.
+        block = await live.stats(site) if hit.stats else None
+        return hits.hit_answer(site, hit.page, outcome, page_views, site_views, block)
 
     async def _body(self, receive: Receive) -> bytes:
         """The request body; BodyTooLarge past the limit, ClientDisconnect if the client left."""

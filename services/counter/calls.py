@@ -53,7 +53,10 @@ def hits_call(
     key_list.append(keys.idempotency_key(unit, idempotency_token))
     key_list.append(keys.days_key(unit))
     args: list[str | int | bytes] = [keep_s, online_ttl_s(online_window_s)]
+    minute, online_key = -1, ""
     for r in requests:
+        if r.minute != minute:  # a call's hits nearly always share their minute
+            minute, online_key = r.minute, keys.online_key(unit, r.minute)
         bucket, field = keys.page_entry(unit, r.page)
         key_list.extend(
             (
@@ -62,7 +65,7 @@ def hits_call(
                 keys.site_visitors_key(unit, r.day),
                 keys.page_visitors_key(unit, r.day, r.page),
                 bucket,
-                keys.online_key(unit, r.minute),
+                online_key,
             )
         )
         args.extend(

@@ -204,3 +204,29 @@ class CountsBatcher(GroupCommit[CountsRequest, UnitCounts]):
             for item in items:
                 if not item.future.done():
                     item.future.set_result(answer)
+
+
+# A batch's stats reads (group commit, as counts reads): identical reads share one call.
+STATS_PER_BATCH = 64
+# A stats.lua call as a hashable key: (unit, minutes, days).
+StatsCall = tuple[str, tuple[int, ...], tuple[str, ...]]
+
+
+class StatsBatcher(GroupCommit[StatsCall, list[Any] | None]):
+    """Stats reads of a site of one unit, STATS_PER_BATCH at most a batch: the same read
+    taken while a call is out (many pages of one busy site) leaves once and is answered to
+    all; its answer, or None when it failed (the request then got the error)."""
+
+    def __init__(self, redis: Client) -> None:
+        super().__init__(redis, STATS_PER_BATCH)
+
+    async def _send_batch(self, batch: list[_Queued[StatsCall, list[Any] | None]]) -> None:
+        groups: dict[StatsCall, list[_Queued[StatsCall, list[Any] | None]]] = {}
+        for item in batch:
+            groups.setdefault(item.request, []).append(item)
+        chunks = list(groups.values())
+        call_list = [calls.stats_call(*read) for read in groups]
+        for items, answer in zip(chunks, await self._run_calls(chunks, call_list), strict=True):
+            for item in items:
+                if answer is not None and not item.future.done():
+                    item.future.set_result(answer)

@@ -44,6 +44,7 @@ class HitStore:
         """Finish the calls in flight."""
         await self._hits.drain()
         await self._counts.drain()
+        await self.stats.close()
 
     async def hit(self, request: HitRequest) -> HitResult | None:
         """Take one page view; None when the site (the page's unit of it) is not loaded:

@@ -14,6 +14,7 @@ from redis.client import NEVER_DECODE
 from services.counter import calls, client, keys, scripts
 from services.counter.client import Client
 from services.counter.errors import CounterUnavailable
+from services.counter.groupcommit import StatsBatcher
 from services.counter.units import SITE_CACHE_MAX, SITE_TOTAL_CACHE_S, Units
 
 
@@ -52,6 +53,7 @@ class StatsStore:
         self._redis = redis
         self._units = units
         self._window_s = online_window_s
+        self._batcher = StatsBatcher(redis)
         # A split site's visitors online: (site, minute) -> (until, count), by the api's clock.
         self._online: dict[tuple[str, int], tuple[float, int]] = {}
 
@@ -61,8 +63,8 @@ class StatsStore:
         minute = int(now_s // 60)
         minutes = calls.online_minutes(minute, self._window_s)
         if self._units.count == 1:
-            (answer,) = await scripts.run(self._redis, [calls.stats_call(site, minutes, days)])
-            if answer[0] == 0:
+            answer = await self._batcher.submit((site, tuple(minutes), tuple(days)))
+            if answer is None or answer[0] == 0:
                 return None
             views = dict(zip(days, answer[3:], strict=True))
             return LiveStats(int(answer[1]), int(answer[2]), views)
@@ -92,6 +94,10 @@ class StatsStore:
                 self._online.clear()
             self._online[(site, minute)] = (now_s + SITE_TOTAL_CACHE_S, online)
         return LiveStats(site_views, online, per_day)
+
+    async def close(self) -> None:
+        """Finish the reads in flight."""
+        await self._batcher.drain()
 
     async def _online_union(
         self, site: str, unit_ids: Sequence[str], minutes: Sequence[int]

@@ -6,6 +6,7 @@ Pure values (no I/O): LiveCounts.stats reads the days from Redis and hands them 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -41,7 +42,13 @@ class Periods:
 
 
 def _days(first: date, last: date) -> list[str]:
-    return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+    return list(_day_range(first, last))
+
+
+@functools.lru_cache(maxsize=256)
+def _day_range(first: date, last: date) -> tuple[str, ...]:
+    # Every stats read asks for the same few ranges all day: work them out once.
+    return tuple((first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1))
 
 
 @dataclass(frozen=True, slots=True)
