@@ -77,7 +77,9 @@ COUNTS_PAGES = 20
 # GET /v1/sites/{site}/top?period=week&limit=10 (the most-read list); not in the defaults.
 TOP = "top"
 TOP_QUERY = "period=week&limit=10"
-READS = (COUNTS, TOP)  # endpoints loaded with GET
+# GET /v1/sites/{site}/stats, the statistics block; not in the default endpoints.
+STATS = "stats"
+READS = (COUNTS, STATS, TOP)  # endpoints loaded with GET
 # Every endpoint the bench app serves but the hit, by name: its path.
 NOOP_PATHS = {
     "fastapi-noop": FASTAPI_NOOP_PATH,
@@ -85,7 +87,7 @@ NOOP_PATHS = {
     "bare-noop": BARE_NOOP_PATH,
 }
 ALL_ENDPOINTS = (*NOOP_PATHS, HIT)
-KNOWN_ENDPOINTS = (*ALL_ENDPOINTS, COUNTS, TOP)
+KNOWN_ENDPOINTS = (*ALL_ENDPOINTS, *READS)
 # The baselines the hit is compared with, and the target for hit req/s / baseline req/s.
 TARGETS: dict[str, float | None] = {"fastapi-noop": 0.80, "lean-noop": None, "bare-noop": 0.50}
 DATABASE = "viewcounter"
@@ -361,6 +363,8 @@ def endpoint_path(args: argparse.Namespace, endpoint: str) -> str:
         return f"/v1/sites/{args.site}/counts?{pages}"
     if endpoint == TOP:
         return f"/v1/sites/{args.site}/top?{TOP_QUERY}"
+    if endpoint == STATS:
+        return f"/v1/sites/{args.site}/stats"
     return f"/v1/sites/{args.site}/hits" if endpoint == HIT else NOOP_PATHS[endpoint]
 
 

@@ -16,6 +16,7 @@ machine noise falls on both sides of a ratio):
 - `counts`   GET counts of 20 pages over the hit, same server; target >= 0.5.
 - `top`      GET top (this week, 10 pages) over the hit, same server, while the hits keep
              the pending shards busy; target >= 0.5.
+- `stats`    GET stats (the statistics block) over the hit, same server; target >= 0.5.
 - `memory`   Redis bytes per page of a site after hits to MEMORY_PAGES distinct pages (no
              flusher running): the live counter alone (the page buckets) and everything the hits
              left (pending deltas, per-page visitor sketches, dedupe marks); target <= 32.
@@ -76,7 +77,9 @@ PACED_FRACTIONS = (0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.2)
 PACED_CONNECTIONS = 64
 PACED_LATENCY_MS = 2.0
 T = TypeVar("T")
-FIGURES = ("hit", "latency", "workers", "counts", "top", "batch", "memory", "flusher", "soak")
+FIGURES = (
+    "hit", "latency", "workers", "counts", "stats", "top", "batch", "memory", "flusher", "soak",
+)  # fmt: skip
 MEMORY_SITE = "mem"
 MEMORY_PAGES = 20_000
 FLUSH_SITE = "fb"
@@ -148,9 +151,10 @@ def _show(label: str, r: run.RunResult) -> None:
 # --- figures -------------------------------------------------------------------------------
 
 
-def fig_hit_and_counts(b: Bench, with_counts: bool) -> None:
-    """hit vs bare ASGI no-op and FastAPI no-op (and counts of 20 pages vs hit)."""
+def fig_hit_and_counts(b: Bench, with_counts: bool, with_stats: bool = False) -> None:
+    """hit vs bare ASGI no-op and FastAPI no-op (and counts of 20 pages, stats, vs hit)."""
     names = ["bare-noop", "fastapi-noop", run.HIT] + ([run.COUNTS] if with_counts else [])
+    names += [run.STATS] if with_stats else []
     args = _run_args(b.args, "--endpoints", ",".join(names))
     with run.api_server(b.env, args.app, 1, b.tmp / "api-1.log") as (port, pid):
         runs = run.measure(args, b.kind, port, pid)
@@ -202,6 +206,24 @@ def fig_hit_and_counts(b: Bench, with_counts: bool) -> None:
                 counts["p99_ms"],
                 f"errors {int(counts['non2xx'] + counts['socket_errors'])}",
                 [by_round[run.COUNTS, n] / by_round[run.HIT, n] for n in range(1, args.rounds + 1)],
+            )
+        )
+    if with_stats:
+        stats = medians[run.STATS]
+        by_round = {(r.endpoint, r.round): r.rps for r in measured}
+        b.rows.append(
+            Row(
+                "7. stats / hit",
+                f"stats {stats['rps']:.0f}/s",
+                f"hit {hit['rps']:.0f}/s",
+                stats["rps"],
+                hit["rps"],
+                ">= 0.5",
+                stats["rps"] / hit["rps"] >= 0.5,
+                stats["p50_ms"],
+                stats["p99_ms"],
+                f"errors {int(stats['non2xx'] + stats['socket_errors'])}",
+                [by_round[run.STATS, n] / by_round[run.HIT, n] for n in range(1, args.rounds + 1)],
             )
         )
 
@@ -859,9 +881,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             run.cli(env, "sites", "add", "bench")
             ns.redis_pid = redis.pid
             b = Bench(ns, kind, redis, postgres, env, tmp)
-            if "hit" in figures or "counts" in figures:
-                print(f"\n== hit{' and counts' if 'counts' in figures else ''}")
-                fig_hit_and_counts(b, with_counts="counts" in figures)
+            if {"hit", "counts", "stats"} & set(figures):
+                reads = [name for name in ("counts", "stats") if name in figures]
+                print(f"\n== hit{''.join(f' and {name}' for name in reads)}")
+                fig_hit_and_counts(b, "counts" in figures, "stats" in figures)
             if "top" in figures:
                 print("\n== top")
                 fig_top(b)

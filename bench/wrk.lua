@@ -1,5 +1,5 @@
 -- wrk script for bench/run.py: POST a JSON hit body with a different page on each request
--- (or, for a counts or top path, GET it), count 200 and non-2xx answers, and print one
+-- (or, for a counts, stats or top path, GET it), count 200 and non-2xx answers, and print one
 -- machine-readable summary line.
 -- Arguments (after `--`): path, number of pages.
 
@@ -9,7 +9,7 @@ counter = 0   -- globals, so done() can read them from each thread with thread:g
 ok = 0
 non2xx = 0
 run_id = ""
-local reads = false  -- a counts or top path: GET it as it is
+local reads = false  -- a counts, stats or top path: GET it as it is
 local threads = {}
 
 function setup(thread)
@@ -18,7 +18,9 @@ end
 
 function init(args)
   path = args[1] or path
-  reads = string.find(path, "/counts", 1, true) ~= nil or string.find(path, "/top?", 1, true) ~= nil
+  reads = string.find(path, "/counts", 1, true) ~= nil
+    or string.find(path, "/stats", 1, true) ~= nil
+    or string.find(path, "/top?", 1, true) ~= nil
   npages = tonumber(args[2] or npages)
   math.randomseed(os.time())
   run_id = tostring(os.time()) .. "-" .. tostring(math.random(1, 1000000000))

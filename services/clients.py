@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from services.config import Settings
 from services.counter import client
 from services.counter.baselinestore import BaselineStore
+from services.counter.calls import ONLINE_WINDOW_S
 from services.counter.flushstore import FlushStore
 from services.counter.hitstore import HitStore
 from services.counter.pendingviews import PendingViews
@@ -98,12 +99,17 @@ class Clients:
     """A process's Redis client (and Postgres pool), the stores on them, and their close."""
 
     def __init__(
-        self, redis: client.Client, pool: db_pool.Pool | None = None, *, units: int = 1
+        self,
+        redis: client.Client,
+        pool: db_pool.Pool | None = None,
+        *,
+        units: int = 1,
+        online_window_s: int = ONLINE_WINDOW_S,
     ) -> None:
         self.redis = redis
         self.pool = pool
         self.units = Units(redis, units)
-        self.hits = HitStore(redis, self.units)
+        self.hits = HitStore(redis, self.units, online_window_s)
         self.flush = FlushStore(redis, self.units)
         self.baselines = BaselineStore(redis, self.units)
         self.pending = PendingViews(redis, self.units)
@@ -136,4 +142,4 @@ async def connect(settings: Settings, role: Role) -> Clients:
     except BaseException:
         await redis.aclose()
         raise
-    return Clients(redis, pool, units=settings.shards)
+    return Clients(redis, pool, units=settings.shards, online_window_s=settings.online_window)

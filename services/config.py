@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # flusher for Redis, Postgres and the schema, then exits 1; the api for Redis, then serves
     # anyway (hits answer 503 until Redis is back).
     startup_timeout: float = Field(default=30.0, ge=0, le=3600)
+    # Seconds during which a visitor seen by a hit counts as online in the statistics block
+    # (GET /v1/sites/{site}/stats): whole minutes, since visitors are kept per clock minute.
+    online_window: int = Field(default=300, ge=60, le=3600)
     # Seconds a stopping api waits for requests in flight (streams end within ~20 s).
     shutdown_timeout: float = Field(default=25.0, ge=0, le=3600)
 
@@ -91,6 +94,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"must be a random secret of at least {MIN_ADMIN_TOKEN_CHARS} characters"
             )
+        return value
+
+    @field_validator("online_window")
+    @classmethod
+    def _whole_minutes(cls, value: int) -> int:
+        if value % 60:
+            raise ValueError("must be a whole number of minutes (a multiple of 60)")
         return value
 
     @field_validator("redis_url")

@@ -88,7 +88,16 @@ CASES: list[tuple[str, str, dict[str, str], bytes]] = [
     ("visitor not text", OPEN_SITE, {}, b'{"page":"j","visitor":7}'),
     ("too large by length", OPEN_SITE, {"origin": "https://x.example"}, b" " * 20_000),
     ("given request id", OPEN_SITE, {"x-request-id": "abc-123"}, b'{"page":"l"}'),
+    ("stats asked", SITE, {"origin": PORTAL}, b'{"page":"m","stats":true}'),
+    ("stats not asked", OPEN_SITE, {}, b'{"page":"m","stats":false}'),
+    ("stats null", OPEN_SITE, {}, b'{"page":"m","stats":null}'),
+    ("stats not a boolean", OPEN_SITE, {}, b'{"page":"m","stats":"yes"}'),
+    ("stats as a number", OPEN_SITE, {}, b'{"page":"m","stats":1}'),
+    ("stats by a bot", OPEN_SITE, {"user-agent": BOT_UA}, b'{"page":"n","stats":true}'),
+    ("stats on an unknown site", "nobody-here", {}, b'{"page":"m","stats":true}'),
 ]  # fmt: skip
+# Fields of the statistics block that a hit counted on both servers moves by one.
+MOVED_BY_A_HIT = ("today", "this_week", "this_month", "total")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -108,6 +117,10 @@ async def test_fast_path_answers_as_the_stack_does(
         one, two = first.json(), second.json()
         assert two["page_views"] == one["page_views"] + 1
         assert two["site_views"] == one["site_views"] + 1
+        if "stats" in one:
+            for name in MOVED_BY_A_HIT:
+                assert two["stats"][name] == one["stats"][name] + 1
+                one["stats"][name] = two["stats"][name] = 0
         assert {**two, "page_views": 0, "site_views": 0} == {
             **one,
             "page_views": 0,
@@ -181,6 +194,37 @@ async def test_counts_fast_path_answers_as_the_stack_does(
     # A hit first, so that totals are not all zero.
     assert (await fast.post(f"/v1/sites/{OPEN_SITE}/hits", json={"page": "a"})).status_code == 200
     url = f"/v1/sites/{site}/counts" + (f"?{query}" if query else "")
+    body = b" " * int(headers.get("x-test-body", "0"))
+    first = await fast.request("GET", url, headers=headers, content=body)
+    second = await stack.request("GET", url, headers=headers, content=body)
+    assert _comparable(first) == _comparable(second), (first.text, second.text)
+
+
+STATS_CASES: list[tuple[str, str, str, dict[str, str]]] = [
+    # (name, site, query, headers)
+    ("plain", OPEN_SITE, "", {}),
+    ("query ignored", OPEN_SITE, "page=a&x=1", {}),
+    ("allowed origin", SITE, "", {"origin": PORTAL}),
+    ("allowed origin, odd case", SITE, "", {"origin": PORTAL.upper()}),
+    ("refused origin", SITE, "", {"origin": "https://evil.example"}),
+    ("allowed referer", SITE, "", {"referer": PORTAL + "/x"}),
+    ("refused referer", SITE, "", {"referer": "https://evil.example/x"}),
+    ("invalid site", "Not_A_Site!", "", {}),
+    ("unknown site", "nobody-here", "", {"origin": PORTAL}),
+    ("given request id", OPEN_SITE, "", {"x-request-id": "abc-123"}),
+    ("body too large", OPEN_SITE, "", {"x-test-body": "20000"}),
+]
+
+
+@pytest.mark.parametrize("case", STATS_CASES, ids=[c[0] for c in STATS_CASES])
+async def test_stats_fast_path_answers_as_the_stack_does(
+    pair: tuple[httpx.AsyncClient, httpx.AsyncClient],
+    case: tuple[str, str, str, dict[str, str]],
+) -> None:
+    fast, stack = pair
+    _, site, query, headers = case
+    assert (await fast.post(f"/v1/sites/{OPEN_SITE}/hits", json={"page": "a"})).status_code == 200
+    url = f"/v1/sites/{site}/stats" + (f"?{query}" if query else "")
     body = b" " * int(headers.get("x-test-body", "0"))
     first = await fast.request("GET", url, headers=headers, content=body)
     second = await stack.request("GET", url, headers=headers, content=body)

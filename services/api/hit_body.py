@@ -25,6 +25,7 @@ class HitBody:
     url: str | None = None
     referrer: str | None = None
     title: str | None = None  # the page's title, learned where the site learns titles
+    stats: bool = False  # the answer also carries the site's statistics block
 
 
 def _optional_text(data: dict[str, object], name: str, max_chars: int) -> str | None:
@@ -48,12 +49,16 @@ def parse(content_type: str | None, raw: bytes) -> HitBody:
     data = json_object(raw)
     if "page" not in data:
         raise ApiError(422, "missing_field", "page is required", "page")
+    stats = data.get("stats")
+    if stats is not None and not isinstance(stats, bool):
+        raise ApiError(422, "invalid_field", "stats must be true or false", "stats")
     return HitBody(
         page=ids.page_id(data["page"]),
         visitor=_optional_text(data, "visitor", VISITOR_MAX_CHARS),
         url=_optional_text(data, "url", URL_MAX_CHARS),
         referrer=_optional_text(data, "referrer", URL_MAX_CHARS),
         title=_title(data.get("title")),
+        stats=stats is True,
     )
 
 

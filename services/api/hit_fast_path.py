@@ -1,7 +1,7 @@
-"""`POST /v1/sites/{site}/hits` and `GET /v1/sites/{site}/counts` answered in one raw ASGI
-layer in front of the whole app.
+"""`POST /v1/sites/{site}/hits`, `GET /v1/sites/{site}/counts` and `GET /v1/sites/{site}/stats`
+answered in one raw ASGI layer in front of the whole app.
 
-The hit is the hot path, and the counts read the widget's. Through the middleware stack
+The hit is the hot path, and the counts and stats reads the widget's. Through the middleware stack
 (ServerErrorMiddleware, RequestTelemetry, BodyLimit, SiteCors, ExceptionMiddleware, FastAPI's
 exit stack, routing over every route) and Starlette's Request/Response objects, a hit costs
 several times the counting work (docs/benchmarks.md has the profiles). For these two routes this
@@ -13,7 +13,8 @@ layer does exactly what those layers do, in the same order and with the same ans
 2. the body cap by Content-Length (413, no CORS headers), then while reading (413, with them);
 3. the site's origin check (403 with `Vary: Origin`) and the CORS headers of site_cors.py;
 4. the endpoint of hits.py: site id, body (hit_body.parse), bot check, the count, the JSON;
-   for counts: site id, `page` query parameters, the read, the JSON (the body is not read).
+   for counts: site id, `page` query parameters, the read, the JSON (the body is not read);
+   for stats: site id, the read, the JSON.
 
 Known failures get errors.py's JSON answers; a bug gets its JSON 500 (without CORS headers or
 request id, as ServerErrorMiddleware gives it) and is raised to the server, which logs it.
@@ -39,12 +40,14 @@ from services.api.body_limit import BodyTooLarge
 from services.counter import ids
 from services.counting.live import LiveCounts
 
-PUBLIC_PATH: Final = re.compile(r"/v1/sites/([^/]+)/(hits|counts)")
+PUBLIC_PATH: Final = re.compile(r"/v1/sites/([^/]+)/(hits|counts|stats)")
 HITS: Final = "hits"
+STATS: Final = "stats"
 # (method, last path segment) answered here: the route template telemetry records.
 ROUTES: Final = {
     ("POST", HITS): "/v1/sites/{site}/hits",
     ("GET", "counts"): "/v1/sites/{site}/counts",
+    ("GET", STATS): "/v1/sites/{site}/stats",
 }
 _JSON_HEADERS: Final = [
     (name.lower().encode("latin-1"), value.encode("latin-1"))
@@ -155,6 +158,8 @@ class HitFastPath:
             site = ids.site_id(raw_site)
             if kind == HITS:
                 body = await self._hit(scope, receive, headers, live, site)
+            elif kind == STATS:
+                body = await hits.stats_answer(live, site)
             else:
                 query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
                 body = await hits.counts_answer(live, site, [v for k, v in query if k == "page"])
@@ -187,16 +192,8 @@ class HitFastPath:
         """Take the hit in the request's body; the JSON answer."""
         hit = hit_body.parse(headers.content_type, await self._body(receive))
         client = scope.get("client")
-        outcome, page_views, site_views = await hits.take(
-            live,
-            site,
-            hit.page,
-            hit.visitor,
-            client[0] if client else "",
-            headers.user_agent or "",
-            hit.title,
-        )
-        return hits.hit_answer(site, hit.page, outcome, page_views, site_views)
+        ip = client[0] if client else ""
+        return await hits.answer_hit(live, site, hit, ip, headers.user_agent or "")
 
     async def _body(self, receive: Receive) -> bytes:
         """The request body; BodyTooLarge past the limit, ClientDisconnect if the client left."""

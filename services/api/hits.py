@@ -1,4 +1,5 @@
-"""Public counting routes: the hit (JSON or pixel) and the live counts read.
+"""Public counting routes: the hit (JSON or pixel), the live counts read and the statistics
+block.
 
 These are plain Starlette endpoints (added to the FastAPI app as routes): the hit path is the
 hot path, and FastAPI's per-request dependency and parameter machinery cost more than the whole
@@ -17,6 +18,7 @@ from services.api import hit_body
 from services.api.errors import ApiError
 from services.counter import ids
 from services.counter.outcomes import Outcome
+from services.counting import stats
 from services.counting.live import LiveCounts
 
 MAX_PAGES_PER_READ = 100
@@ -71,15 +73,36 @@ async def _take(
     return await take(live, site, page, visitor, ip, user_agent, title)
 
 
-def hit_answer(site: str, page: str, outcome: Outcome, page_views: int, site_views: int) -> bytes:
-    """The JSON body answering a hit."""
+def hit_answer(
+    site: str,
+    page: str,
+    outcome: Outcome,
+    page_views: int,
+    site_views: int,
+    block: stats.Stats | None = None,
+) -> bytes:
+    """The JSON body answering a hit (with the statistics block when one is given)."""
     counted = outcome is _COUNTED
     body: dict[str, object] = {"site": site, "page": page, "counted": counted}
     if not counted:
         body["reason"] = outcome.value
     body["page_views"] = page_views
     body["site_views"] = site_views
+    if block is not None:
+        body["stats"] = block.as_dict()
     return orjson.dumps(body)
+
+
+async def answer_hit(
+    live: LiveCounts, site: str, hit: hit_body.HitBody, ip: str, user_agent: str
+) -> bytes:
+    """Take the hit and answer it; with `stats` asked, the block read after the hit (so it
+    includes it)."""
+    outcome, page_views, site_views = await take(
+        live, site, hit.page, hit.visitor, ip, user_agent, hit.title
+    )
+    block = await live.stats(site) if hit.stats else None
+    return hit_answer(site, hit.page, outcome, page_views, site_views, block)
 
 
 async def post_hit(request: Request) -> Response:
@@ -90,10 +113,10 @@ async def post_hit(request: Request) -> Response:
     """
     site, live = _site_and_live(request)
     hit = hit_body.parse(request.headers.get("content-type"), await request.body())
-    outcome, page_views, site_views = await _take(
-        request, live, site, hit.page, hit.visitor, hit.title
-    )
-    return _json_bytes(hit_answer(site, hit.page, outcome, page_views, site_views))
+    # The socket's peer, or the forwarded client when uvicorn trusted the proxy it came from.
+    ip = request.client.host if request.client else ""
+    user_agent = request.headers.get("user-agent", "")
+    return _json_bytes(await answer_hit(live, site, hit, ip, user_agent))
 
 
 async def pixel_hit(request: Request) -> Response:
@@ -132,8 +155,21 @@ async def counts_answer(live: LiveCounts, site: str, raw_pages: list[str]) -> by
     )
 
 
+async def get_stats(request: Request) -> Response:
+    """The site's statistics block, live, without counting."""
+    site, live = _site_and_live(request)
+    return _json_bytes(await stats_answer(live, site))
+
+
+async def stats_answer(live: LiveCounts, site: str) -> bytes:
+    """The JSON body answering a stats read."""
+    block = await live.stats(site)
+    return orjson.dumps({"site": site, **block.as_dict()})
+
+
 routes: list[BaseRoute] = [
     Route("/v1/sites/{site}/hits", post_hit, methods=["POST"]),
     Route("/v1/sites/{site}/hit.gif", pixel_hit, methods=["GET"]),
     Route("/v1/sites/{site}/counts", get_counts, methods=["GET"]),
+    Route("/v1/sites/{site}/stats", get_stats, methods=["GET"]),
 ]

@@ -36,6 +36,28 @@ class HitIn(BaseModel):
         description="the page's title, learned only where the site sets learn_titles; no "
         "control or format characters",
     )
+    stats: bool | None = Field(
+        None, description="true: the answer also carries the statistics block (`stats`)"
+    )
+
+
+class StatsBlock(BaseModel):
+    """The statistics block: views in the site's local calendar, visitors online, the total."""
+
+    timezone: str = Field(description="the site's time zone (IANA name)")
+    day: str = Field(description="today's local date, YYYY-MM-DD")
+    online: int = Field(description="distinct visitors seen in the online window (an estimate)")
+    today: int
+    yesterday: int
+    this_week: int = Field(description="Monday to today")
+    this_month: int = Field(description="the 1st to today")
+    total: int = Field(description="the footer total: `site_views` of counts")
+
+
+class StatsOut(StatsBlock):
+    """The statistics block of a site, live."""
+
+    site: str
 
 
 class HitOut(BaseModel):
@@ -47,6 +69,7 @@ class HitOut(BaseModel):
     reason: Reason | None = Field(None, description="only when not counted")
     page_views: int
     site_views: int
+    stats: StatsBlock | None = Field(None, description="only when the hit asked for it")
 
 
 class CountsOut(BaseModel):
@@ -121,6 +144,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     HitOut,
     CountsOut,
     TopOut,
+    StatsOut,
     BatchIn,
     BatchOut,
     ErrorOut,
@@ -284,6 +308,21 @@ PATHS: dict[str, Any] = {
                 "200": {
                     "description": "the list (404 not_found where the site turned it off)",
                     "content": {"application/json": {"schema": _ref(TopOut)}},
+                },
+                **_errors(403, 404, 422, 503),
+            },
+        }
+    },
+    "/v1/sites/{site}/stats": {
+        "get": {
+            "summary": "The statistics block: online, today, yesterday, this week and month, total",
+            "operationId": "get_stats",
+            "tags": ["counting"],
+            "parameters": [SITE_PARAM],
+            "responses": {
+                "200": {
+                    "description": "the block, live",
+                    "content": {"application/json": {"schema": _ref(StatsOut)}},
                 },
                 **_errors(403, 404, 422, 503),
             },

@@ -6,11 +6,26 @@ sees KEYS or ARGV.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from services.counter import keys, scripts
 from services.counter.outcomes import HitRequest
 from services.counter.scripts import Call
+
+# The default online window (VIEWCOUNTER_ONLINE_WINDOW), in seconds: a whole number of minutes.
+ONLINE_WINDOW_S = 300
+
+
+def online_ttl_s(window_s: int) -> int:
+    """How long an online sketch lives after its first visitor: the reads that count its
+    minute end up to window + 60 s after the minute began; a minute's margin on top."""
+    return window_s + 120
+
+
+def online_minutes(minute: int, window_s: int) -> list[int]:
+    """The clock minutes whose sketches a read in `minute` counts: the current one and the
+    window's whole minutes before it, so the window spans between W and W + 60 s."""
+    return list(range(minute - window_s // 60, minute + 1))
 
 
 def unit_of(site: str, page: str, units: int) -> str:
@@ -24,9 +39,11 @@ def hits_call(
     units: int = 1,
     idempotency_token: str = "-",
     keep_s: int = 0,
+    online_window_s: int = ONLINE_WINDOW_S,
 ) -> Call:
     """One hits.lua call taking `requests` (all of one `unit` of a site split over `units`);
-    with `keep_s`, idempotent under `idempotency_token` for that long.
+    with `keep_s`, idempotent under `idempotency_token` for that long; its visitors' online
+    marks kept for `online_window_s`.
 
     Split over several units, a site's page bound applies per unit as its share (rounded
     up), and a client's rate limit per unit: a unit cannot see the others' counts.
@@ -34,9 +51,13 @@ def hits_call(
     key_list = [keys.site_key(unit)]
     key_list.extend(keys.pending_key(unit, shard) for shard in range(keys.PENDING_SHARDS))
     key_list.append(keys.idempotency_key(unit, idempotency_token))
+    key_list.append(keys.days_key(unit))
     key_list.append(keys.titles_key(unit))
-    args: list[str | int | bytes] = [keep_s]
+    args: list[str | int | bytes] = [keep_s, online_ttl_s(online_window_s)]
+    minute, online_key = -1, ""
     for r in requests:
+        if r.minute != minute:  # a call's hits nearly always share their minute
+            minute, online_key = r.minute, keys.online_key(unit, r.minute)
         bucket, field = keys.page_entry(unit, r.page)
         key_list.extend(
             (
@@ -45,6 +66,7 @@ def hits_call(
                 keys.site_visitors_key(unit, r.day),
                 keys.page_visitors_key(unit, r.day, r.page),
                 bucket,
+                online_key,
             )
         )
         args.extend(
@@ -94,3 +116,28 @@ def counts_call(unit: str, day: str, pages: Sequence[str]) -> Call:
         key_list.extend((bucket, keys.page_visitors_key(unit, day, page)))
         fields.append(field)
     return (scripts.COUNTS, len(key_list), [*key_list, *fields])
+
+
+def stats_call(unit: str, minutes: Sequence[int], days: Sequence[str]) -> Call:
+    """One stats.lua call reading the unit's part of the site total, its visitors online in
+    `minutes` and its views on each of `days`."""
+    key_list = [keys.site_key(unit), keys.days_key(unit)]
+    key_list.extend(keys.online_key(unit, m) for m in minutes)
+    return (scripts.STATS, len(key_list), [*key_list, *days])
+
+
+def fill_days_call(unit: str, generation: str, postgres_days: Mapping[str, int]) -> Call:
+    """One fill_days.lua call: the unit's days hash set to Postgres' part of each day plus
+    the unit's pending deltas of that day, unless it is exact already."""
+    key_list = [keys.site_key(unit), keys.days_key(unit)]
+    key_list.extend(keys.pending_key(unit, shard) for shard in range(keys.PENDING_SHARDS))
+    args: list[str | int] = [generation, keys.DAYS_FILLED]
+    for day, views in sorted(postgres_days.items()):
+        args.extend((day, views))
+    return (scripts.FILL_DAYS, len(key_list), [*key_list, *args])
+
+
+def prune_days_call(unit: str, oldest_day: str) -> Call:
+    """One prune_days.lua call: drop the unit's days before `oldest_day`; answers whether
+    the days hash is exact (its DAYS_FILLED marker is there)."""
+    return (scripts.PRUNE_DAYS, 1, [keys.days_key(unit), oldest_day, keys.DAYS_FILLED])

@@ -3,16 +3,17 @@ key strings), reading and dropping them, visitor estimates and load generations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from services.counter import client, keys, scripts
+from services.counter import calls, client, keys, scripts
 from services.counter.client import Client
 from services.counter.scripts import Call
+from services.counter.stats import add_day_parts
 from services.counter.units import Units
 
 SNAPSHOT_SCAN_COUNT = 5000
@@ -245,6 +246,38 @@ class FlushStore:
         """The unit's load generation; it changes only when Redis lost the unit and it was
         refilled."""
         return await self._units.generation(unit)
+
+    @property
+    def split(self) -> bool:
+        """Whether sites are split over several units (their daily views then go by page)."""
+        return self._units.count > 1
+
+    async def prune_days(self, unit_ids: Sequence[str], oldest_day: str) -> dict[str, list[str]]:
+        """Drop the units' days before `oldest_day`; the units whose days hash is not exact
+        yet (loaded by an earlier release), by site."""
+        answers = await scripts.run(
+            self._redis, [calls.prune_days_call(unit, oldest_day) for unit in unit_ids]
+        )
+        unfilled: dict[str, list[str]] = {}
+        for unit, exact in zip(unit_ids, answers, strict=True):
+            if not exact:
+                unfilled.setdefault(keys.site_of(unit), []).append(unit)
+        return unfilled
+
+    async def fill_days(
+        self, site: str, generations: Mapping[str, str], rows: Iterable[tuple[str, str, int]]
+    ) -> list[str]:
+        """Make the days hashes of the site's units in `generations` (unit -> generation read
+        before Postgres' daily `rows` were) exact: Postgres' part plus pending deltas; the
+        units this wrote. Call only when none of them has a snapshot in flight."""
+        parts: dict[str, dict[str, int]] = {}
+        add_day_parts(parts, self._units, site, rows)
+        unit_ids = sorted(generations)
+        answers = await scripts.run(
+            self._redis,
+            [calls.fill_days_call(u, generations[u], parts.get(u, {})) for u in unit_ids],
+        )
+        return [unit for unit, filled in zip(unit_ids, answers, strict=True) if filled]
 
     async def visitor_estimates(
         self, site_days: Sequence[tuple[str, str]], page_days: Sequence[tuple[str, str, str]]

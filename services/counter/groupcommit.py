@@ -121,9 +121,12 @@ class HitBatcher(GroupCommit[HitRequest, HitResult | None]):
     """Hits, HITS_PER_BATCH at most a batch, one hits.lua call per unit of a site in it.
     A hit is answered None when its unit is not loaded (nothing was written)."""
 
-    def __init__(self, redis: Client, units: int) -> None:
+    def __init__(
+        self, redis: Client, units: int, online_window_s: int = calls.ONLINE_WINDOW_S
+    ) -> None:
         super().__init__(redis, HITS_PER_BATCH)
         self._units = units
+        self._online_window_s = online_window_s
 
     async def _send_batch(self, batch: list[_Queued[HitRequest, HitResult | None]]) -> None:
         groups: dict[str, list[_Queued[HitRequest, HitResult | None]]] = {}
@@ -136,7 +139,12 @@ class HitBatcher(GroupCommit[HitRequest, HitResult | None]):
             for i in range(0, len(items), MAX_HITS_PER_CALL)
         ]
         call_list = [
-            calls.hits_call(unit, [item.request for item in chunk], self._units)
+            calls.hits_call(
+                unit,
+                [item.request for item in chunk],
+                self._units,
+                online_window_s=self._online_window_s,
+            )
             for unit, chunk in chunks
         ]
         answers = await self._run_calls([chunk for _, chunk in chunks], call_list)
@@ -195,4 +203,30 @@ class CountsBatcher(GroupCommit[CountsRequest, UnitCounts]):
                 answer = (int(result[1]), int(result[2]), per_page)
             for item in items:
                 if not item.future.done():
+                    item.future.set_result(answer)
+
+
+# A batch's stats reads (group commit, as counts reads): identical reads share one call.
+STATS_PER_BATCH = 64
+# A stats.lua call as a hashable key: (unit, minutes, days).
+StatsCall = tuple[str, tuple[int, ...], tuple[str, ...]]
+
+
+class StatsBatcher(GroupCommit[StatsCall, list[Any] | None]):
+    """Stats reads of a site of one unit, STATS_PER_BATCH at most a batch: the same read
+    taken while a call is out (many pages of one busy site) leaves once and is answered to
+    all; its answer, or None when it failed (the request then got the error)."""
+
+    def __init__(self, redis: Client) -> None:
+        super().__init__(redis, STATS_PER_BATCH)
+
+    async def _send_batch(self, batch: list[_Queued[StatsCall, list[Any] | None]]) -> None:
+        groups: dict[StatsCall, list[_Queued[StatsCall, list[Any] | None]]] = {}
+        for item in batch:
+            groups.setdefault(item.request, []).append(item)
+        chunks = list(groups.values())
+        call_list = [calls.stats_call(*read) for read in groups]
+        for items, answer in zip(chunks, await self._run_calls(chunks, call_list), strict=True):
+            for item in items:
+                if answer is not None and not item.future.done():
                     item.future.set_result(answer)

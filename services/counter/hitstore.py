@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import cast
 
 from services.counter import calls, client, keys, scripts
@@ -15,6 +15,7 @@ from services.counter.groupcommit import MAX_HITS_PER_CALL, CountsBatcher, Count
 from services.counter.outcomes import Counts, HitRequest, HitResult, hit_results
 from services.counter.scripts import Call
 from services.counter.siteconfig import SiteConfig
+from services.counter.stats import StatsStore, add_day_parts
 from services.counter.units import Units
 
 SALT_TTL_S = 2 * 86400
@@ -28,17 +29,22 @@ class HitStore:
     its units. The store never closes the client it is given.
     """
 
-    def __init__(self, redis: Client, units: Units) -> None:
+    def __init__(
+        self, redis: Client, units: Units, online_window_s: int = calls.ONLINE_WINDOW_S
+    ) -> None:
         self._redis = redis
         self._units = units
         self._count = units.count
-        self._hits = HitBatcher(redis, units.count)
+        self._online_window_s = online_window_s
+        self._hits = HitBatcher(redis, units.count, online_window_s)
         self._counts = CountsBatcher(redis)
+        self.stats = StatsStore(redis, units, online_window_s)
 
     async def close(self) -> None:
         """Finish the calls in flight."""
         await self._hits.drain()
         await self._counts.drain()
+        await self.stats.close()
 
     async def hit(self, request: HitRequest) -> HitResult | None:
         """Take one page view; None when the site (the page's unit of it) is not loaded:
@@ -72,7 +78,12 @@ class HitStore:
                 chunk = members[i : i + MAX_HITS_PER_CALL]
                 call_list.append(
                     calls.hits_call(
-                        unit, [requests[p] for p in chunk], self._count, f"{prefix}:{n}", keep_s
+                        unit,
+                        [requests[p] for p in chunk],
+                        self._count,
+                        f"{prefix}:{n}",
+                        keep_s,
+                        self._online_window_s,
                     )
                 )
                 positions.append(chunk)
@@ -154,14 +165,16 @@ class HitStore:
         site_total: int,
         config: SiteConfig,
         page_totals: AsyncIterator[Sequence[tuple[str, int]]],
+        day_rows: Callable[[bool], AsyncIterator[Sequence[tuple[str, str, int]]]] | None = None,
     ) -> None:
-        """Copy a site's totals (from Postgres: its total, then its pages in chunks) into
-        those of its units that are not loaded; a unit another loader finished meanwhile is
-        left alone.
+        """Copy a site's totals (from Postgres: its total, its pages in chunks, its recent
+        daily views from `day_rows(by_page)`) into those of its units that are not loaded; a
+        unit another loader finished meanwhile is left alone.
 
         A unit's part of the site total is the sum of its pages' totals; unit 0 also holds
         the rest (site total minus all pages, e.g. a site baseline), so the parts sum to the
-        site total however many units are loaded at a time.
+        site total however many units are loaded at a time. Its days hash holds its part of
+        `day_rows` (stats.add_day_parts).
         """
         unit_ids = self._units.of(site)
         loading = set(unit_ids)
@@ -185,18 +198,26 @@ class HitStore:
             if not loading:
                 return
         parts[site] = site_total - sum(parts[u] for u in unit_ids[1:])
+        days: dict[str, dict[str, int]] = {unit: {} for unit in unit_ids}
+        if day_rows is not None:
+            # By page on a split site: each unit holds its own pages' part.
+            async for rows in day_rows(self._count > 1):
+                add_day_parts(days, self._units, site, rows)
         await scripts.run(
             self._redis,
             [
                 (
                     scripts.LOAD_SITE,
-                    1,
+                    2,
                     [
                         keys.site_key(unit),
+                        keys.days_key(unit),
                         secrets.token_hex(8),
                         parts[unit],
                         config.timezone,
                         config.to_json(),
+                        keys.DAYS_FILLED,
+                        *(value for pair in sorted(days[unit].items()) for value in pair),
                     ],
                 )
                 for unit in unit_ids

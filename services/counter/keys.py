@@ -41,6 +41,13 @@ SITE_PAGES = "npages"  # distinct pages the unit's page buckets hold (for the pa
 PAGE_BUCKETS = 1024
 PAGE_FIELD_BYTES = 8
 
+# The days hash of a unit (days_key) keeps the counted views of this many recent local days:
+# enough for this month (31 days) and a margin; the flusher and the load drop older fields.
+DAYS_KEPT = 40
+# A field of the days hash (not a date) present once the hash is exact: set by a load from
+# Postgres, or by the flusher's one-time fill of a unit loaded by an earlier release.
+DAYS_FILLED = "filled"
+
 # Unique-visitor HyperLogLogs live this long after their last change: long enough for the
 # flusher to read a day's final estimate after the day ends, even after a long outage.
 VISITORS_TTL_S = 3 * 86400
@@ -211,6 +218,19 @@ def site_visitors_key(unit: str, day: str) -> str:
 def page_visitors_key(unit: str, day: str, page: str) -> str:
     """HyperLogLog of one page's distinct visitors on local `day`."""
     return f"{tag(unit)}:uvp:{day}:{page}"
+
+
+def days_key(unit: str) -> str:
+    """Hash local day (YYYY-MM-DD) -> views counted under that day in the unit (Postgres'
+    part plus pending and in-flight deltas), and the DAYS_FILLED marker. No TTL: it is live
+    counting state, kept bounded by dropping days older than DAYS_KEPT."""
+    return f"{tag(unit)}:days"
+
+
+def online_key(unit: str, minute: int) -> str:
+    """HyperLogLog of the visitors the unit saw in clock minute `minute` (unix time // 60);
+    expires a little after the online window has passed it."""
+    return f"{tag(unit)}:on:{minute}"
 
 
 def visitors_merge_keys(unit: str) -> tuple[str, str]:

@@ -53,6 +53,9 @@ MERGE_VISITORS = _load("merge_visitors")
 FLUSHERS = _load("flushers")
 MIGRATE_PAGES = _load("migrate_pages")
 FORGET_TITLES = _load("forget_titles")
+STATS = _load("stats")
+FILL_DAYS = _load("fill_days")
+PRUNE_DAYS = _load("prune_days")
 ALL = (
     HITS,
     COUNTS,
@@ -69,6 +72,9 @@ ALL = (
     FLUSHERS,
     MIGRATE_PAGES,
     FORGET_TITLES,
+    STATS,
+    FILL_DAYS,
+    PRUNE_DAYS,
 )
 
 # One script call: the script, how many of its arguments are KEYS, then KEYS and ARGV.

@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.counter import bots, visitors
+from services.counter import stats as counter_stats
 from services.counter.errors import CounterUnavailable
 from services.counter.hitstore import HitStore
 from services.counter.outcomes import Counts, HitRequest, HitResult, Outcome, PageRule
 from services.counter.siteconfig import SiteConfig
+from services.counting import stats
 from services.db import sites as db_sites
 
 # How long a process uses a site's settings before reading them again: a change made through
@@ -219,6 +221,19 @@ class LiveCounts:
             result = await self._after_load(site, lambda: self._store.counts(site, day, pages))
         return result
 
+    async def stats(self, site: str) -> stats.Stats:
+        """The site's statistics block, live: views of today, yesterday, this week and this
+        month in its local calendar, visitors online, and the footer total."""
+        self._refuse_known_unknown(site)
+        cached = await self._site(site)
+        now = self._clock()
+        periods = stats.Periods(datetime.fromtimestamp(now, cached.zone).date())
+        days = periods.days
+        read = await self._store.stats.read(site, now, days)
+        if read is None:
+            read = await self._after_load(site, lambda: self._store.stats.read(site, now, days))
+        return stats.Stats.of(cached.config.timezone, periods, read)
+
     async def today(self, site: str) -> str:
         """The site's local date now (YYYY-MM-DD)."""
         cached = await self._site(site)
@@ -284,7 +299,14 @@ class LiveCounts:
             if load is None:
                 self._remember_unknown(site)
                 raise UnknownSite(site)
-            await self._store.load(site, load.total, load.config, load.page_totals())
+            since = counter_stats.oldest_day_kept(self._clock())
+            await self._store.load(
+                site,
+                load.total,
+                load.config,
+                load.page_totals(),
+                lambda by_page: load.day_rows(since, by_page=by_page),
+            )
             return load.config
 
     async def _daily_salt(self, now: float) -> bytes:

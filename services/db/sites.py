@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import date
 from typing import Any
 
 from services.counter.siteconfig import SiteConfig
@@ -12,6 +13,25 @@ from services.db import queries
 
 Q = queries.load("sites")
 LOAD_FETCH_ROWS = 10_000
+
+DayRow = tuple[str, str, int]
+"""(page, or "" for the whole site; local day YYYY-MM-DD; views counted that day)."""
+
+
+async def day_rows(
+    conn: db_pool.Conn, site: str, since: date, *, by_page: bool
+) -> AsyncIterator[list[DayRow]]:
+    """The site's daily views since `since` (by page with `by_page`), in chunks; `conn` must
+    be in a transaction (a cursor needs one)."""
+    query = Q["recent_page_days"] if by_page else Q["recent_site_days"]
+    chunk: list[DayRow] = []
+    async for row in conn.cursor(query, site, since):
+        chunk.append((row["page"], row["day"], row["views"]))
+        if len(chunk) >= LOAD_FETCH_ROWS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 class SiteLoad:
@@ -34,6 +54,10 @@ class SiteLoad:
                 chunk = []
         if chunk:
             yield chunk
+
+    def day_rows(self, since: date, *, by_page: bool) -> AsyncIterator[list[DayRow]]:
+        """The site's daily views since `since`, read under the same lock as its totals."""
+        return day_rows(self._conn, self.site, since, by_page=by_page)
 
 
 class Sites:
@@ -77,6 +101,12 @@ class Sites:
         async with db_pool.connection(self.pool) as conn:
             row = await conn.fetchrow(Q["get_site"], site)
         return _config(row) if row else None
+
+    async def recent_days(self, site: str, since: date, *, by_page: bool) -> list[DayRow]:
+        """The site's daily views since `since` (by page with `by_page`), committed now."""
+        async with db_pool.transaction(self.pool) as conn:
+            chunks = day_rows(conn, site, since, by_page=by_page)
+            return [row async for chunk in chunks for row in chunk]
 
     async def register_pages(self, site: str, pages: Sequence[str]) -> list[str]:
         """Add pages (with no views yet) to a site; the ones that were new."""

@@ -49,3 +49,11 @@ FOR UPDATE OF sv;
 
 -- name: page_totals
 SELECT page, views + baseline AS total FROM page_views WHERE site = $1;
+
+-- name: recent_site_days
+-- The site's counted views of each local day since $2 (a load copies them into Redis).
+SELECT '' AS page, day::text AS day, views FROM site_views_daily WHERE site = $1 AND day >= $2;
+
+-- name: recent_page_days
+-- The same by page, for a site split over several units (each unit holds its pages' part).
+SELECT page, day::text AS day, views FROM page_views_daily WHERE site = $1 AND day >= $2;

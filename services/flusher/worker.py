@@ -39,7 +39,9 @@ from services.counting import baselines
 from services.db import baselines as db_baselines
 from services.db import errors as db_errors
 from services.db import ledger as db_ledger
+from services.db import sites as db_sites
 from services.db import titles as db_titles
+from services.flusher import days
 from services.flusher import metrics as flusher_metrics
 from services.flusher.metrics import (
     DISCARDED_HITS,
@@ -126,10 +128,13 @@ class Flusher:
         lease_s: float = DEFAULT_LEASE_S,
         clock: Callable[[], float] = time.time,
         titles: db_titles.Titles | None = None,
+        sites: db_sites.Sites | None = None,
     ) -> None:
         self._store = store
-        # Learned titles go to the ledger's database (their own repository, same pool).
+        # Learned titles and the days of units go to the ledger's database (their own
+        # repositories, same pool).
         self._titles = db_titles.Titles(ledger.pool) if titles is None else titles
+        self._sites = db_sites.Sites(ledger.pool) if sites is None else sites
         self._baseline_store = baseline_store
         self._ledger = ledger
         self._baselines = baselines
@@ -164,6 +169,8 @@ class Flusher:
                 REPLAYED_BATCHES.inc()
         # One batch (one transaction) per unit: a unit whose Redis data was lost and refilled
         # meanwhile drops only its own batch, never another's.
+        # Units with a leftover snapshot not finished: in flight, so no days fill this pass.
+        unfinished = set().union(*(u for u in leftover_units.values() if not u <= held))
         batches = {unit: self._new_batch_id() for unit in sorted(set(units) & held)}
         if batches:
             timeout = FSYNC_WAIT_MS if self._wait_fsync else None
@@ -182,6 +189,9 @@ class Flusher:
                         batches[snap.unit], snap.refs, {snap.unit: snap.generation}, report
                     )
         await self._move_titles(title_units & held, report)
+        await days.keep_days(
+            self._store, self._sites, set(batches) - unfinished, self._clock()
+        )
         await self._settle_baselines()
         self.last_success = self._clock()
         flusher_metrics.pass_succeeded(pass_started, self.last_success)

@@ -23,19 +23,24 @@ def test_one_hit_on_a_site_of_one_unit() -> None:
     script, numkeys, argv = calls.hits_call(SITE, [request("/a", PageRule.at_most(10))])
     bucket, field = keys.page_entry(SITE, "/a")
     assert script is scripts.HITS
-    assert numkeys == 16
+    assert numkeys == 18
     assert argv[:numkeys] == [
         "{vc:quan11}:site",
         *(f"{{vc:quan11}}:pend:{shard}" for shard in range(8)),
         "{vc:quan11}:idem:-",
+        "{vc:quan11}:days",
         "{vc:quan11}:pend:titles",
         "{vc:quan11}:seen:seen-/a",
         "{vc:quan11}:rate:client:29000000",
         f"{{vc:quan11}}:uv:{DAY}",
         f"{{vc:quan11}}:uvp:{DAY}:/a",
         bucket,
+        "{vc:quan11}:on:29000000",
     ]
-    assert argv[numkeys:] == [0, keys.shard_of("/a"), "/a", DAY, 1800, 600, 10, "v", field, ""]
+    # The online sketches outlive the default 300 s window by two minutes.
+    assert argv[numkeys:] == [
+        0, 420, keys.shard_of("/a"), "/a", DAY, 1800, 600, 10, "v", field, ""
+    ]
 
 
 def test_several_hits_of_one_unit_of_a_split_site_are_one_idempotent_call() -> None:
@@ -45,14 +50,15 @@ def test_several_hits_of_one_unit_of_a_split_site_are_one_idempotent_call() -> N
     ]
     hits = [request(p, PageRule.at_most(10)) for p in pages[:3]]
     _, numkeys, argv = calls.hits_call("quan11~1", hits, units, "tok:u0:0", 86400)
-    assert numkeys == 11 + 5 * 3
+    assert numkeys == 12 + 6 * 3
     assert argv[0] == "{vc:quan11~1}:site"
     assert argv[9] == "{vc:quan11~1}:idem:tok:u0:0"
+    assert argv[10] == "{vc:quan11~1}:days"
     assert all(key.startswith("{vc:quan11~1}:") for key in argv[:numkeys])  # one Cluster slot
     args = argv[numkeys:]
-    assert args[0] == 86400
+    assert args[:2] == [86400, 420]
     for j, page in enumerate(pages[:3]):
-        per_hit = args[1 + 9 * j : 10 + 9 * j]
+        per_hit = args[2 + 9 * j : 11 + 9 * j]
         # The page bound of 10 becomes this unit's share: 3 of 4 units, rounded up.
         assert per_hit[:7] == [keys.shard_of(page), page, DAY, 1800, 600, 3, "v"]
         assert per_hit[7] == keys.page_entry("quan11~1", page)[1]
@@ -72,5 +78,5 @@ def test_unit_zero_is_the_site_itself() -> None:
 def test_a_title_to_learn_is_the_last_value_of_its_hit() -> None:
     hit = dataclasses.replace(request("/a", PageRule.any_page()), title="Tin tức")
     _, numkeys, argv = calls.hits_call(SITE, [hit])
-    assert argv[10] == "{vc:quan11}:pend:titles"
+    assert argv[11] == "{vc:quan11}:pend:titles"
     assert argv[numkeys:][-1] == "Tin tức"

@@ -255,3 +255,25 @@ def test_flusher_with_bad_env_exits_at_once_with_one_line_per_bad_value() -> Non
         "viewcounter: VIEWCOUNTER_TRUSTED_PROXIES: 'not-an-ip' is not an IP address or network",
     ]
     assert elapsed < 10, f"took {elapsed:.1f}s: validation must come before any connection"
+
+
+def test_the_online_window_is_five_minutes_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().online_window == 300
+    monkeypatch.setenv("VIEWCOUNTER_ONLINE_WINDOW", "600")
+    assert load_settings().online_window == 600
+
+
+@pytest.mark.parametrize(
+    ("raw", "line"),
+    [
+        ("90", "VIEWCOUNTER_ONLINE_WINDOW: must be a whole number of minutes (a multiple of 60)"),
+        ("0", "VIEWCOUNTER_ONLINE_WINDOW: Input should be greater than or equal to 60"),
+        ("7200", "VIEWCOUNTER_ONLINE_WINDOW: Input should be less than or equal to 3600"),
+        ("soon", "VIEWCOUNTER_ONLINE_WINDOW: Input should be a valid integer, unable to parse "
+         "string as an integer"),
+    ],
+)  # fmt: skip
+def test_a_bad_online_window_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, raw: str, line: str
+) -> None:
+    assert config_error_lines(monkeypatch, ONLINE_WINDOW=raw) == [line]

@@ -6,15 +6,18 @@
 -- KEYS[1]      unit hash   ({vc:UNIT}:site)   fields: gen, views, npages, tz, cfg
 -- KEYS[2..9]   pending shards 0..7 ({vc:UNIT}:pend:k), day..page -> delta not yet in Postgres
 -- KEYS[10]     this call's idempotency record ({vc:UNIT}:idem:...), used when ARGV[1] > 0
--- KEYS[11]     titles learned from hits, not yet in Postgres ({vc:UNIT}:pend:titles, page -> title)
--- then for hit j (1-based), at b = 11 + 5(j-1):
+-- KEYS[11]     the unit's days hash ({vc:UNIT}:days), local day -> views counted that day
+-- KEYS[12]     titles learned from hits, not yet in Postgres ({vc:UNIT}:pend:titles, page -> title)
+-- then for hit j (1-based), at b = 12 + 6(j-1):
 --   KEYS[b+1] its dedupe mark            ({vc:UNIT}:seen:TOKEN)
 --   KEYS[b+2] its client's rate counter  ({vc:UNIT}:rate:TOKEN:MIN)
 --   KEYS[b+3] the unit's visitors of the day  ({vc:UNIT}:uv:DAY, HyperLogLog)
 --   KEYS[b+4] the page's visitors of the day  ({vc:UNIT}:uvp:DAY:PAGE, HyperLogLog)
 --   KEYS[b+5] the page's bucket          ({vc:UNIT}:pages:N, page digest -> live total)
+--   KEYS[b+6] the visitors online in the hit's clock minute ({vc:UNIT}:on:MIN, HyperLogLog)
 -- ARGV[1] seconds to keep this call's answer under KEYS[10] (0: not idempotent): a call
 --         sent again with the same record answers what the first one did, counting nothing
+-- ARGV[2] seconds an online sketch lives after its first visitor (the online window + 2 min)
 -- ARGV  then per hit, 9 values: pending shard index (0-based), page id, local day,
 --       dedupe window in seconds (0: off), hits allowed per client per minute (0: off),
 --       page rule (0: any page; n > 0: at most n distinct pages in the unit; -1: only pages
@@ -29,6 +32,9 @@
 -- when the unit's live totals are not loaded (unknown site, or Redis lost its data): then
 -- nothing was written, and the caller loads the totals from Postgres first so that counts
 -- shown never go backwards.
+-- Every hit that gets here (counted or not: the person is on the site) marks its visitor
+-- online; a counted one also adds one to its day in the days hash, in the same atomic call as
+-- its pending delta, so the days hash is always Postgres' daily views plus what is pending.
 -- Keys that expire are only dedupe marks, rate counters and visitor sketches: never anything
 -- unflushed (the flusher reads a sketch's estimate when it moves that day's views).
 if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
@@ -43,9 +49,11 @@ if idempotent_for > 0 then
 end
 local out = {1}
 local visitors_ttl = 259200
-for j = 1, (#ARGV - 1) / 9 do
-  local a = 1 + (j - 1) * 9
-  local b = 11 + (j - 1) * 5
+-- Gathered per call and written once each at the end: a call's hits share a day and a minute.
+local days, online, online_keys = {}, {}, {}
+for j = 1, (#ARGV - 2) / 9 do
+  local a = 2 + (j - 1) * 9
+  local b = 12 + (j - 1) * 6
   local page = ARGV[a + 2]
   local field = ARGV[a + 8]
   local window = tonumber(ARGV[a + 4])
@@ -76,7 +84,16 @@ for j = 1, (#ARGV - 1) / 9 do
       and not redis.call('SET', KEYS[b + 1], '1', 'NX', 'EX', window) then
     outcome = 2
   end
+  local on_key = KEYS[b + 6]
+  local tokens = online[on_key]
+  if tokens == nil then
+    tokens = {}
+    online[on_key] = tokens
+    online_keys[#online_keys + 1] = on_key
+  end
+  tokens[#tokens + 1] = ARGV[a + 7]
   if outcome == 1 then
+    days[ARGV[a + 3]] = (days[ARGV[a + 3]] or 0) + 1
     if known == nil then
       known = redis.call('HEXISTS', KEYS[b + 5], field) == 1
     end
@@ -88,7 +105,7 @@ for j = 1, (#ARGV - 1) / 9 do
     out[#out + 1] = redis.call('HINCRBY', KEYS[1], 'views', 1)
     redis.call('HINCRBY', KEYS[2 + tonumber(ARGV[a + 1])], ARGV[a + 3] .. page, 1)
     if ARGV[a + 9] ~= '' then
-      redis.call('HSET', KEYS[11], page, ARGV[a + 9])
+      redis.call('HSET', KEYS[12], page, ARGV[a + 9])
     end
     for k = b + 3, b + 4 do
       if redis.call('PFADD', KEYS[k], ARGV[a + 7]) == 1 then
@@ -97,11 +114,20 @@ for j = 1, (#ARGV - 1) / 9 do
     end
   else
     if outcome == 2 and ARGV[a + 9] ~= '' then
-      redis.call('HSET', KEYS[11], page, ARGV[a + 9])
+      redis.call('HSET', KEYS[12], page, ARGV[a + 9])
     end
     out[#out + 1] = outcome
     out[#out + 1] = tonumber(redis.call('HGET', KEYS[b + 5], field) or '0')
     out[#out + 1] = tonumber(redis.call('HGET', KEYS[1], 'views') or '0')
+  end
+end
+for day, n in pairs(days) do
+  redis.call('HINCRBY', KEYS[11], day, n)
+end
+local online_ttl = tonumber(ARGV[2])
+for _, key in ipairs(online_keys) do
+  if redis.call('PFADD', key, unpack(online[key])) == 1 then
+    redis.call('EXPIRE', key, online_ttl, 'NX')
   end
 end
 if idempotent_for > 0 then

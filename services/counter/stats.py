@@ -1,0 +1,118 @@
+"""The statistics block's Redis side: per unit, views by local day (the days hash) and the
+visitors online (per-minute HyperLogLogs), read with one stats.lua call per unit; for a site
+split over several units, their sum (read fresh) and the union of their sketches (reused for
+at most SITE_TOTAL_CACHE_S of the api's clock)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from redis.client import NEVER_DECODE
+
+from services.counter import calls, client, keys, scripts
+from services.counter.client import Client
+from services.counter.errors import CounterUnavailable
+from services.counter.groupcommit import StatsBatcher
+from services.counter.units import SITE_CACHE_MAX, SITE_TOTAL_CACHE_S, Units
+
+
+@dataclass(frozen=True, slots=True)
+class LiveStats:
+    """What Redis holds for a site's statistics block at one moment."""
+
+    site_views: int  # the footer total (views + baseline + pending), as counts answers it
+    online: int  # distinct visitors seen in the online window
+    days: dict[str, int]  # local day -> views counted under it, for the days asked
+
+
+def add_day_parts(
+    parts: dict[str, dict[str, int]], units: Units, site: str, rows: Iterable[tuple[str, str, int]]
+) -> None:
+    """Add Postgres' (page, day, views) rows to each unit's part of the site's daily views
+    (`parts`: unit -> day -> views): a site of one unit takes the site's days (page ""), a
+    unit of a split site its own pages' (whose sum is the site's day: invariant 2)."""
+    for page, day, views in rows:
+        unit = site if units.count == 1 else units.holding(site, page)
+        days = parts.setdefault(unit, {})
+        days[day] = days.get(day, 0) + views
+
+
+def oldest_day_kept(now_s: float) -> date:
+    """The oldest local day the days hashes keep at clock `now_s`, in any time zone (UTC's
+    date minus keys.DAYS_KEPT: a zone is at most a day from UTC, and this month needs 31)."""
+    return datetime.fromtimestamp(now_s, UTC).date() - timedelta(days=keys.DAYS_KEPT)
+
+
+class StatsStore:
+    """Reads of the statistics block; Redis errors raise CounterUnavailable. Never closes
+    the client it is given."""
+
+    def __init__(self, redis: Client, units: Units, online_window_s: int) -> None:
+        self._redis = redis
+        self._units = units
+        self._window_s = online_window_s
+        self._batcher = StatsBatcher(redis)
+        # A split site's visitors online: (site, minute) -> (until, count), by the api's clock.
+        self._online: dict[tuple[str, int], tuple[float, int]] = {}
+
+    async def read(self, site: str, now_s: float, days: Sequence[str]) -> LiveStats | None:
+        """The site's total, its visitors online at clock `now_s` and its views on each of
+        `days`; None when the site (a unit of it) is not loaded."""
+        minute = int(now_s // 60)
+        minutes = calls.online_minutes(minute, self._window_s)
+        if self._units.count == 1:
+            answer = await self._batcher.submit((site, tuple(minutes), tuple(days)))
+            if answer is None or answer[0] == 0:
+                return None
+            views = dict(zip(days, answer[3:], strict=True))
+            return LiveStats(int(answer[1]), int(answer[2]), views)
+        # Split: every unit's days and part of the total in one pipeline (always fresh, so
+        # a period shown includes every hit answered before); the union of the units'
+        # online sketches costs two more round trips, so it is reused for a second.
+        unit_ids = self._units.of(site)
+        answers = await scripts.run(
+            self._redis, [calls.stats_call(unit, (), days) for unit in unit_ids]
+        )
+        if any(answer[0] == 0 for answer in answers):
+            return None
+        per_day = dict.fromkeys(days, 0)
+        for answer in answers:
+            for day, views_of_day in zip(days, answer[3:], strict=True):
+                per_day[day] += int(views_of_day)
+        fresh = {unit: int(answer[1]) for unit, answer in zip(unit_ids, answers, strict=True)}
+        site_views, state = await self._units.site_views(site, fresh, wait=False)
+        if state.unreachable:
+            raise CounterUnavailable("a Redis node holding part of the site does not answer")
+        cached = self._online.get((site, minute))
+        if cached is not None and cached[0] > now_s:
+            online = cached[1]
+        else:
+            online = await self._online_union(site, unit_ids, minutes)
+            if len(self._online) >= SITE_CACHE_MAX:
+                self._online.clear()
+            self._online[(site, minute)] = (now_s + SITE_TOTAL_CACHE_S, online)
+        return LiveStats(site_views, online, per_day)
+
+    async def close(self) -> None:
+        """Finish the reads in flight."""
+        await self._batcher.drain()
+
+    async def _online_union(
+        self, site: str, unit_ids: Sequence[str], minutes: Sequence[int]
+    ) -> int:
+        """Distinct visitors online over a split site's units: their minute sketches (each
+        unit in its own slot) read as bytes and merged in unit 0's slot."""
+        with client.translated():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for unit in unit_ids:
+                    for minute in minutes:
+                        pipe.execute_command(
+                            "GET", keys.online_key(unit, minute), **{NEVER_DECODE: True}
+                        )
+                sketches = [raw for raw in await pipe.execute() if raw]
+        if not sketches:
+            return 0
+        merge_keys = keys.visitors_merge_keys(site)
+        return int(await scripts.call(self._redis, scripts.MERGE_VISITORS, merge_keys, sketches))
