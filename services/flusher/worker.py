@@ -41,8 +41,9 @@ from services.db import errors as db_errors
 from services.db import ledger as db_ledger
 from services.db import sites as db_sites
 from services.db import titles as db_titles
-from services.flusher import days
+from services.flusher import days, titles
 from services.flusher import metrics as flusher_metrics
+from services.flusher.checks import RedisBatchChecks
 from services.flusher.metrics import (
     DISCARDED_HITS,
     FLUSH_FAILURES,
@@ -89,28 +90,6 @@ def assigned_flusher(unit: str, alive: Sequence[str]) -> str:
         alive,
         key=lambda owner: hashlib.blake2b(f"{owner}/{unit}".encode(), digest_size=8).digest(),
     )
-
-
-class RedisBatchChecks:
-    """The ledger's BatchChecks, answered by the flusher's store for one batch."""
-
-    def __init__(
-        self, store: FlushStore, generations: Mapping[str, str | None]
-    ) -> None:
-        self._store = store
-        self._expected = dict(generations)  # each unit's load generation when it was frozen
-
-    async def still_current(self) -> bool:
-        """Whether every unit of the batch still has the generation it was frozen under."""
-        for unit, gen in self._expected.items():
-            if await self._store.generation(unit) != gen:
-                return False
-        return True
-
-    async def site_visitors(self, site_days: Sequence[tuple[str, str]]) -> list[int]:
-        """The sites' distinct-visitor estimates of those days, in order."""
-        estimates, _ = await self._store.visitor_estimates(site_days, ())
-        return estimates
 
 
 class Flusher:
@@ -188,7 +167,7 @@ class Flusher:
                     await self._finish(
                         batches[snap.unit], snap.refs, {snap.unit: snap.generation}, report
                     )
-        await self._move_titles(title_units & held, report)
+        report.titles += await titles.move_learned(self._store, self._titles, title_units & held)
         await days.keep_days(
             self._store, self._sites, set(batches) - unfinished, self._clock()
         )
@@ -212,16 +191,6 @@ class Flusher:
         held = await self._store.take_leases(sorted(mine), self.owner, self._lease_ms)
         self._leased = (self._leased - set(given_back) - mine) | held
         return held
-
-    async def _move_titles(self, units: set[str], report: FlushReport) -> None:
-        # Titles learned from hits: the last one seen per page goes to Postgres (idempotent:
-        # a title is not a count, so no ledger), then leaves Redis unless a newer one came.
-        for unit in sorted(units):
-            site = self._store.site_of(unit)
-            async for chunk in self._store.learned_titles(unit):
-                await self._titles.learn(site, chunk)
-                await self._store.forget_titles(unit, chunk)
-                report.titles += len(chunk)
 
     async def _settle_baselines(self) -> None:
         # A baseline change is committed in Postgres with its Redis deltas queued beside it;
