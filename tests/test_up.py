@@ -142,7 +142,8 @@ def test_up_says_what_it_does_while_postgres_is_initialised(
     data = tmp_path / "data"
 
     up.run_up(host="127.0.0.1", port=8126, data_dir=data)
-    first = capfd.readouterr().out.splitlines()
+    first_out = capfd.readouterr()
+    first = first_out.out.splitlines()
     up.run_up(host="127.0.0.1", port=8126, data_dir=data)
     again = capfd.readouterr().out.splitlines()
 
@@ -156,7 +157,8 @@ def test_up_says_what_it_does_while_postgres_is_initialised(
         f"viewcounter up: initialising Postgres in {data / 'postgres'} "
         "(first start only: may take a minute)"
     )
-    assert steps[3].startswith("viewcounter up: started Postgres on postgresql://")
+    started_postgres = "viewcounter up: started Postgres on postgresql://"
+    assert steps[3:4] and steps[3].startswith(started_postgres), first_out
     assert f"viewcounter up: starting Postgres in {data / 'postgres'}" in again
 
 
