@@ -1,7 +1,9 @@
 """Readiness checks and the bounded start-up wait, shared by the api and the flusher.
 
-Ready means: Redis answers, Postgres answers, and every migration shipped with this code is
-applied (a process newer than its schema would fail on its first write).
+`probe` checks Redis, Postgres and that every migration shipped with this code is applied (a
+process newer than its schema would fail on its first write). What each process makes of it
+differs: the api's readiness follows what hits need (services/api/ops.py), the flusher's adds
+whether its passes succeed (services/flusher/main.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from services import metrics
 from services.counter import startup
 from services.counter.client import Client
-from services.counter.errors import CounterUnavailable
+from services.counter.errors import CounterUnavailable, LayoutMismatch, UnsafeRedis
 from services.db import errors as db_errors
 from services.db import migrate
 from services.db import pool as db_pool
@@ -78,6 +80,17 @@ async def probe(redis: Client, pool: db_pool.Pool) -> Readiness:
     except SchemaBehind as exc:
         result.checks["migrations"] = str(exc)
     return result
+
+
+async def failure_of(check: Awaitable[None]) -> str:
+    """"ok" when `check` passes, else its error (a Redis error is counted)."""
+    try:
+        await check
+    except (CounterUnavailable, UnsafeRedis, LayoutMismatch) as exc:
+        if isinstance(exc, CounterUnavailable):
+            metrics.count_backend_error(exc)
+        return str(exc)
+    return OK
 
 
 Check = Callable[[], Awaitable[None]]

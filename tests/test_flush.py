@@ -17,6 +17,7 @@ from services.config import Settings
 from services.counter import client as counter_client
 from services.counter import keys
 from services.counter.flushstore import FlushStore, SnapshotRef
+from services.db import errors as db_errors
 from services.db import ledger as db_ledger
 from services.db import pool as db_pool
 from services.flusher import worker
@@ -360,4 +361,68 @@ async def test_a_batch_of_many_chunks_lands_exactly_with_its_visitors(
     assert (ledger["hits"], ledger["rows"]) == (sum(counted.values()), 25)
     assert page_visitors == {page: len(who) for page, who in readers.items()}
     assert site_visitors == len(set().union(*readers.values()))
+    assert await leftover_snapshots(settings) == []
+
+
+async def test_postgres_connection_killed_mid_batch_names_the_cause_and_loses_nothing(
+    api: httpx.AsyncClient,
+    site: str,
+    settings: Settings,
+    flusher: Flusher,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(worker, "FLUSH_CHUNK_ROWS", 3)  # 25 pages: 9 chunks streamed in
+    counted: Counter[str] = Counter()
+    await send_hits(api, site, [f"p{i % 25}" for i in range(60)], counted)
+    killer = await asyncpg.connect(settings.database_url)
+    one_at_a_time = asyncio.Lock()  # chunks are read by concurrent tasks; `killer` is one
+    kills: list[asyncio.Task[list[int]]] = []  # the test's own: the failing pass cancels chunks
+    read_chunk = flusher._with_visitors
+
+    async def end_open_transactions() -> list[int]:
+        ended: list[int] | None = await killer.fetchval(
+            "SELECT array_agg(pg_terminate_backend(pid)::int) FROM pg_stat_activity"
+            " WHERE application_name = 'viewcounter' AND xact_start IS NOT NULL"
+            " AND datname = current_database()"
+        )
+        return ended or []
+
+    async def kill_the_transaction_mid_stream(
+        rows: list[tuple[str, str, str]], hits: list[int]
+    ) -> list[db_ledger.DailyRow]:
+        # Once the batch's transaction is open (its first chunks are in), end its backend as
+        # a crashed or restarted server would.
+        async with one_at_a_time:
+            if not any(k.done() and k.result() for k in kills):
+                kills.append(asyncio.create_task(end_open_transactions()))
+                await asyncio.shield(kills[-1])
+        return await read_chunk(rows, hits)
+
+    monkeypatch.setattr(flusher, "_with_visitors", kill_the_transaction_mid_stream)
+    try:
+        with caplog.at_level("DEBUG"), pytest.raises(db_errors.DatabaseUnavailable) as raised:
+            await flusher.flush_once()
+        killed = [pid for ended in await asyncio.gather(*kills) for pid in ended]
+    finally:
+        await killer.close()
+    assert killed == [1], raised.value  # one transaction was open, and it was ended
+    # Ended while a COPY ran, the driver names the server's reason; ended while the
+    # transaction waited on Redis, the next statement finds the connection gone.
+    if isinstance(raised.value, db_errors.ConnectionLost):
+        assert str(raised.value).startswith("ConnectionLost: Postgres closed the connection")
+    else:
+        # (with the server's reason when its FATAL message arrived before the close)
+        assert str(raised.value).startswith(
+            "ConnectionDoesNotExistError: connection was closed in the middle of operation"
+        )
+    assert "InterfaceError" not in str(raised.value)
+    assert not [r for r in caplog.records if "InterfaceError" in r.getMessage()]
+    assert await leftover_snapshots(settings) != []  # the batch stays frozen in Redis
+
+    monkeypatch.setattr(flusher, "_with_visitors", read_chunk)
+    report = await flusher.flush_once()  # the next pass applies the batch, exactly once
+
+    assert (report.batches, report.hits, report.rows) == (1, sum(counted.values()), 25)
+    expect(await totals(settings.database_url, site), counted)
     assert await leftover_snapshots(settings) == []

@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,6 +27,7 @@ from services.cli.localpostgres import PostgresProcess
 from services.cli.localredis import RedisProcess
 from services.cli.localservers import free_port
 from services.config import Settings
+from services.counter import keys
 from tests.support import chaos
 from tests.support.stack import (
     BROWSER_UA,
@@ -310,10 +312,11 @@ def test_every_alert_and_dashboard_metric_is_scraped(traffic: Traffic) -> None:
         "ViewcounterErrorRatioHigh",
         "ViewcounterRedisMemoryNearBound",
         "ViewcounterFlusherDown",
+        "ViewcounterFlushFailing",
     } <= names
 
 
-async def test_postgres_outage_raises_flush_lag_fails_readiness_then_recovers(
+async def test_postgres_outage_raises_flush_lag_degrades_the_api_unreadies_the_flusher(
     own_postgres: PostgresProcess, redis_url: str, tmp_path: Path
 ) -> None:
     await create_migrated_template(own_postgres)
@@ -354,10 +357,20 @@ async def test_postgres_outage_raises_flush_lag_fails_readiness_then_recovers(
                 counted += 1
             await until(lambda: _is(status_of(f"{flusher_url}/readyz"), 503), "flusher unready")
             down = await get(f"{flusher_url}/readyz")
-            assert down is not None and down.json()["checks"]["postgres"] != "ok"
+            assert down is not None and down.json()["status"] == "unavailable"
+            assert down.json()["checks"]["postgres"] != "ok"
+            # Hits still count: the api stays in the load balancer, "degraded".
             api_down = await api.get("/readyz")
-            assert api_down.status_code == 503
-            assert api_down.json()["checks"]["postgres"] != "ok"
+            assert api_down.status_code == 200
+            assert api_down.json()["status"] == "degraded"
+            api_checks = api_down.json()["checks"]
+            assert [api_checks[name] for name in ("redis", "redis_eviction", "redis_layout")] == [
+                "ok",
+                "ok",
+                "ok",
+            ]
+            assert api_checks["postgres"].startswith(("ConnectionRefusedError", "OSError"))
+            assert api_checks["migrations"] == "unknown (Postgres unreachable)"
             assert (await api.get("/healthz")).status_code == 200
             assert await status_of(f"{flusher_url}/healthz") == 200  # alive, only not ready
 
@@ -373,7 +386,8 @@ async def test_postgres_outage_raises_flush_lag_fails_readiness_then_recovers(
             await asyncio.to_thread(own_postgres.restart)
             await until(flushed, "every hit flushed after Postgres is back")
             await until(lambda: _is(status_of(f"{flusher_url}/readyz"), 200), "flusher ready")
-            assert (await api.get("/readyz")).status_code == 200
+            api_up = await api.get("/readyz")
+            assert (api_up.status_code, api_up.json()["status"]) == (200, "ok")
 
             async def lag_back() -> bool:
                 return await lag() < 5 * settings.flush_interval
@@ -391,6 +405,119 @@ async def test_postgres_outage_raises_flush_lag_fails_readiness_then_recovers(
         assert await conn.fetchval("SELECT views FROM site_views WHERE site = $1", SITE) == counted
     finally:
         await conn.close()
+
+
+DISK_FULL_SQL = """
+CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'could not extend file "base/1/2": No space left on device'
+    USING ERRCODE = 'disk_full';
+END $$;
+CREATE TRIGGER disk_full BEFORE INSERT OR UPDATE ON flush_batches
+  FOR EACH ROW EXECUTE FUNCTION disk_full();
+"""
+
+
+async def test_flusher_is_unready_while_its_passes_fail_though_postgres_answers(
+    redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(redis_url, database_url, flush_interval=0.1)
+    port = free_port()
+    flusher_url = f"http://127.0.0.1:{port}"
+    env = process_env(settings, VIEWCOUNTER_METRICS_PORT=str(port))
+
+    async def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        response = await get(f"{flusher_url}/metrics")
+        return {} if response is None else samples(response.text)
+
+    async with running_api(settings) as api:
+        await register_site(api)
+        conn = await asyncpg.connect(database_url)
+        try:
+            # Postgres answers (the probe's SELECT passes) but every flush write fails, as
+            # with a full disk under it.
+            await conn.execute(DISK_FULL_SQL)
+            with viewcounter(["flusher"], env, tmp_path / "flusher.log"):
+                await until(lambda: _is(status_of(f"{flusher_url}/healthz"), 200), "flusher up")
+                for i in range(5):
+                    hit = await api.post(f"/v1/sites/{SITE}/hits", json={"page": f"a{i}"})
+                    assert hit.json()["counted"] is True
+                await until(lambda: _is(status_of(f"{flusher_url}/readyz"), 503), "unready")
+                down = await get(f"{flusher_url}/readyz")
+                assert down is not None and down.json()["status"] == "unavailable"
+                checks = down.json()["checks"]
+                assert (checks["redis"], checks["postgres"], checks["migrations"]) == (
+                    "ok",
+                    "ok",
+                    "ok",
+                )
+                assert re.fullmatch(
+                    r"\d+ flush passes in a row failed, the last: DatabaseUnavailable: "
+                    r"DiskFullError: could not extend file .*No space left on device",
+                    checks["flush_passes"],
+                ), checks["flush_passes"]
+                assert int(checks["flush_passes"].split()[0]) >= 3
+                assert value(await scrape(), "viewcounter_flush_consecutive_failures") >= 3
+                api_ready = await api.get("/readyz")  # the api counts on
+                assert (api_ready.status_code, api_ready.json()["status"]) == (200, "ok")
+
+                await conn.execute("DROP TRIGGER disk_full ON flush_batches")
+
+                async def flushed() -> bool:
+                    return value(await scrape(), "viewcounter_flushed_hits_total") == 5
+
+                await until(flushed, "every hit flushed once the disk has room")
+                await until(lambda: _is(status_of(f"{flusher_url}/readyz"), 200), "ready again")
+                ready = await get(f"{flusher_url}/readyz")
+                assert ready is not None and ready.json()["checks"]["flush_passes"] == "ok"
+                assert value(await scrape(), "viewcounter_flush_consecutive_failures") == 0
+            assert await conn.fetchval("SELECT views FROM site_views WHERE site = $1", SITE) == 5
+        finally:
+            await conn.close()
+
+
+async def test_api_is_unready_when_redis_may_evict_or_holds_another_layout(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    admin = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        ready = await api.get("/readyz")
+        assert (ready.status_code, ready.json()["status"]) == (200, "ok")
+        assert list(ready.json()["checks"]) == [
+            "redis",
+            "redis_eviction",
+            "redis_layout",
+            "redis_memory",
+            "postgres",
+            "migrations",
+        ]
+        await admin.config_set("maxmemory-policy", "allkeys-lru")
+        try:
+            evicting = await api.get("/readyz")
+        finally:
+            await admin.config_set("maxmemory-policy", "noeviction")
+        assert (evicting.status_code, evicting.json()["status"]) == (503, "unavailable")
+        assert evicting.json()["checks"]["redis_eviction"] == (
+            "Redis maxmemory-policy is allkeys-lru: it would evict unflushed counts; "
+            "set it to noeviction"
+        )
+        recorded = await admin.get(keys.LAYOUT_KEY)
+        await admin.set(keys.LAYOUT_KEY, settings.shards + 1)
+        try:
+            split = await api.get("/readyz")
+        finally:
+            if recorded is None:
+                await admin.delete(keys.LAYOUT_KEY)
+            else:
+                await admin.set(keys.LAYOUT_KEY, recorded)
+        assert (split.status_code, split.json()["status"]) == (503, "unavailable")
+        assert split.json()["checks"]["redis_layout"].startswith(
+            f"Redis holds sites split over {settings.shards + 1} units, VIEWCOUNTER_SHARDS "
+            f"says {settings.shards}"
+        )
+        assert (await api.get("/readyz")).status_code == 200
+    finally:
+        await admin.aclose()
 
 
 async def test_flusher_waits_for_its_dependencies_then_exits_1_with_a_clear_message(

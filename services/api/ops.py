@@ -36,22 +36,57 @@ def memory_check(memory: RedisMemory) -> str:
     return "ok"
 
 
+# What hits need: a check of these failing takes the api out of a load balancer (503).
+HIT_CHECKS = ("redis", "redis_eviction", "redis_layout")
+# What admin routes, reports and imports also need: failing, the api is "degraded" (200).
+POSTGRES_CHECKS = ("postgres", "migrations")
+
+
+def readiness_status(checks: dict[str, str]) -> tuple[str, int]:
+    """The api's readiness from its checks: ("unavailable", 503) when hits cannot be counted;
+    else ("degraded", 200) when Postgres is unreachable or behind; else ("warning", 200) when
+    Redis is near its memory bound; else ("ok", 200)."""
+    if any(checks[name] != health.OK for name in HIT_CHECKS):
+        return "unavailable", 503
+    if any(checks[name] != health.OK for name in POSTGRES_CHECKS):
+        return "degraded", 200
+    if checks["redis_memory"].startswith("warning"):
+        return "warning", 200
+    return "ok", 200
+
+
 @router.get(
     "/readyz",
-    responses={503: {"description": "Redis or Postgres unreachable, or schema behind"}},
+    responses={
+        503: {
+            "description": "hits cannot be counted: Redis unreachable, evicting, or split "
+            "over another number of units"
+        }
+    },
 )
 async def readyz(state: AppState) -> Response:
-    """Redis and Postgres answer and every migration is applied (hits need Redis only; admin
-    and reports need Postgres).
+    """Whether this api can count hits: Redis answers, cannot evict counts, and holds them
+    split over VIEWCOUNTER_SHARDS units (503 naming what is wrong otherwise).
 
-    Answers 503 naming what is wrong otherwise, and 200 with status "warning" when Redis is
-    near its memory bound (the api still counts; ops must act before it is full).
+    Postgres is not needed by hits: unreachable, or with migrations missing, the api stays
+    ready (200) with status "degraded" (admin routes, reports and imports fail meanwhile).
+    Status "warning" (200): Redis is near its memory bound (ops must act before it is full).
     """
-    probe = await health.probe(state["redis"], state["pool"])
-    checks = {"redis": probe.checks["redis"], "redis_memory": "unknown"}
+    redis = state["redis"]
+    probe = await health.probe(redis, state["pool"])
+    checks = {
+        "redis": probe.checks["redis"],
+        "redis_eviction": "unknown",
+        "redis_layout": "unknown",
+        "redis_memory": "unknown",
+    }
     if probe.checks["redis"] == health.OK:
+        checks["redis_eviction"] = await health.failure_of(startup.refuse_eviction(redis))
+        checks["redis_layout"] = await health.failure_of(
+            startup.check_recorded_layout(redis, state["settings"].shards)
+        )
         try:
-            memory = await startup.memory(state["redis"])
+            memory = await startup.memory(redis)
         except CounterUnavailable as exc:
             metrics.count_backend_error(exc)
         else:
@@ -59,15 +94,8 @@ async def readyz(state: AppState) -> Response:
             checks["redis_memory"] = memory_check(memory)
     checks["postgres"] = probe.checks["postgres"]
     checks["migrations"] = probe.checks["migrations"]
-    if not probe.ready:
-        status = "unavailable"
-    elif checks["redis_memory"].startswith("warning"):
-        status = "warning"
-    else:
-        status = "ok"
-    return JSONResponse(
-        {"status": status, "checks": checks}, status_code=200 if probe.ready else 503
-    )
+    status, code = readiness_status(checks)
+    return JSONResponse({"status": status, "checks": checks}, status_code=code)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

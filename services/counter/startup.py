@@ -45,6 +45,18 @@ async def check_layout(redis: Client, units: int) -> None:
         )
 
 
+async def check_recorded_layout(redis: Client, units: int) -> None:
+    """Raise LayoutMismatch when this Redis records another number of units (read only: a
+    Redis that records none, empty or just restarted, gets ours from `check_layout`)."""
+    with client.translated():
+        recorded = cast(str | None, await redis.get(keys.LAYOUT_KEY))  # decode_responses
+    if recorded is not None and int(recorded) != units:
+        raise LayoutMismatch(
+            f"Redis holds sites split over {recorded} units, VIEWCOUNTER_SHARDS says "
+            f"{units}: set it back, or drain Redis first (docs/scaling.md)"
+        )
+
+
 async def _migrate_page_hashes(redis: Client) -> None:
     async for old in redis.scan_iter(match=keys.LEGACY_PAGES_PATTERN, count=MIGRATE_SCAN_COUNT):
         unit = keys.parse_legacy_pages_key(old)

@@ -7,6 +7,16 @@ class DatabaseUnavailable(Exception):
     """Postgres is unreachable, timed out or refused the work; nothing was committed."""
 
 
+class ConnectionLost(DatabaseUnavailable):
+    """The server closed the connection mid-transaction; nothing of it was committed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "ConnectionLost: Postgres closed the connection mid-transaction (server stopped, "
+            "restarted or ended the session); nothing of it was committed"
+        )
+
+
 class GenerationChanged(Exception):
     """Redis lost a site's live totals while its batch was in hand; the batch was rolled back."""
 

@@ -36,7 +36,8 @@ class _QuietServer(uvicorn.Server):
 
 
 def health_app(flusher: Flusher, redis: Client, pool: db_pool.Pool) -> Starlette:
-    """/healthz (the process answers), /readyz (Redis, Postgres, schema), /metrics."""
+    """/healthz (the process answers), /readyz (Redis, Postgres, schema, and its passes are
+    not failing: see UNREADY_AFTER_FAILED_PASSES), /metrics."""
 
     async def healthz(request: Request) -> Response:
         body = {
@@ -48,6 +49,8 @@ def health_app(flusher: Flusher, redis: Client, pool: db_pool.Pool) -> Starlette
 
     async def readyz(request: Request) -> Response:
         probe = await health.probe(redis, pool)
+        # Postgres may answer a probe while every write fails (a full disk): the passes tell.
+        probe.checks["flush_passes"] = flusher.passes_check()
         body = {"status": "ok" if probe.ready else "unavailable", "checks": probe.checks}
         return JSONResponse(body, status_code=200 if probe.ready else 503)
 

@@ -54,6 +54,11 @@ FLUSHED_ROWS = Counter(
 FLUSH_FAILURES = Counter(
     "viewcounter_flush_failures_total", "Flush passes that failed", registry=REGISTRY
 )
+CONSECUTIVE_FAILURES = Gauge(
+    "viewcounter_flush_consecutive_failures",
+    "Flush passes failed in a row (0 after a success); from 3 the flusher's /readyz answers 503",
+    registry=REGISTRY,
+)
 DISCARDED_HITS = Counter(
     "viewcounter_discarded_hits_total",
     "Hits of batches dropped because Redis lost and refilled the site meanwhile",

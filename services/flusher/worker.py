@@ -57,6 +57,11 @@ log = logging.getLogger("viewcounter.flusher")
 
 FSYNC_WAIT_MS = 2000
 MAX_BACKOFF_S = 60.0
+# Failed passes in a row after which the flusher reports not ready (its /readyz answers 503)
+# until a pass succeeds: with the backoff, about 6 intervals after the first failure. Fewer
+# would flap on a single Postgres hiccup; Postgres answering while every write fails (a full
+# disk) must still show.
+UNREADY_AFTER_FAILED_PASSES = 3
 DEFAULT_LEASE_S = 15.0
 # Rows read from Redis (and held in memory) at a time while a batch streams into Postgres.
 FLUSH_CHUNK_ROWS = 10_000
@@ -126,6 +131,8 @@ class Flusher:
         self._lease_ms = max(1, int(lease_s * 1000))
         self._leased: set[str] = set()  # units whose lease this flusher took (to release)
         self.last_success: float | None = None
+        self.consecutive_failures = 0  # passes failed in a row (0 after a success)
+        self.last_error: str | None = None  # why the last failed pass failed
 
     def _new_batch_id(self) -> str:
         self._seq += 1
@@ -173,8 +180,18 @@ class Flusher:
         )
         await self._settle_baselines()
         self.last_success = self._clock()
+        self.consecutive_failures = 0
         flusher_metrics.pass_succeeded(pass_started, self.last_success)
         return report
+
+    def passes_check(self) -> str:
+        """"ok", or why not ready: UNREADY_AFTER_FAILED_PASSES or more passes failed in a row."""
+        if self.consecutive_failures < UNREADY_AFTER_FAILED_PASSES:
+            return "ok"
+        return (
+            f"{self.consecutive_failures} flush passes in a row failed, the last: "
+            f"{self.last_error}"
+        )
 
     async def _take_share(self, wanted: set[str]) -> set[str]:
         """Take or renew leases on this flusher's share of the `wanted` units, and give back
@@ -332,14 +349,14 @@ class Flusher:
 
     async def run(self, stop: asyncio.Event, *, grace_s: float = 30.0) -> None:
         """Flush every interval until `stop` is set; then finish and flush once more."""
-        failures = 0
         while not stop.is_set():
             if await self._pass_ok():
-                failures = 0
                 delay = self._interval_s
             else:
-                failures += 1
-                delay = min(self._interval_s * 2**failures, max(MAX_BACKOFF_S, self._interval_s))
+                delay = min(
+                    self._interval_s * 2**self.consecutive_failures,
+                    max(MAX_BACKOFF_S, self._interval_s),
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
         try:
@@ -366,20 +383,26 @@ class Flusher:
             db_errors.DatabaseUnavailable,
             FlushDeferred,
         ) as exc:
-            FLUSH_FAILURES.inc()
-            flusher_metrics.pass_failed(exc, time.perf_counter() - began)
+            self._failed(exc, began)
             log.warning("flush failed, will retry: %s", exc, extra={"error": str(exc)})
             return False
         except Exception as exc:
             # A bug or an error we did not foresee: the snapshot stays in Redis and the next
             # pass retries it; the loop (and the hits it moves) must not die of it.
-            FLUSH_FAILURES.inc()
-            flusher_metrics.pass_failed(exc, time.perf_counter() - began)
+            self._failed(exc, began)
             log.exception("flush failed unexpectedly, will retry", extra={"error": str(exc)})
             return False
+        flusher_metrics.CONSECUTIVE_FAILURES.set(0)
         if report.batches:
             log.debug("flush pass", extra={"batches": report.batches, "hits": report.hits})
         return True
+
+    def _failed(self, exc: BaseException, began: float) -> None:
+        self.consecutive_failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        FLUSH_FAILURES.inc()
+        flusher_metrics.CONSECUTIVE_FAILURES.set(self.consecutive_failures)
+        flusher_metrics.pass_failed(exc, time.perf_counter() - began)
 
 
 def _by_name(ref: SnapshotRef) -> str:
