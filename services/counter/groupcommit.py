@@ -53,6 +53,7 @@ class _Queued(Generic[Q, A]):
     request: Q
     future: asyncio.Future[A]
     deadline: float  # by the batcher's clock
+    probe: bool = False  # let through while Redis was known unreachable
 
 
 def _fail(items: Sequence[_Queued[Any, Any]], error: Exception) -> None:
@@ -91,6 +92,7 @@ class GroupCommit(Generic[Q, A]):
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._unreachable = False
+        self._probing = False  # a probe is queued or out
         self._next_probe = 0.0
 
     @property
@@ -103,15 +105,15 @@ class GroupCommit(Generic[Q, A]):
         is known unreachable, the queue is full, or no answer came within the timeout (a
         request that was sent then has an unknown outcome)."""
         now = self._clock()
+        probe = False
         if self._unreachable:
-            if now < self._next_probe:
+            if self._probing or now < self._next_probe:
                 raise CounterUnavailable("Redis is unreachable (the last call failed)")
-            # This request probes: the next one may leave after it could have been answered.
-            self._next_probe = now + self._timeout_s + PROBE_INTERVAL_S
+            probe = self._probing = True  # this request probes; none beside it
         elif len(self._queue) >= self.max_queued:
             raise CounterUnavailable("too many requests waiting for Redis")
         loop = asyncio.get_running_loop()
-        item: _Queued[Q, A] = _Queued(request, loop.create_future(), now + self._timeout_s)
+        item: _Queued[Q, A] = _Queued(request, loop.create_future(), now + self._timeout_s, probe)
         self._queue.append(item)
         waiting = self._waiting
         while waiting and waiting[0].future.done():
@@ -151,6 +153,7 @@ class GroupCommit(Generic[Q, A]):
         while queue and len(batch) < self._per_batch:
             item = queue.popleft()
             if item.deadline <= now:  # answered 503 (or about to be): never sent
+                self._probing &= not item.probe
                 if not item.future.done():
                     item.future.set_exception(
                         CounterUnavailable("Redis did not answer within VIEWCOUNTER_REDIS_TIMEOUT")
@@ -175,12 +178,11 @@ class GroupCommit(Generic[Q, A]):
         if reached:
             self._unreachable = False
             return
-        if not self._unreachable:
-            self._unreachable = True
-            self._next_probe = self._clock() + PROBE_INTERVAL_S
-        else:
-            self._next_probe = max(self._next_probe, self._clock() + PROBE_INTERVAL_S)
+        self._unreachable = True
+        self._next_probe = self._clock() + PROBE_INTERVAL_S
         queued, self._queue = list(self._queue), deque()
+        if self._probing and any(item.probe for item in queued):
+            self._probing = False
         _fail(queued, CounterUnavailable("Redis is unreachable (a call failed)"))
 
     async def _send(self, batch: list[_Queued[Q, A]]) -> None:
@@ -190,6 +192,9 @@ class GroupCommit(Generic[Q, A]):
             # A bug must fail its requests, never leave them waiting forever.
             _fail(batch, exc)
             raise
+        finally:
+            if self._probing and any(item.probe for item in batch):
+                self._probing = False  # the probe is back: the next may leave in turn
 
     async def _send_batch(self, batch: list[_Queued[Q, A]]) -> None:
         raise NotImplementedError
