@@ -14,7 +14,7 @@ from services.counter import client
 from services.counter.baselinestore import BaselineStore
 from services.counter.calls import ONLINE_WINDOW_S
 from services.counter.flushstore import FlushStore
-from services.counter.hitstore import HitStore
+from services.counter.hitstore import DEFAULT_TIMEOUT_S, HitStore
 from services.counter.pendingviews import PendingViews
 from services.counter.units import Units
 from services.db import baselines as db_baselines
@@ -50,13 +50,18 @@ IMPORT = Role("import", postgres_max_size=2, redis_connections=4, redis_timeout_
 REPORT = Role("report", postgres_max_size=2)  # Postgres only
 
 
+def redis_timeout_s(settings: Settings, role: Role) -> float:
+    """How long `role` waits for Redis: a call, and a hit or read from the moment it is taken."""
+    timeout_s = settings.redis_timeout if role.redis_timeout_s is None else role.redis_timeout_s
+    return max(timeout_s, role.redis_timeout_floor_s)
+
+
 def connect_redis(settings: Settings, role: Role) -> client.Client:
     """The Redis client of `role`."""
-    timeout_s = settings.redis_timeout if role.redis_timeout_s is None else role.redis_timeout_s
     return client.connect(
         settings.redis_url,
         max_connections=role.redis_connections or settings.redis_max_connections,
-        timeout_s=max(timeout_s, role.redis_timeout_floor_s),
+        timeout_s=redis_timeout_s(settings, role),
     )
 
 
@@ -105,11 +110,12 @@ class Clients:
         *,
         units: int = 1,
         online_window_s: int = ONLINE_WINDOW_S,
+        redis_timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.redis = redis
         self.pool = pool
         self.units = Units(redis, units)
-        self.hits = HitStore(redis, self.units, online_window_s)
+        self.hits = HitStore(redis, self.units, online_window_s, redis_timeout_s)
         self.flush = FlushStore(redis, self.units)
         self.baselines = BaselineStore(redis, self.units)
         self.pending = PendingViews(redis, self.units)
@@ -142,4 +148,10 @@ async def connect(settings: Settings, role: Role) -> Clients:
     except BaseException:
         await redis.aclose()
         raise
-    return Clients(redis, pool, units=settings.shards, online_window_s=settings.online_window)
+    return Clients(
+        redis,
+        pool,
+        units=settings.shards,
+        online_window_s=settings.online_window,
+        redis_timeout_s=redis_timeout_s(settings, role),
+    )

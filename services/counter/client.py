@@ -25,6 +25,15 @@ _REDIS_OPTIONS = frozenset(inspect.signature(Redis.__init__).parameters)
 # client can raise it when a node's connection is closed under it (a node restarted), and that
 # must answer 503 like any lost connection, not 500.
 CLIENT_ERRORS = (redis_errors.RedisError, OSError, TimeoutError, AttributeError)
+# Those of CLIENT_ERRORS that say Redis could not be reached or did not answer in time (rather
+# than answered with an error): the group commit then fails requests fast but for its probes.
+# (redis-py's BusyLoadingError is a ConnectionError: a loading Redis is probed the same way.)
+UNREACHABLE_ERRORS = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    OSError,
+    TimeoutError,
+)
 
 
 class HiredisPackConnection(Connection):

@@ -2,17 +2,25 @@
 
 Hits that arrive in the same event-loop turn are sent together: still one round trip per hit
 (fewer, in fact), and the loop does not pay redis-py's per-command overhead once per request.
+
+Every request is answered within its deadline (VIEWCOUNTER_REDIS_TIMEOUT from the moment it
+is taken, however long the queue ahead of it): one timer per batcher, not per request, fails
+the requests whose deadline passed; the queue is bounded; and while Redis is known to be
+unreachable, requests fail at once but for one probe every PROBE_INTERVAL_S.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from services.counter import calls, client, scripts
 from services.counter.client import Client
+from services.counter.errors import CounterUnavailable
 from services.counter.outcomes import HitRequest, HitResult, hit_results
 from services.counter.scripts import Call
 
@@ -27,14 +35,25 @@ HITS_PER_BATCH = 32
 COUNTS_PER_BATCH = 16
 # Bounds how long one script call keeps Redis busy (about a microsecond per hit).
 MAX_HITS_PER_CALL = 256
+# A batcher queues at most this many full calls' worth of requests (hits: 32 x 4 x 8 = 1,024)
+# beyond those out; past it a request is refused at once (503). While Redis answers, the queue
+# holds the requests of one round trip; it grows only when Redis is slow or away, and then a
+# request at the back would only wait out its deadline.
+QUEUED_CALLS_PER_SLOT = 8
+# While Redis is known unreachable (a call failed to connect or timed out), requests are
+# refused at once but one every PROBE_INTERVAL_S (and none while the last one may still be out,
+# up to its deadline): the first that succeeds lets traffic flow again.
+PROBE_INTERVAL_S = 0.5
 Q = TypeVar("Q")
 A = TypeVar("A")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Queued(Generic[Q, A]):
     request: Q
     future: asyncio.Future[A]
+    deadline: float  # by the batcher's clock
+    probe: bool = False  # let through while Redis was known unreachable
 
 
 def _fail(items: Sequence[_Queued[Any, Any]], error: Exception) -> None:
@@ -53,19 +72,73 @@ class GroupCommit(Generic[Q, A]):
     shared; when idle, a request leaves at once.
     """
 
-    def __init__(self, redis: Client, per_batch: int) -> None:
+    def __init__(
+        self,
+        redis: Client,
+        per_batch: int,
+        timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = redis
         self._per_batch = per_batch
-        self._queue: list[_Queued[Q, A]] = []
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self.max_queued = per_batch * PIPELINES_IN_FLIGHT * QUEUED_CALLS_PER_SLOT
+        self._queue: deque[_Queued[Q, A]] = deque()  # taken, not sent yet
+        # Every request not answered yet (queued or sent), oldest first: deadlines ascend, so
+        # one timer, armed for the oldest, serves them all.
+        self._waiting: deque[_Queued[Q, A]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unreachable = False
+        self._probing = False  # a probe is queued or out
+        self._next_probe = 0.0
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether the last call failed to reach Redis (requests then fail fast)."""
+        return self._unreachable
 
     async def submit(self, request: Q) -> A:
-        """Queue one request and wait for its answer."""
-        future: asyncio.Future[A] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(request, future))
+        """Queue one request and wait for its answer; CounterUnavailable when Redis failed,
+        is known unreachable, the queue is full, or no answer came within the timeout (a
+        request that was sent then has an unknown outcome)."""
+        now = self._clock()
+        probe = False
+        if self._unreachable:
+            if self._probing or now < self._next_probe:
+                raise CounterUnavailable("Redis is unreachable (the last call failed)")
+            probe = self._probing = True  # this request probes; none beside it
+        elif len(self._queue) >= self.max_queued:
+            raise CounterUnavailable("too many requests waiting for Redis")
+        loop = asyncio.get_running_loop()
+        item: _Queued[Q, A] = _Queued(request, loop.create_future(), now + self._timeout_s, probe)
+        self._queue.append(item)
+        waiting = self._waiting
+        while waiting and waiting[0].future.done():
+            waiting.popleft()  # answered meanwhile (answers come back about in order)
+        waiting.append(item)
+        if self._timer is None:
+            self._timer = loop.call_later(self._timeout_s, self._expire)
         self._schedule()
-        return await future
+        return await item.future
+
+    def _expire(self) -> None:
+        """Fail the requests whose deadline passed (a late answer is then dropped: a hit sent
+        may still count, the documented unknown outcome); arm for the next oldest."""
+        self._timer = None
+        now = self._clock()
+        waiting = self._waiting
+        while waiting and (waiting[0].future.done() or waiting[0].deadline <= now):
+            item = waiting.popleft()
+            if not item.future.done():
+                item.future.set_exception(
+                    CounterUnavailable("Redis did not answer within VIEWCOUNTER_REDIS_TIMEOUT")
+                )
+        if waiting:
+            delay = max(waiting[0].deadline - now, 0.0)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
 
     def _schedule(self) -> None:
         if self._queue and not self._scheduled and len(self._tasks) < PIPELINES_IN_FLIGHT:
@@ -74,15 +147,43 @@ class GroupCommit(Generic[Q, A]):
 
     def _dispatch(self) -> None:
         self._scheduled = False
-        batch, self._queue = self._queue[: self._per_batch], self._queue[self._per_batch :]
-        task = asyncio.create_task(self._send(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._sent)
+        now = self._clock()
+        batch: list[_Queued[Q, A]] = []
+        queue = self._queue
+        while queue and len(batch) < self._per_batch:
+            item = queue.popleft()
+            if item.deadline <= now:  # answered 503 (or about to be): never sent
+                self._probing &= not item.probe
+                if not item.future.done():
+                    item.future.set_exception(
+                        CounterUnavailable("Redis did not answer within VIEWCOUNTER_REDIS_TIMEOUT")
+                    )
+                continue
+            # A cancelled caller's request still leaves, as it was taken: its answer is lost,
+            # not the hit.
+            batch.append(item)
+        if batch:
+            task = asyncio.create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._sent)
         self._schedule()  # the rest, if a call may still leave
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._schedule()
+
+    def _reached(self, reached: bool) -> None:
+        """Record whether the last call reached Redis; when it did not, fail the requests
+        still queued (none was sent: nothing applied) and refuse new ones but the probes."""
+        if reached:
+            self._unreachable = False
+            return
+        self._unreachable = True
+        self._next_probe = self._clock() + PROBE_INTERVAL_S
+        queued, self._queue = list(self._queue), deque()
+        if self._probing and any(item.probe for item in queued):
+            self._probing = False
+        _fail(queued, CounterUnavailable("Redis is unreachable (a call failed)"))
 
     async def _send(self, batch: list[_Queued[Q, A]]) -> None:
         try:
@@ -91,6 +192,9 @@ class GroupCommit(Generic[Q, A]):
             # A bug must fail its requests, never leave them waiting forever.
             _fail(batch, exc)
             raise
+        finally:
+            if self._probing and any(item.probe for item in batch):
+                self._probing = False  # the probe is back: the next may leave in turn
 
     async def _send_batch(self, batch: list[_Queued[Q, A]]) -> None:
         raise NotImplementedError
@@ -104,7 +208,11 @@ class GroupCommit(Generic[Q, A]):
         except client.CLIENT_ERRORS as exc:
             for chunk in chunks:
                 _fail(chunk, client.unavailable(exc))
+            if isinstance(exc, client.UNREACHABLE_ERRORS):
+                self._reached(False)
             return [None] * len(chunks)
+        # Reached (a Cluster's node that failed fails only its own sites' calls: no fail-fast)
+        self._reached(True)
         for i, (chunk, result) in enumerate(zip(chunks, results, strict=True)):
             if isinstance(result, Exception):
                 _fail(chunk, client.unavailable(result))
@@ -115,6 +223,11 @@ class GroupCommit(Generic[Q, A]):
         """Wait for the calls in flight."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._waiting and self._waiting[0].future.done():
+            self._waiting.popleft()
+        if self._timer is not None and not self._waiting:
+            self._timer.cancel()
+            self._timer = None
 
 
 class HitBatcher(GroupCommit[HitRequest, HitResult | None]):
@@ -122,9 +235,14 @@ class HitBatcher(GroupCommit[HitRequest, HitResult | None]):
     A hit is answered None when its unit is not loaded (nothing was written)."""
 
     def __init__(
-        self, redis: Client, units: int, online_window_s: int = calls.ONLINE_WINDOW_S
+        self,
+        redis: Client,
+        units: int,
+        timeout_s: float,
+        online_window_s: int = calls.ONLINE_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(redis, HITS_PER_BATCH)
+        super().__init__(redis, HITS_PER_BATCH, timeout_s, clock)
         self._units = units
         self._online_window_s = online_window_s
 
@@ -175,8 +293,10 @@ class CountsBatcher(GroupCommit[CountsRequest, UnitCounts]):
     """Reads of live totals, COUNTS_PER_BATCH at most a batch: the reads of one unit and day
     in a batch share one counts.lua call (their pages together, each page once)."""
 
-    def __init__(self, redis: Client) -> None:
-        super().__init__(redis, COUNTS_PER_BATCH)
+    def __init__(
+        self, redis: Client, timeout_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__(redis, COUNTS_PER_BATCH, timeout_s, clock)
 
     async def _send_batch(self, batch: list[_Queued[CountsRequest, UnitCounts]]) -> None:
         groups: dict[tuple[str, str], list[_Queued[CountsRequest, UnitCounts]]] = {}
@@ -217,8 +337,10 @@ class StatsBatcher(GroupCommit[StatsCall, list[Any] | None]):
     taken while a call is out (many pages of one busy site) leaves once and is answered to
     all; its answer, or None when it failed (the request then got the error)."""
 
-    def __init__(self, redis: Client) -> None:
-        super().__init__(redis, STATS_PER_BATCH)
+    def __init__(
+        self, redis: Client, timeout_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__(redis, STATS_PER_BATCH, timeout_s, clock)
 
     async def _send_batch(self, batch: list[_Queued[StatsCall, list[Any] | None]]) -> None:
         groups: dict[StatsCall, list[_Queued[StatsCall, list[Any] | None]]] = {}

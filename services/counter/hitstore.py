@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import cast
 
@@ -19,6 +20,9 @@ from services.counter.stats import StatsStore, add_day_parts
 from services.counter.units import Units
 
 SALT_TTL_S = 2 * 86400
+# How long a hit or a batched read may wait for Redis, from the moment it is taken: the api
+# passes VIEWCOUNTER_REDIS_TIMEOUT (whose default this is).
+DEFAULT_TIMEOUT_S = 2.0
 ADMIN_RATE_TTL_S = 120  # a clock minute's counter outlives its minute
 
 
@@ -30,15 +34,20 @@ class HitStore:
     """
 
     def __init__(
-        self, redis: Client, units: Units, online_window_s: int = calls.ONLINE_WINDOW_S
+        self,
+        redis: Client,
+        units: Units,
+        online_window_s: int = calls.ONLINE_WINDOW_S,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
         self._units = units
         self._count = units.count
         self._online_window_s = online_window_s
-        self._hits = HitBatcher(redis, units.count, online_window_s)
-        self._counts = CountsBatcher(redis)
-        self.stats = StatsStore(redis, units, online_window_s)
+        self._hits = HitBatcher(redis, units.count, timeout_s, online_window_s, clock)
+        self._counts = CountsBatcher(redis, timeout_s, clock)
+        self.stats = StatsStore(redis, units, online_window_s, timeout_s, clock)
 
     async def close(self) -> None:
         """Finish the calls in flight."""

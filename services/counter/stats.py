@@ -5,7 +5,8 @@ at most SITE_TOTAL_CACHE_S of the api's clock)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -49,11 +50,18 @@ class StatsStore:
     """Reads of the statistics block; Redis errors raise CounterUnavailable. Never closes
     the client it is given."""
 
-    def __init__(self, redis: Client, units: Units, online_window_s: int) -> None:
+    def __init__(
+        self,
+        redis: Client,
+        units: Units,
+        online_window_s: int,
+        timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = redis
         self._units = units
         self._window_s = online_window_s
-        self._batcher = StatsBatcher(redis)
+        self._batcher = StatsBatcher(redis, timeout_s, clock)
         # A split site's visitors online: (site, minute) -> (until, count), by the api's clock.
         self._online: dict[tuple[str, int], tuple[float, int]] = {}
 

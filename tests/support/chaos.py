@@ -145,6 +145,8 @@ class Load:
         self._running: asyncio.Future[list[None]] | None = None
         self._ids = itertools.count()
         self._started: dict[int, float] = {}  # requests in flight -> when they were sent
+        # Every answer: (when sent, seconds until answered, HTTP status; 0 when none came).
+        self.answers: list[tuple[float, float, int]] = []
 
     @property
     def acked_total(self) -> int:
@@ -167,14 +169,16 @@ class Load:
         """Send one hit; its answer when acknowledged, None when the outcome is unknown."""
         self.sent[page] += 1
         request = next(self._ids)
-        self._started[request] = time.monotonic()
+        self._started[request] = sent_at = time.monotonic()
         try:
             response = await self.client.post(f"/v1/sites/{self.site}/hits", json={"page": page})
-        except httpx.HTTPError:
+        except (httpx.HTTPError, OSError, asyncio.IncompleteReadError):  # (rawhttp's too)
+            self.answers.append((sent_at, time.monotonic() - sent_at, 0))
             self.unknown[page] += 1
             return None
         finally:
             del self._started[request]
+        self.answers.append((sent_at, time.monotonic() - sent_at, response.status_code))
         if response.status_code == 200:
             self.acked[page] += 1
             body: dict[str, object] = response.json()
