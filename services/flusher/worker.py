@@ -23,7 +23,6 @@ cannot apply a batch twice; the lease only keeps flushers from doing the same wo
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import logging
@@ -41,7 +40,7 @@ from services.db import errors as db_errors
 from services.db import ledger as db_ledger
 from services.db import sites as db_sites
 from services.db import titles as db_titles
-from services.flusher import days, titles
+from services.flusher import batchrows, days, titles
 from services.flusher import metrics as flusher_metrics
 from services.flusher.checks import RedisBatchChecks
 from services.flusher.metrics import (
@@ -65,7 +64,6 @@ UNREADY_AFTER_FAILED_PASSES = 3
 DEFAULT_LEASE_S = 15.0
 # Rows read from Redis (and held in memory) at a time while a batch streams into Postgres.
 FLUSH_CHUNK_ROWS = 10_000
-ESTIMATES_IN_FLIGHT = 2  # chunks whose visitor estimates are being read at once
 
 
 class FlushDeferred(Exception):
@@ -229,7 +227,8 @@ class Flusher:
         report: FlushReport,
     ) -> None:
         units = sorted({ref.unit for ref in refs})
-        chunks = self._read_batch(refs)
+        # (FLUSH_CHUNK_ROWS and _with_visitors looked up per batch: tests patch them)
+        chunks = batchrows.read_chunks(self._store, refs, self._with_visitors, FLUSH_CHUNK_ROWS)
         async with contextlib.aclosing(chunks):
             # The first chunk is read before the transaction: none at all means the keys are
             # gone, and whoever deleted them had committed their batch. A batch of one chunk is
@@ -237,43 +236,9 @@ class Flusher:
             first = await anext(chunks, None)
             if first is None:
                 return
-            async with contextlib.aclosing(_chained(first, chunks)) as stream:
+            async with contextlib.aclosing(batchrows.chained(first, chunks)) as stream:
                 sites = sorted({ref.site for ref in refs})
                 await self._apply(batch, refs, sites, units, generations, stream, report)
-
-    async def _read_batch(
-        self, refs: Sequence[SnapshotRef]
-    ) -> AsyncGenerator[list[db_ledger.DailyRow]]:
-        """The rows of snapshots, FLUSH_CHUNK_ROWS at a time (HSCAN), each chunk with its
-        pages' visitor estimates (one pipelined read per chunk)."""
-        # Chunks' estimates are read while the next chunks are scanned (and the one before goes
-        # to Postgres), so Redis and this process both keep working: at most
-        # ESTIMATES_IN_FLIGHT + 1 chunks are in hand.
-        estimating: collections.deque[asyncio.Task[list[db_ledger.DailyRow]]] = collections.deque()
-        try:
-            rows: list[tuple[str, str, str]] = []
-            hits: list[int] = []
-            for ref in refs:
-                async for site, page, day, n in self._store.read_snapshot(ref):
-                    rows.append((site, page, day))
-                    hits.append(n)
-                    if len(rows) >= FLUSH_CHUNK_ROWS:
-                        if len(estimating) >= ESTIMATES_IN_FLIGHT:
-                            yield await estimating.popleft()
-                        estimating.append(asyncio.create_task(self._with_visitors(rows, hits)))
-                        rows, hits = [], []
-            if rows:
-                estimating.append(asyncio.create_task(self._with_visitors(rows, hits)))
-            while estimating:
-                yield await estimating.popleft()
-        finally:
-            for task in estimating:  # the reading stopped early: no orphan task
-                task.cancel()
-            if estimating:
-                await asyncio.wait(estimating)
-            for task in estimating:
-                if not task.cancelled():
-                    task.exception()  # the error that matters is the one in flight
 
     async def _with_visitors(
         self, rows: list[tuple[str, str, str]], hits: list[int]
@@ -408,12 +373,3 @@ class Flusher:
 def _by_name(ref: SnapshotRef) -> str:
     """Sort key: snapshots in the order of their names (as the ledger lists them)."""
     return ref.name
-
-
-async def _chained(
-    first: list[db_ledger.DailyRow], rest: AsyncGenerator[list[db_ledger.DailyRow]]
-) -> AsyncGenerator[list[db_ledger.DailyRow]]:
-    """`first`, then what `rest` yields."""
-    yield first
-    async for chunk in rest:
-        yield chunk
