@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from typing import Annotated, TypedDict
 
 from fastapi import Depends, Request
@@ -69,20 +70,35 @@ def _digest(value: str) -> bytes:
 async def require_admin(request: Request) -> None:
     """Refuse unless the bearer token equals VIEWCOUNTER_ADMIN_TOKEN (compared in constant time)."""
     settings: Settings = request.state.settings
-    await refuse_over_rate(request)
-    if settings.admin_token is None:
-        raise ApiError(403, "admin_disabled", "admin routes are off: no admin token is set")
-    require_bearer(request, [settings.admin_token], "admin")
+    await require_token_of(
+        request,
+        [settings.admin_token],
+        "admin",
+        ("admin_disabled", "admin routes are off: no admin token is set"),
+    )
 
 
 async def require_ingest(request: Request) -> None:
     """Refuse unless the bearer token is VIEWCOUNTER_INGEST_TOKEN or the admin token."""
     settings: Settings = request.state.settings
+    await require_token_of(
+        request,
+        [settings.ingest_token, settings.admin_token],
+        "ingest",
+        ("ingest_disabled", "batch ingestion is off: no ingest token is set"),
+    )
+
+
+async def require_token_of(
+    request: Request, tokens: Sequence[SecretStr | None], who: str, off: tuple[str, str]
+) -> None:
+    """Refuse (after the rate check) unless the bearer token is one of `tokens` (those set);
+    none set: 403 with `off` (code, message), the routes are off."""
     await refuse_over_rate(request)
-    accepted = [t for t in (settings.ingest_token, settings.admin_token) if t is not None]
+    accepted = [t for t in tokens if t is not None]
     if not accepted:
-        raise ApiError(403, "ingest_disabled", "batch ingestion is off: no ingest token is set")
-    require_bearer(request, accepted, "ingest")
+        raise ApiError(403, *off)
+    require_bearer(request, accepted, who)
 
 
 async def refuse_over_rate(request: Request) -> None:

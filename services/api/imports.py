@@ -41,6 +41,8 @@ async def get_importer(request: Request) -> baselines.Importer:
 
 
 ImporterDep = Annotated[baselines.Importer, Depends(get_importer)]
+# ?by=: who made a change, for the audit trail.
+ChangedBy = Annotated[str | None, Query(description="who, for the audit trail")]
 
 router = APIRouter(
     prefix="/v1/sites/{site}",
@@ -97,7 +99,7 @@ async def import_csv(
     site_total: Annotated[
         str | None, Query(description="the legacy site total; default: unchanged")
     ] = None,
-    by: Annotated[str | None, Query(description="who, for the audit trail")] = None,
+    by: ChangedBy = None,
 ) -> Response:
     """Set baselines from a `page,views` CSV body (and the site's from `site_total`);
     answers the import report with the rejected rows."""
@@ -163,7 +165,7 @@ async def put_page_baseline(
     site: str,
     request: Request,
     importer: ImporterDep,
-    by: Annotated[str | None, Query(description="who, for the audit trail")] = None,
+    by: ChangedBy = None,
 ) -> Response:
     """Set one page's baseline: `{"page": "...", "baseline": n}` (page ids may hold `/`, so
     the page goes in the body, not the path)."""
@@ -186,7 +188,7 @@ async def put_site_baseline(
     site: str,
     request: Request,
     importer: ImporterDep,
-    by: Annotated[str | None, Query(description="who, for the audit trail")] = None,
+    by: ChangedBy = None,
 ) -> Response:
     """Set the site total's baseline: `{"baseline": n}`."""
     site = ids.site_id(site)

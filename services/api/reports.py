@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from services.api import public_schema
-from services.api.deps import Live, refuse_over_rate, require_bearer
+from services.api.deps import Live, require_token_of
 from services.api.errors import ApiError
 from services.config import Settings
 from services.counter import ids
@@ -23,11 +23,12 @@ async def require_reader(request: Request) -> None:
     """Refuse unless the bearer token is the report token or the admin token (compared in
     constant time on hashes); rate limited per client like the admin routes."""
     settings: Settings = request.state.settings
-    await refuse_over_rate(request)
-    accepted = [t for t in (settings.report_token, settings.admin_token) if t is not None]
-    if not accepted:
-        raise ApiError(403, "admin_disabled", "reports are off: no report or admin token is set")
-    require_bearer(request, accepted, "report or admin")
+    await require_token_of(
+        request,
+        [settings.report_token, settings.admin_token],
+        "report or admin",
+        ("admin_disabled", "reports are off: no report or admin token is set"),
+    )
 
 
 Reader = Depends(require_reader)
@@ -47,6 +48,11 @@ router = APIRouter(
     tags=["reports"],
     responses=public_schema.error_responses(401, 403, 404, 422, 503),
 )
+
+# The query parameters of the reports.
+FromDay = Annotated[str | None, Query(alias="from", description="YYYY-MM-DD, local")]
+ToDay = Annotated[str | None, Query(description="YYYY-MM-DD, local; default today")]
+Format = Annotated[str | None, Query(description="json (default) or csv")]
 
 _CSV_ANSWER: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {}, "application/json": {}}}
@@ -72,10 +78,10 @@ def _answer(report: reports.TopReport | reports.DailyReport, fmt: str, name: str
 async def top(
     site: str,
     reporter: ReporterDep,
-    from_: Annotated[str | None, Query(alias="from", description="YYYY-MM-DD, local")] = None,
-    to: Annotated[str | None, Query(description="YYYY-MM-DD, local; default today")] = None,
+    from_: FromDay = None,
+    to: ToDay = None,
     limit: Annotated[str | None, Query(description="1-1000, default 10")] = None,
-    format: Annotated[str | None, Query(description="json (default) or csv")] = None,
+    format: Format = None,
 ) -> Response:
     """The most viewed pages between two local days of the site (inclusive)."""
     site = ids.site_id(site)
@@ -92,10 +98,10 @@ async def top(
 async def daily(
     site: str,
     reporter: ReporterDep,
-    from_: Annotated[str | None, Query(alias="from", description="YYYY-MM-DD, local")] = None,
-    to: Annotated[str | None, Query(description="YYYY-MM-DD, local; default today")] = None,
+    from_: FromDay = None,
+    to: ToDay = None,
     page: Annotated[str | None, Query(description="a page id; default: the whole site")] = None,
-    format: Annotated[str | None, Query(description="json (default) or csv")] = None,
+    format: Format = None,
 ) -> Response:
     """Views and distinct visitors per local day, of the site or of one page."""
     site = ids.site_id(site)
