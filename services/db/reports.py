@@ -7,8 +7,11 @@ from datetime import date
 
 from services.db import pool as db_pool
 from services.db import queries
+from services.db import top as db_top
 
 Q = queries.load("reports")
+# A report's top pages are the most-read list's: one query, in top.sql.
+Q["report_top_pages"] = db_top.Q["top_pages"]
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,6 @@
 -- Named queries of reports.py: reports over the site's local days. Issue 6.
 
--- name: report_top_pages
--- Served by page_views_daily_site_day (site, day) INCLUDE (page, views): only the days asked.
-SELECT page, sum(views)::bigint AS views
-FROM page_views_daily
-WHERE site = $1 AND day BETWEEN $2 AND $3
-GROUP BY page
-ORDER BY views DESC, page
-LIMIT $4;
+-- report_top_pages: the most-read list's top_pages (top.sql), see reports.py.
 
 -- name: report_range_total
 SELECT coalesce(sum(views), 0)::bigint FROM site_views_daily

@@ -19,23 +19,19 @@ class Titles:
 
     async def set_admin(self, site: str, titles: Mapping[str, str | None]) -> int:
         """Set the admin titles of pages (None: clear it); how many changed."""
-        if not titles:
-            return 0
-        async with db_pool.connection(self.pool) as conn:
-            status = await conn.execute(
-                Q["set_admin_titles"], site, list(titles), list(titles.values())
-            )
-        return _affected(status)
+        return await self._write("set_admin_titles", site, titles)
 
     async def learn(self, site: str, titles: Mapping[str, str]) -> int:
         """Record titles learned from the site's hits (each the last one seen); how many
         changed. Idempotent."""
+        return await self._write("learn_titles", site, titles)
+
+    async def _write(self, query: str, site: str, titles: Mapping[str, str | None]) -> int:
+        """Run the named query over the site's (page, title) pairs; how many rows changed."""
         if not titles:
             return 0
         async with db_pool.connection(self.pool) as conn:
-            status = await conn.execute(
-                Q["learn_titles"], site, list(titles), list(titles.values())
-            )
+            status = await conn.execute(Q[query], site, list(titles), list(titles.values()))
         return _affected(status)
 
     async def shown(self, site: str, pages: Sequence[str]) -> dict[str, str]:
