@@ -29,6 +29,7 @@ from services.counting import baselines
 from services.db import baselines as db_baselines
 from services.db import pool as db_pool
 from tests.support.checks import assert_consistent, totals
+from tests.support.csvbodies import MALFORMED_HEAD, MALFORMED_TAIL
 from tests.support.stack import (
     ADMIN_TOKEN,
     SITE,
@@ -163,23 +164,8 @@ async def test_import_sets_baselines_once_and_the_footer_shows_them(
 async def test_a_malformed_csv_rejects_the_bad_rows_only(
     api: httpx.AsyncClient, site: str, settings: Settings
 ) -> None:
-    body = (
-        b"\xef\xbb\xbfPage,Views\r\n"  # a BOM and another case: still the header
-        b"/a,10\r\n"
-        b"/b,abc\r\n"  # 3
-        b"/c,-5\r\n"  # 4
-        b"/d,1,2\r\n"  # 5
-        b",7\r\n"  # 6
-        b"/e\x07,8\r\n"  # 7
-        b'"/f,9\r\n'  # 8: an unclosed quote
-        b"/g\xff,4\r\n"  # 9: not UTF-8
-        b"\r\n"  # 10: blank, skipped
-        b'"/h, with comma",11\r\n'
-        b"/a,12\r\n"  # 12: /a again
-        b"/i,99999999999999999999\r\n"  # 13
-        b"/j," + b"x" * 9000 + b"\r\n"  # 14: too long
-        b"/k,3"  # no final newline
-    )
+    # line 12 is /a again; 13 the too-large count, 14 the too-long line
+    body = MALFORMED_HEAD + b"/a,12\r\n" + MALFORMED_TAIL
     report = await import_csv(api, body)
     rejected = [(r["line"], r["field"]) for r in report["rejected"]]  # type: ignore[index, union-attr]
     rows = await fetch(
