@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -115,6 +116,12 @@ async def get(url: str, **kwargs: object) -> httpx.Response | None:
             return await client.get(url, **kwargs)  # type: ignore[arg-type]
         except httpx.HTTPError:
             return None
+
+
+async def scrape_metrics(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The samples a process's /metrics at `url` serves; none while it does not answer."""
+    response = await get(f"{url}/metrics")
+    return {} if response is None else samples(response.text)
 
 
 async def status_of(url: str) -> int | None:
@@ -325,10 +332,7 @@ async def test_postgres_outage_raises_flush_lag_degrades_the_api_unreadies_the_f
     port = free_port()
     flusher_url = f"http://127.0.0.1:{port}"
     env = process_env(settings, VIEWCOUNTER_METRICS_PORT=str(port))
-
-    async def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        response = await get(f"{flusher_url}/metrics")
-        return {} if response is None else samples(response.text)
+    scrape = partial(scrape_metrics, flusher_url)
 
     async def lag() -> float:
         return value(await scrape(), "viewcounter_flush_lag_seconds")
@@ -425,10 +429,7 @@ async def test_flusher_is_unready_while_its_passes_fail_though_postgres_answers(
     port = free_port()
     flusher_url = f"http://127.0.0.1:{port}"
     env = process_env(settings, VIEWCOUNTER_METRICS_PORT=str(port))
-
-    async def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        response = await get(f"{flusher_url}/metrics")
-        return {} if response is None else samples(response.text)
+    scrape = partial(scrape_metrics, flusher_url)
 
     async with running_api(settings) as api:
         await register_site(api)
