@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -83,30 +82,11 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     return chaos.process_env(settings, **{"VIEWCOUNTER_LOG_LEVEL": "info", **extra})
 
 
-@contextmanager
 def viewcounter(
     args: list[str], env: dict[str, str], log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
     """`viewcounter ARGS` as its own process (group); SIGTERM at the end, then SIGKILL."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *args],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    return chaos.spawned([sys.executable, "-m", "services.cli", *args], env, log, grace_s=30)
 
 
 async def get(url: str, **kwargs: object) -> httpx.Response | None:

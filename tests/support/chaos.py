@@ -89,9 +89,10 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def spawned(
-    argv: Sequence[str], env: Mapping[str, str], log: Path
+    argv: Sequence[str], env: Mapping[str, str], log: Path, *, grace_s: float | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process in its own process group; killed (group, -9) at the end if still up."""
+    """A child process in its own process group; killed (group, -9) at the end if still up,
+    or with `grace_s`, sent SIGTERM first and killed only if it is not gone that soon."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
             list(argv),
@@ -106,7 +107,12 @@ def spawned(
     finally:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                if grace_s is not None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(grace_s)
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
