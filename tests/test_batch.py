@@ -10,16 +10,9 @@ from services.counter import client as counter_client
 from services.counting.live import LiveCounts, View
 from services.db import pool as db_pool
 from services.db import sites as db_sites
+from tests.support import stack
 from tests.support.checks import assert_consistent, totals
-from tests.support.stack import (
-    ADMIN_TOKEN,
-    SITE,
-    FakeClock,
-    flusher_on,
-    make_settings,
-    register_site,
-    running_api,
-)
+from tests.support.stack import ADMIN, SITE, FakeClock, make_settings, register_site, running_api
 
 INGEST_TOKEN = "ingest-token-0123456789abcdef"
 INGEST = {"authorization": f"Bearer {INGEST_TOKEN}"}
@@ -70,7 +63,7 @@ async def test_a_batch_counts_like_single_hits_and_lands_in_postgres(
     stores = Clients(counter_client.connect(redis_url, max_connections=4, timeout_s=5))
     pool = await db_pool.connect_pool(database_url, statement_timeout_s=5)
     try:
-        await flusher_on(stores, pool).flush_once()
+        await stack.flusher_on(stores, pool).flush_once()
     finally:
         await pool.close()
         await stores.aclose()
@@ -166,9 +159,7 @@ async def test_the_batch_route_needs_the_ingest_or_admin_token_and_is_rate_limit
         none = await client.post(URL, json=body)
         wrong = await client.post(URL, json=body, headers={"authorization": "Bearer nope"})
         ingest = await client.post(URL, json=body, headers=INGEST)
-        admin = await client.post(
-            URL, json=body, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
-        )
+        admin = await client.post(URL, json=body, headers=ADMIN)
         unknown_site = await client.post("/v1/sites/nosuch/hits/batch", json=body, headers=INGEST)
     assert [r.status_code for r in (none, wrong, ingest, admin)] == [401, 401, 200, 200]
     assert unknown_site.status_code == 404

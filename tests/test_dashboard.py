@@ -15,7 +15,7 @@ from playwright.async_api import Browser, ConsoleMessage
 from services.config import Settings
 from tests.support.browser import ARTIFACTS, session_browser
 from tests.support.stack import (
-    ADMIN_TOKEN,
+    ADMIN,
     BROWSER_UA,
     SITE,
     flusher_for,
@@ -26,7 +26,6 @@ from tests.support.stack import (
 )
 
 REPORT_TOKEN = "report-token-for-editors-0123"
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 PAGES = {
     "/tin-tuc/ra-quan-thang-thanh-nien-2025": 9,
     "/tin-tuc/doi-thoai-voi-thanh-nien": 6,

@@ -18,9 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.api.app import create_app
 from services.api.hit_fast_path import HitFastPath
 from services.config import Settings
-from tests.support.stack import ADMIN_TOKEN, SITE, register_site, running_api
+from tests.support.stack import ADMIN, SITE, register_site, running_api
 
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 PORTAL = "https://quan11.hochiminhcity.gov.vn"
 OPEN_SITE = "open-site"
 BOT_UA = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"

@@ -30,16 +30,8 @@ from services.db import baselines as db_baselines
 from services.db import pool as db_pool
 from tests.support.checks import assert_consistent, totals
 from tests.support.csvbodies import MALFORMED_HEAD, MALFORMED_TAIL
-from tests.support.stack import (
-    ADMIN_TOKEN,
-    SITE,
-    flusher_for,
-    flusher_on,
-    make_settings,
-    running_api,
-)
+from tests.support.stack import ADMIN, SITE, flusher_for, flusher_on, make_settings, running_api
 
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 LEGACY_TOTAL = 37_409_357
 LEGACY_CSV = (
     "page,views\n"

@@ -17,15 +17,9 @@ from services.counter.outcomes import HitRequest, PageRule
 from services.counting.live import LiveCounts
 from services.db import pool as db_pool
 from services.db import sites as db_sites
+from tests.support import stack
 from tests.support.checks import views
-from tests.support.stack import (
-    SITE,
-    FakeClock,
-    flusher_on,
-    make_settings,
-    register_site,
-    running_api,
-)
+from tests.support.stack import SITE, FakeClock, make_settings, register_site, running_api
 
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 HEADLESS = (
@@ -268,7 +262,7 @@ async def test_ten_thousand_visitors_are_counted_within_two_percent(
                 )
             )
         counts = await live_counts.counts(SITE, [f"p{n}" for n in range(10)])
-        await flusher_on(stores, pool).flush_once()
+        await stack.flusher_on(stores, pool).flush_once()
         stored = await pool.fetchval(
             "SELECT sum(visitors) FROM site_views_daily WHERE site = $1", SITE
         )

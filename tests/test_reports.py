@@ -17,9 +17,8 @@ import pytest
 
 from services.config import Settings
 from services.db import reports as db_reports
-from tests.support.stack import ADMIN_TOKEN, flusher_for, live_counts, make_settings, running_api
+from tests.support.stack import ADMIN, flusher_for, live_counts, make_settings, running_api
 
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 REPORT_TOKEN = "report-token-for-editors-0123"
 HCM = "quan11"  # Asia/Ho_Chi_Minh, UTC+7
 LON = "london"  # UTC in winter

@@ -20,18 +20,10 @@ from services.counter.calls import unit_of
 from services.counter.errors import LayoutMismatch
 from services.flusher.worker import assigned_flusher
 from tests.support.checks import assert_consistent, totals
-from tests.support.stack import (
-    ADMIN_TOKEN,
-    SITE,
-    flusher_for,
-    make_settings,
-    register_site,
-    running_api,
-)
+from tests.support.stack import ADMIN, SITE, flusher_for, make_settings, register_site, running_api
 
 UNITS = 4
 PAGES = [f"/tin-tuc/{n}" for n in range(24)]
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 INGEST_TOKEN = "ingest-token-0123456789abcdef"
 
 

@@ -13,16 +13,8 @@ from services.config import Settings
 from services.counter import keys
 from services.flusher.worker import Flusher
 from tests.support.checks import views
-from tests.support.stack import (
-    ADMIN_TOKEN,
-    SITE,
-    FakeClock,
-    make_settings,
-    register_site,
-    running_api,
-)
+from tests.support.stack import ADMIN, SITE, FakeClock, make_settings, register_site, running_api
 
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 PORTAL = "https://quan11.hochiminhcity.gov.vn"
 
 

@@ -20,16 +20,8 @@ import redis.asyncio as aioredis
 from services.config import Settings
 from services.db import top as db_top
 from services.flusher.worker import Flusher
-from tests.support.stack import (
-    ADMIN_TOKEN,
-    SITE,
-    FakeClock,
-    make_settings,
-    register_site,
-    running_api,
-)
+from tests.support.stack import ADMIN, SITE, FakeClock, make_settings, register_site, running_api
 
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 ORIGIN = "https://quan11.hochiminhcity.gov.vn"
 
 

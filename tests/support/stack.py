@@ -33,6 +33,7 @@ from services.db import sites as db_sites
 from services.flusher.worker import Flusher
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}  # the admin API's headers
 TEMPLATE_DB = "vc_template"
 SITE = "quan11"
 SITE_TZ = "Asia/Ho_Chi_Minh"
