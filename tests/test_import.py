@@ -28,8 +28,9 @@ from services.counter.flushstore import FlushStore
 from services.counting import baselines
 from services.db import baselines as db_baselines
 from services.db import pool as db_pool
-from tests.support.checks import assert_consistent, totals
-from tests.support.csvbodies import MALFORMED_HEAD, MALFORMED_TAIL
+from tests.support.checks import assert_consistent, fetch, totals
+from tests.support.cli import run_cli
+from tests.support.csvbodies import MALFORMED_HEAD, MALFORMED_HEAD_REJECTED, MALFORMED_TAIL
 from tests.support.stack import ADMIN, SITE, flusher_for, flusher_on, make_settings, running_api
 
 LEGACY_TOTAL = 37_409_357
@@ -104,14 +105,6 @@ async def pending_hits(redis_url: str) -> tuple[int, dict[str, int]]:
     return site_total, pages
 
 
-async def fetch(database_url: str, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
-
-
 async def test_import_sets_baselines_once_and_the_footer_shows_them(
     api: httpx.AsyncClient, site: str, settings: Settings
 ) -> None:
@@ -166,13 +159,7 @@ async def test_a_malformed_csv_rejects_the_bad_rows_only(
         SITE,
     )
     assert rejected == [
-        (3, "views"),
-        (4, "views"),
-        (5, "line"),
-        (6, "page"),
-        (7, "page"),
-        (8, "line"),
-        (9, "line"),
+        *MALFORMED_HEAD_REJECTED,
         (12, "page"),
         (13, "views"),
         (14, "line"),
@@ -488,24 +475,11 @@ async def test_cli_import_twice_changes_nothing_the_second_time(
     }
     outputs = []
     for _ in range(2):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            "import",
-            SITE,
-            str(csv_file),
-            "--site-total",
-            str(LEGACY_TOTAL),
-            "--by",
-            "ops",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        code, out, err = await run_cli(
+            "import", SITE, str(csv_file), "--site-total", str(LEGACY_TOTAL), "--by", "ops", env=env
         )
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
-        outputs.append((out.decode(), err.decode()))
+        assert code == 0, err
+        outputs.append((out, err))
     site_views, _ = await live(api)
     assert "3 pages changed (3 new)" in outputs[0][0] and "change 1" in outputs[0][0]
     assert "0 pages changed" in outputs[1][0] and "nothing changed" in outputs[1][0]

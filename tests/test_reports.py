@@ -4,10 +4,8 @@ plans that read only the days asked for on a year of 100,000 pages."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +15,7 @@ import pytest
 
 from services.config import Settings
 from services.db import reports as db_reports
+from tests.support.cli import run_cli
 from tests.support.stack import ADMIN, flusher_for, live_counts, make_settings, running_api
 
 REPORT_TOKEN = "report-token-for-editors-0123"
@@ -156,19 +155,7 @@ async def test_the_cli_prints_the_same_reports(report_settings: Settings) -> Non
     }
 
     async def cli(*args: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            "report",
-            *args,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
+        return await run_cli("report", *args, env=env)
 
     rng = ("--from", "2025-03-05", "--to", "2025-03-09")
     table = await cli("top", "--site", HCM, *rng)

@@ -19,7 +19,7 @@ from services.counter import keys, startup
 from services.counter.calls import unit_of
 from services.counter.errors import LayoutMismatch
 from services.flusher.worker import assigned_flusher
-from tests.support.checks import assert_consistent, totals
+from tests.support.checks import assert_consistent, fetchval, totals
 from tests.support.stack import ADMIN, SITE, flusher_for, make_settings, register_site, running_api
 
 UNITS = 4
@@ -91,13 +91,9 @@ async def test_hits_reads_and_flushes_of_a_split_site_are_exact(
     assert_consistent(stored)
     assert stored.site_views == 60
     assert stored.pages == dict(sent)
-    conn = await asyncpg.connect(database_url)
-    try:
-        visitors = await conn.fetchval(
-            "SELECT sum(visitors) FROM site_views_daily WHERE site = $1", SITE
-        )
-    finally:
-        await conn.close()
+    visitors = await fetchval(
+        database_url, "SELECT sum(visitors) FROM site_views_daily WHERE site = $1", SITE
+    )
     assert visitors == 6
 
 

@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
@@ -24,6 +23,7 @@ from services.counting.live import LiveCounts, View
 from services.db import pool as db_pool
 from services.db import sites as db_sites
 from services.flusher.worker import Flusher
+from tests.support.checks import fetch
 from tests.support.stack import (
     SITE,
     SITE_TZ,
@@ -106,13 +106,9 @@ async def send(
 
 
 async def postgres_days(database_url: str) -> Counter[str]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT day::text AS day, views FROM site_views_daily WHERE site = $1", SITE
-        )
-    finally:
-        await conn.close()
+    rows = await fetch(
+        database_url, "SELECT day::text AS day, views FROM site_views_daily WHERE site = $1", SITE
+    )
     return Counter({r["day"]: r["views"] for r in rows})
 
 

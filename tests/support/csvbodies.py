@@ -18,6 +18,17 @@ MALFORMED_HEAD = (
     b'"/h, with comma",11\r\n'
 )
 
+# (line, field) of each row of MALFORMED_HEAD a report rejects, in order.
+MALFORMED_HEAD_REJECTED = [
+    (3, "views"),
+    (4, "views"),
+    (5, "line"),
+    (6, "page"),
+    (7, "page"),
+    (8, "line"),
+    (9, "line"),
+]
+
 # The end of that body, right after MALFORMED_HEAD (or after a line put between them):
 # a too-large count, a too-long line, and a last row without a final newline.
 MALFORMED_TAIL = (

@@ -9,7 +9,7 @@ import pytest
 
 from services.counter import ids
 from services.counting import baselines
-from tests.support.csvbodies import MALFORMED_HEAD, MALFORMED_TAIL
+from tests.support.csvbodies import MALFORMED_HEAD, MALFORMED_HEAD_REJECTED, MALFORMED_TAIL
 
 pytestmark = pytest.mark.unit
 
@@ -37,13 +37,7 @@ async def test_bad_rows_are_rejected_with_their_line_and_field_and_the_rest_take
     rows, rejected, read = await parse(MALFORMED)
     assert rows == [(2, "/a", 10), (11, "/h, with comma", 11), (14, "/k", 3)]
     assert rejected == [
-        (3, "views"),
-        (4, "views"),
-        (5, "line"),
-        (6, "page"),
-        (7, "page"),
-        (8, "line"),
-        (9, "line"),
+        *MALFORMED_HEAD_REJECTED,
         (12, "views"),
         (13, "line"),
     ]
