@@ -159,6 +159,14 @@ async def register_site(client: httpx.AsyncClient, site: str = SITE, tz: str = S
     assert response.status_code in (200, 201), response.text
 
 
+@asynccontextmanager
+async def api_with_site(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """running_api(settings) with SITE registered (in SITE_TZ) first."""
+    async with running_api(settings) as client:
+        await register_site(client)
+        yield client
+
+
 def flusher_on(
     stores: Clients, pool: db_pool.Pool, ledger: db_ledger.Ledger | None = None, **options: Any
 ) -> Flusher:
