@@ -29,7 +29,6 @@ from tests.support.browser import (
     open_page,
     reload,
     seed_baselines,
-    serve_host_pages,
     session_browser,
 )
 from tests.support.stack import SITE, api_with_site, make_settings, running_api
@@ -51,12 +50,6 @@ pytestmark = pytest.mark.timeout(60)
 async def browser() -> AsyncIterator[Browser]:
     async with session_browser() as chromium:
         yield chromium
-
-
-@pytest.fixture
-async def host() -> AsyncIterator[HostPages]:
-    async with serve_host_pages() as pages:
-        yield pages
 
 
 async def live_counts(client: httpx.AsyncClient, *pages: str) -> tuple[int, dict[str, int]]:

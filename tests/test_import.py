@@ -13,6 +13,7 @@ import re
 import sys
 import tracemalloc
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -341,9 +342,7 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_next_import(
     api: httpx.AsyncClient, site: str, settings: Settings
 ) -> None:
     await hit(api, "/a")
-    stores = Clients(counter_client.connect(settings.redis_url, max_connections=2, timeout_s=5))
-    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
-    try:
+    async with stores_and_pool(settings) as (stores, pool):
         await postgres_half_only(stores.flush, pool)  # as if the process died right after COMMIT
         lagging = await live(api, "/a", "/b")
         importer = baselines.Importer(
@@ -362,9 +361,6 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_next_import(
         rerun = await importer.import_csv(
             SITE, _once(b"page,views\n/a,10\n/b,20\n"), site_total=500, changed_by="test"
         )
-    finally:
-        await pool.close()
-        await stores.aclose()
     caught_up = await live(api, "/a", "/b")
     outbox = await fetch(settings.database_url, "SELECT * FROM baseline_outbox")
     assert lagging == (1, {"/a": 1, "/b": 0})
@@ -377,9 +373,7 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_flusher(
     api: httpx.AsyncClient, site: str, settings: Settings
 ) -> None:
     await hit(api, "/a")
-    stores = Clients(counter_client.connect(settings.redis_url, max_connections=2, timeout_s=5))
-    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
-    try:
+    async with stores_and_pool(settings) as (stores, pool):
         await postgres_half_only(
             stores.flush, pool
         )  # as if the api died after COMMIT; no re-import
@@ -388,13 +382,22 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_flusher(
         await flusher.flush_once()
         await flusher.flush_once()  # nothing queued any more: changes nothing
         await flusher.release_leases()
-    finally:
-        await pool.close()
-        await stores.aclose()
     caught_up = await live(api, "/a", "/b")
     outbox = await fetch(settings.database_url, "SELECT * FROM baseline_outbox")
     assert lagging == (1, {"/a": 1, "/b": 0})
     assert caught_up == (501, {"/a": 11, "/b": 20}) and outbox == []
+
+
+@asynccontextmanager
+async def stores_and_pool(settings: Settings) -> AsyncIterator[tuple[Clients, asyncpg.Pool]]:
+    """Redis stores and a Postgres pool of the test's own, beside the api's."""
+    stores = Clients(counter_client.connect(settings.redis_url, max_connections=2, timeout_s=5))
+    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
+    try:
+        yield stores, pool
+    finally:
+        await pool.close()
+        await stores.aclose()
 
 
 async def postgres_half_only(store: FlushStore, pool: asyncpg.Pool) -> None:

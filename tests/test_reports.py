@@ -15,6 +15,7 @@ import pytest
 
 from services.config import Settings
 from services.db import reports as db_reports
+from tests.support import stack
 from tests.support.cli import run_cli
 from tests.support.stack import ADMIN, flusher_for, live_counts, make_settings, running_api
 
@@ -279,10 +280,9 @@ async def test_report_queries_read_only_the_days_asked_for_on_a_year_of_100k_pag
     rows through the covering index, from the index alone; a page's days use the primary key."""
     conn = await asyncpg.connect(database_url)
     try:
+        await conn.execute(stack.BIG_AND_OTHER_SITES_SQL)
         await conn.execute(
             """
-            INSERT INTO sites (site, timezone) VALUES ('big', 'Asia/Ho_Chi_Minh'), ('other', 'UTC');
-            INSERT INTO site_views (site) VALUES ('big'), ('other');
             INSERT INTO page_views (site, page, views)
                 SELECT s, '/bai-viet/' || i, 0 FROM generate_series(0, 99999) i,
                        unnest(ARRAY['big', 'other']) s WHERE s = 'big' OR i < 20000;

@@ -37,6 +37,11 @@ ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}  # the admin API's headers
 TEMPLATE_DB = "vc_template"
 SITE = "quan11"
 SITE_TZ = "Asia/Ho_Chi_Minh"
+# The two sites of the query-plan tests' year of data: 'big', and another beside it.
+BIG_AND_OTHER_SITES_SQL = """
+    INSERT INTO sites (site, timezone) VALUES ('big', 'Asia/Ho_Chi_Minh'), ('other', 'UTC');
+    INSERT INTO site_views (site) VALUES ('big'), ('other');
+"""
 # httpx's own agent is on the crawler list: tests browse as a browser unless they say so.
 BROWSER_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
