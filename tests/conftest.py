@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -21,6 +22,9 @@ from services.cli.localservers import free_port
 from services.config import Settings
 from services.flusher.worker import Flusher
 from tests.support import stack
+
+if TYPE_CHECKING:
+    from tests.support.browser import HostPages
 
 # What a test of the unit tier (tests/unit/, `-m unit`) may take: it starts no server.
 UNIT_TIMEOUT_S = 10
@@ -98,6 +102,16 @@ async def site(api: httpx.AsyncClient) -> str:
 async def flusher(settings: Settings) -> AsyncIterator[Flusher]:
     async with stack.flusher_for(settings) as f:
         yield f
+
+
+@pytest.fixture
+async def host() -> AsyncIterator[HostPages]:
+    """The host site's pages with the widget on them (tests/support/browser.py); imported
+    here only when a browser test asks, so that the rest runs without Playwright."""
+    from tests.support.browser import serve_host_pages
+
+    async with serve_host_pages() as pages:
+        yield pages
 
 
 @pytest.fixture

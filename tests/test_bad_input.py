@@ -33,19 +33,12 @@ from services.counter import ids
 from services.counter.ids import PAGE_ID_MAX_BYTES
 from services.flusher.worker import Flusher
 from tests.support.checks import assert_consistent, totals, views
-from tests.support.stack import (
-    ADMIN_TOKEN,
-    copy_template,
-    make_settings,
-    register_site,
-    running_api,
-)
+from tests.support.stack import ADMIN, copy_template, make_settings, register_site, running_api
 
 SITE = "quan11"
 HITS = f"/v1/sites/{SITE}/hits"
 PIXEL = f"/v1/sites/{SITE}/hit.gif"
 COUNTS = f"/v1/sites/{SITE}/counts"
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 JSON_CT = {"content-type": "application/json"}
 DEFAULT_MAX_BODY = 16 * 1024
 NO_FIELD = object()  # the error must not carry a "field" key at all

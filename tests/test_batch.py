@@ -10,20 +10,12 @@ from services.counter import client as counter_client
 from services.counting.live import LiveCounts, View
 from services.db import pool as db_pool
 from services.db import sites as db_sites
+from tests.support import stack
 from tests.support.checks import assert_consistent, totals
-from tests.support.stack import (
-    ADMIN_TOKEN,
-    SITE,
-    FakeClock,
-    flusher_on,
-    make_settings,
-    register_site,
-    running_api,
-)
 
 INGEST_TOKEN = "ingest-token-0123456789abcdef"
 INGEST = {"authorization": f"Bearer {INGEST_TOKEN}"}
-URL = f"/v1/sites/{SITE}/hits/batch"
+URL = f"/v1/sites/{stack.SITE}/hits/batch"
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
 BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 
@@ -36,11 +28,11 @@ def views(n: int, pages: int = 10) -> list[dict[str, str]]:
 
 
 def ingest_settings(redis_url: str, database_url: str, **overrides: object) -> Settings:
-    return make_settings(redis_url, database_url, ingest_token=INGEST_TOKEN, **overrides)
+    return stack.make_settings(redis_url, database_url, ingest_token=INGEST_TOKEN, **overrides)
 
 
 async def counts(client: httpx.AsyncClient) -> int:
-    return int((await client.get(f"/v1/sites/{SITE}/counts")).json()["site_views"])
+    return int((await client.get(f"/v1/sites/{stack.SITE}/counts")).json()["site_views"])
 
 
 async def test_a_batch_counts_like_single_hits_and_lands_in_postgres(
@@ -53,8 +45,7 @@ async def test_a_batch_counts_like_single_hits_and_lands_in_postgres(
         {"page": "/p1", "user_agent": BOT},
         {"page": "/p2", "visitor": "reader-7"},
     ]
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with stack.api_with_site(settings) as client:
         response = await client.post(URL, json={"hits": batch}, headers=INGEST)
         live = await counts(client)
     assert response.status_code == 200, response.text
@@ -70,11 +61,11 @@ async def test_a_batch_counts_like_single_hits_and_lands_in_postgres(
     stores = Clients(counter_client.connect(redis_url, max_connections=4, timeout_s=5))
     pool = await db_pool.connect_pool(database_url, statement_timeout_s=5)
     try:
-        await flusher_on(stores, pool).flush_once()
+        await stack.flusher_on(stores, pool).flush_once()
     finally:
         await pool.close()
         await stores.aclose()
-    stored = await totals(database_url, SITE)
+    stored = await totals(database_url, stack.SITE)
     assert_consistent(stored)
     assert stored.site_views == 201
 
@@ -83,8 +74,7 @@ async def test_a_retried_batch_is_counted_once(redis_url: str, database_url: str
     settings = ingest_settings(redis_url, database_url)
     batch = {"hits": views(700)}  # three script calls of at most 256 views
     headers = {**INGEST, "idempotency-key": "collector-42/batch-0001"}
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with stack.api_with_site(settings) as client:
         first = await client.post(URL, json=batch, headers=headers)
         again = await client.post(URL, json=batch, headers=headers)
         other_body = await client.post(URL, json={"hits": views(5)}, headers=headers)
@@ -139,8 +129,7 @@ async def test_bad_batches_are_refused_whole_and_name_the_field(
         ({"hits": ["/a"]}, 422, "invalid_field", "hits[0]"),
         ([], 422, "invalid_field", "body"),
     ]
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with stack.api_with_site(settings) as client:
         for body, status, code, field in cases:
             response = await client.post(URL, json=body, headers=INGEST)
             assert response.status_code == status, (field, response.text)
@@ -161,21 +150,19 @@ async def test_the_batch_route_needs_the_ingest_or_admin_token_and_is_rate_limit
     redis_url: str, database_url: str
 ) -> None:
     body = {"hits": views(3)}
-    async with running_api(ingest_settings(redis_url, database_url)) as client:
-        await register_site(client)
+    async with stack.running_api(ingest_settings(redis_url, database_url)) as client:
+        await stack.register_site(client)
         none = await client.post(URL, json=body)
         wrong = await client.post(URL, json=body, headers={"authorization": "Bearer nope"})
         ingest = await client.post(URL, json=body, headers=INGEST)
-        admin = await client.post(
-            URL, json=body, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
-        )
+        admin = await client.post(URL, json=body, headers=stack.ADMIN)
         unknown_site = await client.post("/v1/sites/nosuch/hits/batch", json=body, headers=INGEST)
     assert [r.status_code for r in (none, wrong, ingest, admin)] == [401, 401, 200, 200]
     assert unknown_site.status_code == 404
     limited = ingest_settings(redis_url, database_url, admin_rate_limit=2)
     # The limit counts per clock minute: the test's clock decides which one.
-    clock = FakeClock()
-    async with running_api(limited, clock=clock) as client:
+    clock = stack.FakeClock()
+    async with stack.running_api(limited, clock=clock) as client:
         answers = [
             (await client.post(URL, json=body, headers=INGEST)).status_code for _ in range(3)
         ]
@@ -183,7 +170,7 @@ async def test_the_batch_route_needs_the_ingest_or_admin_token_and_is_rate_limit
         next_minute = (await client.post(URL, json=body, headers=INGEST)).status_code
     assert answers == [200, 200, 429]
     assert next_minute == 200
-    no_tokens = make_settings(redis_url, database_url, admin_token=None)
-    async with running_api(no_tokens) as client:
+    no_tokens = stack.make_settings(redis_url, database_url, admin_token=None)
+    async with stack.running_api(no_tokens) as client:
         disabled = await client.post(URL, json=body, headers=INGEST)
     assert disabled.status_code == 403

@@ -29,10 +29,9 @@ from tests.support.browser import (
     open_page,
     reload,
     seed_baselines,
-    serve_host_pages,
     session_browser,
 )
-from tests.support.stack import SITE, make_settings, register_site, running_api
+from tests.support.stack import SITE, api_with_site, make_settings, running_api
 
 ARTICLE = "/tin-tuc/phat-huy-vai-tro-doan-vien-thanh-nien-123"
 DEMO_LIST = [
@@ -51,12 +50,6 @@ pytestmark = pytest.mark.timeout(60)
 async def browser() -> AsyncIterator[Browser]:
     async with session_browser() as chromium:
         yield chromium
-
-
-@pytest.fixture
-async def host() -> AsyncIterator[HostPages]:
-    async with serve_host_pages() as pages:
-        yield pages
 
 
 async def live_counts(client: httpx.AsyncClient, *pages: str) -> tuple[int, dict[str, int]]:
@@ -119,8 +112,7 @@ async def test_a_reload_within_the_dedupe_window_is_not_counted(
     redis_url: str, database_url: str, browser: Browser, host: HostPages
 ) -> None:
     settings = make_settings(redis_url, database_url, dedupe_window=1800)
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with api_with_site(settings) as client:
         url = host.add(
             "/bai-viet",
             embed_page(

@@ -28,7 +28,6 @@ from tests.support.browser import (
     embed_page,
     open_page,
     seed_baselines,
-    serve_host_pages,
     session_browser,
 )
 from tests.support.stack import (
@@ -61,12 +60,6 @@ DEMO_ARTICLES = ["/tin-tuc/ra-quan-thang-thanh-nien-2025", "/tin-tuc/doi-thoai-v
 async def browser() -> AsyncIterator[Browser]:
     async with session_browser() as chromium:
         yield chromium
-
-
-@pytest.fixture
-async def host() -> AsyncIterator[HostPages]:
-    async with serve_host_pages() as pages:
-        yield pages
 
 
 async def hit(

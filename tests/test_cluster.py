@@ -21,10 +21,9 @@ from services.counter.calls import unit_of
 from services.counter.errors import CounterUnavailable
 from tests.support import chaos
 from tests.support.checks import assert_consistent, totals
-from tests.support.stack import ADMIN_TOKEN, flusher_for, make_settings, running_api
+from tests.support.stack import ADMIN, flusher_for, make_settings, running_api
 
 SITES = [f"site{n}" for n in range(12)]
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 # A three-node cluster starts per module and one test kills a node: slowest 5-7 s here.
 pytestmark = pytest.mark.timeout(90)
 

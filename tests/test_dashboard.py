@@ -15,7 +15,7 @@ from playwright.async_api import Browser, ConsoleMessage
 from services.config import Settings
 from tests.support.browser import ARTIFACTS, session_browser
 from tests.support.stack import (
-    ADMIN_TOKEN,
+    ADMIN,
     BROWSER_UA,
     SITE,
     flusher_for,
@@ -26,7 +26,6 @@ from tests.support.stack import (
 )
 
 REPORT_TOKEN = "report-token-for-editors-0123"
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 PAGES = {
     "/tin-tuc/ra-quan-thang-thanh-nien-2025": 9,
     "/tin-tuc/doi-thoai-voi-thanh-nien": 6,
@@ -59,19 +58,24 @@ async def seed(settings: Settings) -> int:
     return counted
 
 
+async def import_the_baseline(api: httpx.AsyncClient) -> None:
+    """One page's baseline and the site's total, as a site moving over brings them."""
+    imported = await api.post(
+        f"/v1/sites/{SITE}/import",
+        content=b"page,views\n/tin-tuc/ra-quan-thang-thanh-nien-2025,563\n",
+        params={"site_total": "37409356"},
+        headers={**ADMIN, "content-type": "text/csv"},
+    )
+    assert imported.status_code == 200, imported.text
+
+
 async def test_dashboard_draws_charts_top_pages_and_the_live_total(
     browser: Browser, redis_url: str, database_url: str
 ) -> None:
     settings = make_settings(redis_url, database_url, report_token=REPORT_TOKEN)
     counted = await seed(settings)
     async with running_api(settings) as api:
-        imported = await api.post(
-            f"/v1/sites/{SITE}/import",
-            content=b"page,views\n/tin-tuc/ra-quan-thang-thanh-nien-2025,563\n",
-            params={"site_total": "37409356"},
-            headers={**ADMIN, "content-type": "text/csv"},
-        )
-        assert imported.status_code == 200, imported.text
+        await import_the_baseline(api)
         page_html = await api.get(f"/dashboard/{SITE}")
         bad_site = await api.get("/dashboard/Not%20A%20Site")
         base = str(api.base_url).rstrip("/")
@@ -141,13 +145,7 @@ async def test_dashboard_shows_the_statistics_block(
     settings = make_settings(redis_url, database_url, report_token=REPORT_TOKEN)
     async with running_api(settings) as api:
         await register_site(api)
-        imported = await api.post(
-            f"/v1/sites/{SITE}/import",
-            content=b"page,views\n/tin-tuc/ra-quan-thang-thanh-nien-2025,563\n",
-            params={"site_total": "37409356"},
-            headers={**ADMIN, "content-type": "text/csv"},
-        )
-        assert imported.status_code == 200, imported.text
+        await import_the_baseline(api)
         for visitor in ("a", "b", "c"):
             hit = await api.post(
                 f"/v1/sites/{SITE}/hits", json={"page": "/tin-tuc/a", "visitor": visitor}

@@ -223,12 +223,16 @@ async def leases_run_out(settings: Settings) -> None:
         await client.aclose()
 
 
-async def leftover_snapshots(settings: Settings) -> list[str]:
+async def keys_matching(settings: Settings, pattern: str) -> list[str]:
     client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:
-        return [k async for k in client.scan_iter(match="{vc:*}:snap:*")]
+        return [k async for k in client.scan_iter(match=pattern)]
     finally:
         await client.aclose()
+
+
+async def leftover_snapshots(settings: Settings) -> list[str]:
+    return await keys_matching(settings, "{vc:*}:snap:*")
 
 
 async def test_a_site_is_flushed_by_the_flusher_holding_its_lease(
@@ -318,11 +322,7 @@ async def test_a_site_refilled_meanwhile_drops_only_its_own_batch(
 
 
 async def pending_keys(settings: Settings) -> list[str]:
-    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-    try:
-        return [k async for k in client.scan_iter(match="{vc:*}:pend:*")]
-    finally:
-        await client.aclose()
+    return await keys_matching(settings, "{vc:*}:pend:*")
 
 
 async def test_a_batch_of_many_chunks_lands_exactly_with_its_visitors(

@@ -18,9 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.api.app import create_app
 from services.api.hit_fast_path import HitFastPath
 from services.config import Settings
-from tests.support.stack import ADMIN_TOKEN, SITE, register_site, running_api
+from tests.support.stack import ADMIN, SITE, register_site, running_api
 
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 PORTAL = "https://quan11.hochiminhcity.gov.vn"
 OPEN_SITE = "open-site"
 BOT_UA = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
@@ -168,6 +167,23 @@ async def test_a_streamed_body_over_the_limit_is_refused_alike(
     assert answers[0][0] == 413
 
 
+async def _assert_same_get(
+    pair: tuple[httpx.AsyncClient, httpx.AsyncClient],
+    endpoint: str,
+    case: tuple[str, str, str, dict[str, str]],
+) -> None:
+    """After a hit (so that totals are not all zero), GET `endpoint` of the case's site
+    from the fast path and from the stack: both answer the same."""
+    fast, stack = pair
+    _, site, query, headers = case
+    assert (await fast.post(f"/v1/sites/{OPEN_SITE}/hits", json={"page": "a"})).status_code == 200
+    url = f"/v1/sites/{site}/{endpoint}" + (f"?{query}" if query else "")
+    body = b" " * int(headers.get("x-test-body", "0"))
+    first = await fast.request("GET", url, headers=headers, content=body)
+    second = await stack.request("GET", url, headers=headers, content=body)
+    assert _comparable(first) == _comparable(second), (first.text, second.text)
+
+
 COUNTS_CASES: list[tuple[str, str, str, dict[str, str]]] = [
     # (name, site, query, headers)
     ("no pages", OPEN_SITE, "", {}),
@@ -189,15 +205,7 @@ async def test_counts_fast_path_answers_as_the_stack_does(
     pair: tuple[httpx.AsyncClient, httpx.AsyncClient],
     case: tuple[str, str, str, dict[str, str]],
 ) -> None:
-    fast, stack = pair
-    _, site, query, headers = case
-    # A hit first, so that totals are not all zero.
-    assert (await fast.post(f"/v1/sites/{OPEN_SITE}/hits", json={"page": "a"})).status_code == 200
-    url = f"/v1/sites/{site}/counts" + (f"?{query}" if query else "")
-    body = b" " * int(headers.get("x-test-body", "0"))
-    first = await fast.request("GET", url, headers=headers, content=body)
-    second = await stack.request("GET", url, headers=headers, content=body)
-    assert _comparable(first) == _comparable(second), (first.text, second.text)
+    await _assert_same_get(pair, "counts", case)
 
 
 STATS_CASES: list[tuple[str, str, str, dict[str, str]]] = [
@@ -221,11 +229,4 @@ async def test_stats_fast_path_answers_as_the_stack_does(
     pair: tuple[httpx.AsyncClient, httpx.AsyncClient],
     case: tuple[str, str, str, dict[str, str]],
 ) -> None:
-    fast, stack = pair
-    _, site, query, headers = case
-    assert (await fast.post(f"/v1/sites/{OPEN_SITE}/hits", json={"page": "a"})).status_code == 200
-    url = f"/v1/sites/{site}/stats" + (f"?{query}" if query else "")
-    body = b" " * int(headers.get("x-test-body", "0"))
-    first = await fast.request("GET", url, headers=headers, content=body)
-    second = await stack.request("GET", url, headers=headers, content=body)
-    assert _comparable(first) == _comparable(second), (first.text, second.text)
+    await _assert_same_get(pair, "stats", case)

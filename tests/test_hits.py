@@ -13,7 +13,7 @@ from services.cli.localredis import RedisProcess
 from services.config import Settings
 from services.flusher.worker import Flusher
 from tests.support.checks import days_around_now, totals, views
-from tests.support.stack import ADMIN_TOKEN, SITE_TZ, make_settings, register_site, running_api
+from tests.support.stack import ADMIN_TOKEN, SITE_TZ, api_with_site, make_settings, running_api
 
 
 async def hit(client: httpx.AsyncClient, page: str, site: str = "quan11") -> httpx.Response:
@@ -136,8 +136,7 @@ async def test_redis_down_answers_503_and_applies_nothing(
 ) -> None:
     server = own_redis(appendfsync="always")
     settings = make_settings(server.url, database_url, redis_timeout=0.5)
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with api_with_site(settings) as client:
         assert (await hit(client, "a")).json()["page_views"] == 1
         server.stop()
         down = await hit(client, "a")

@@ -13,6 +13,7 @@ import re
 import sys
 import tracemalloc
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,17 +29,11 @@ from services.counter.flushstore import FlushStore
 from services.counting import baselines
 from services.db import baselines as db_baselines
 from services.db import pool as db_pool
-from tests.support.checks import assert_consistent, totals
-from tests.support.stack import (
-    ADMIN_TOKEN,
-    SITE,
-    flusher_for,
-    flusher_on,
-    make_settings,
-    running_api,
-)
+from tests.support.checks import assert_consistent, fetch, totals
+from tests.support.cli import run_cli
+from tests.support.csvbodies import MALFORMED_HEAD, MALFORMED_HEAD_REJECTED, MALFORMED_TAIL
+from tests.support.stack import ADMIN, SITE, flusher_for, flusher_on, make_settings, running_api
 
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 LEGACY_TOTAL = 37_409_357
 LEGACY_CSV = (
     "page,views\n"
@@ -111,14 +106,6 @@ async def pending_hits(redis_url: str) -> tuple[int, dict[str, int]]:
     return site_total, pages
 
 
-async def fetch(database_url: str, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
-
-
 async def test_import_sets_baselines_once_and_the_footer_shows_them(
     api: httpx.AsyncClient, site: str, settings: Settings
 ) -> None:
@@ -163,23 +150,8 @@ async def test_import_sets_baselines_once_and_the_footer_shows_them(
 async def test_a_malformed_csv_rejects_the_bad_rows_only(
     api: httpx.AsyncClient, site: str, settings: Settings
 ) -> None:
-    body = (
-        b"\xef\xbb\xbfPage,Views\r\n"  # a BOM and another case: still the header
-        b"/a,10\r\n"
-        b"/b,abc\r\n"  # 3
-        b"/c,-5\r\n"  # 4
-        b"/d,1,2\r\n"  # 5
-        b",7\r\n"  # 6
-        b"/e\x07,8\r\n"  # 7
-        b'"/f,9\r\n'  # 8: an unclosed quote
-        b"/g\xff,4\r\n"  # 9: not UTF-8
-        b"\r\n"  # 10: blank, skipped
-        b'"/h, with comma",11\r\n'
-        b"/a,12\r\n"  # 12: /a again
-        b"/i,99999999999999999999\r\n"  # 13
-        b"/j," + b"x" * 9000 + b"\r\n"  # 14: too long
-        b"/k,3"  # no final newline
-    )
+    # line 12 is /a again; 13 the too-large count, 14 the too-long line
+    body = MALFORMED_HEAD + b"/a,12\r\n" + MALFORMED_TAIL
     report = await import_csv(api, body)
     rejected = [(r["line"], r["field"]) for r in report["rejected"]]  # type: ignore[index, union-attr]
     rows = await fetch(
@@ -188,13 +160,7 @@ async def test_a_malformed_csv_rejects_the_bad_rows_only(
         SITE,
     )
     assert rejected == [
-        (3, "views"),
-        (4, "views"),
-        (5, "line"),
-        (6, "page"),
-        (7, "page"),
-        (8, "line"),
-        (9, "line"),
+        *MALFORMED_HEAD_REJECTED,
         (12, "page"),
         (13, "views"),
         (14, "line"),
@@ -376,9 +342,7 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_next_import(
     api: httpx.AsyncClient, site: str, settings: Settings
 ) -> None:
     await hit(api, "/a")
-    stores = Clients(counter_client.connect(settings.redis_url, max_connections=2, timeout_s=5))
-    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
-    try:
+    async with stores_and_pool(settings) as (stores, pool):
         await postgres_half_only(stores.flush, pool)  # as if the process died right after COMMIT
         lagging = await live(api, "/a", "/b")
         importer = baselines.Importer(
@@ -397,9 +361,6 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_next_import(
         rerun = await importer.import_csv(
             SITE, _once(b"page,views\n/a,10\n/b,20\n"), site_total=500, changed_by="test"
         )
-    finally:
-        await pool.close()
-        await stores.aclose()
     caught_up = await live(api, "/a", "/b")
     outbox = await fetch(settings.database_url, "SELECT * FROM baseline_outbox")
     assert lagging == (1, {"/a": 1, "/b": 0})
@@ -412,9 +373,7 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_flusher(
     api: httpx.AsyncClient, site: str, settings: Settings
 ) -> None:
     await hit(api, "/a")
-    stores = Clients(counter_client.connect(settings.redis_url, max_connections=2, timeout_s=5))
-    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
-    try:
+    async with stores_and_pool(settings) as (stores, pool):
         await postgres_half_only(
             stores.flush, pool
         )  # as if the api died after COMMIT; no re-import
@@ -423,13 +382,22 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_flusher(
         await flusher.flush_once()
         await flusher.flush_once()  # nothing queued any more: changes nothing
         await flusher.release_leases()
-    finally:
-        await pool.close()
-        await stores.aclose()
     caught_up = await live(api, "/a", "/b")
     outbox = await fetch(settings.database_url, "SELECT * FROM baseline_outbox")
     assert lagging == (1, {"/a": 1, "/b": 0})
     assert caught_up == (501, {"/a": 11, "/b": 20}) and outbox == []
+
+
+@asynccontextmanager
+async def stores_and_pool(settings: Settings) -> AsyncIterator[tuple[Clients, asyncpg.Pool]]:
+    """Redis stores and a Postgres pool of the test's own, beside the api's."""
+    stores = Clients(counter_client.connect(settings.redis_url, max_connections=2, timeout_s=5))
+    pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
+    try:
+        yield stores, pool
+    finally:
+        await pool.close()
+        await stores.aclose()
 
 
 async def postgres_half_only(store: FlushStore, pool: asyncpg.Pool) -> None:
@@ -510,24 +478,11 @@ async def test_cli_import_twice_changes_nothing_the_second_time(
     }
     outputs = []
     for _ in range(2):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            "import",
-            SITE,
-            str(csv_file),
-            "--site-total",
-            str(LEGACY_TOTAL),
-            "--by",
-            "ops",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        code, out, err = await run_cli(
+            "import", SITE, str(csv_file), "--site-total", str(LEGACY_TOTAL), "--by", "ops", env=env
         )
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
-        outputs.append((out.decode(), err.decode()))
+        assert code == 0, err
+        outputs.append((out, err))
     site_views, _ = await live(api)
     assert "3 pages changed (3 new)" in outputs[0][0] and "change 1" in outputs[0][0]
     assert "0 pages changed" in outputs[1][0] and "nothing changed" in outputs[1][0]

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -82,30 +82,11 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     return chaos.process_env(settings, **{"VIEWCOUNTER_LOG_LEVEL": "info", **extra})
 
 
-@contextmanager
 def viewcounter(
     args: list[str], env: dict[str, str], log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
     """`viewcounter ARGS` as its own process (group); SIGTERM at the end, then SIGKILL."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *args],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    return chaos.spawned([sys.executable, "-m", "services.cli", *args], env, log, grace_s=30)
 
 
 async def get(url: str, **kwargs: object) -> httpx.Response | None:
@@ -115,6 +96,12 @@ async def get(url: str, **kwargs: object) -> httpx.Response | None:
             return await client.get(url, **kwargs)  # type: ignore[arg-type]
         except httpx.HTTPError:
             return None
+
+
+async def scrape_metrics(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The samples a process's /metrics at `url` serves; none while it does not answer."""
+    response = await get(f"{url}/metrics")
+    return {} if response is None else samples(response.text)
 
 
 async def status_of(url: str) -> int | None:
@@ -325,10 +312,7 @@ async def test_postgres_outage_raises_flush_lag_degrades_the_api_unreadies_the_f
     port = free_port()
     flusher_url = f"http://127.0.0.1:{port}"
     env = process_env(settings, VIEWCOUNTER_METRICS_PORT=str(port))
-
-    async def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        response = await get(f"{flusher_url}/metrics")
-        return {} if response is None else samples(response.text)
+    scrape = partial(scrape_metrics, flusher_url)
 
     async def lag() -> float:
         return value(await scrape(), "viewcounter_flush_lag_seconds")
@@ -425,10 +409,7 @@ async def test_flusher_is_unready_while_its_passes_fail_though_postgres_answers(
     port = free_port()
     flusher_url = f"http://127.0.0.1:{port}"
     env = process_env(settings, VIEWCOUNTER_METRICS_PORT=str(port))
-
-    async def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        response = await get(f"{flusher_url}/metrics")
-        return {} if response is None else samples(response.text)
+    scrape = partial(scrape_metrics, flusher_url)
 
     async with running_api(settings) as api:
         await register_site(api)

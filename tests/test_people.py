@@ -17,15 +17,9 @@ from services.counter.outcomes import HitRequest, PageRule
 from services.counting.live import LiveCounts
 from services.db import pool as db_pool
 from services.db import sites as db_sites
+from tests.support import stack
 from tests.support.checks import views
-from tests.support.stack import (
-    SITE,
-    FakeClock,
-    flusher_on,
-    make_settings,
-    register_site,
-    running_api,
-)
+from tests.support.stack import SITE, api_with_site, make_settings, register_site, running_api
 
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 HEADLESS = (
@@ -54,8 +48,7 @@ async def live(client: httpx.AsyncClient, *pages: str) -> dict[str, object]:
 
 async def test_a_reload_storm_counts_once_per_window(redis_url: str, database_url: str) -> None:
     settings = make_settings(redis_url, database_url, dedupe_window=1800)
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with api_with_site(settings) as client:
         answers = [await hit(client, "a") for _ in range(20)]
         other_page = await hit(client, "b")
         other_browser = await hit(client, "a", headers={"user-agent": FIREFOX})
@@ -78,8 +71,7 @@ async def test_the_sites_visitor_id_decides_who_is_a_repeat(
     redis_url: str, database_url: str
 ) -> None:
     settings = make_settings(redis_url, database_url, dedupe_window=1800)
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with api_with_site(settings) as client:
         first = await hit(client, "a", visitor="reader-1")
         again_other_browser = await hit(
             client, "a", visitor="reader-1", headers={"user-agent": FIREFOX}
@@ -94,8 +86,7 @@ async def test_dedupe_marks_and_the_salt_expire_and_hold_no_ip(
     redis_url: str, database_url: str
 ) -> None:
     settings = make_settings(redis_url, database_url, dedupe_window=600)
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with api_with_site(settings) as client:
         await hit(client, "a")
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
@@ -143,7 +134,7 @@ async def test_a_client_over_its_rate_is_not_counted_and_others_are(
     redis_url: str, database_url: str
 ) -> None:
     settings = make_settings(redis_url, database_url, rate_limit=5, trusted_proxies="127.0.0.1")
-    clock = FakeClock()  # all in one clock minute, then the next
+    clock = stack.FakeClock()  # all in one clock minute, then the next
     async with running_api(settings, clock=clock) as client:
         await register_site(client)
         flood = [
@@ -164,7 +155,7 @@ async def test_forwarded_for_from_an_untrusted_peer_changes_nothing(
     redis_url: str, database_url: str
 ) -> None:
     settings = make_settings(redis_url, database_url, rate_limit=3)  # no trusted proxies
-    async with running_api(settings, clock=FakeClock()) as client:
+    async with running_api(settings, clock=stack.FakeClock()) as client:
         await register_site(client)
         answers = [
             await hit(client, f"p{i}", headers={"x-forwarded-for": f"192.0.2.{i}"})
@@ -178,8 +169,7 @@ async def test_new_pages_beyond_the_sites_bound_are_not_counted(
     redis_url: str, database_url: str
 ) -> None:
     settings = make_settings(redis_url, database_url, max_pages_per_site=3)
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with api_with_site(settings) as client:
         answers = [await hit(client, f"p{i}") for i in range(5)]
         known_again = await hit(client, "p0")
         counts = await live(client, "p0", "p1", "p2", "p3", "p4")
@@ -268,7 +258,7 @@ async def test_ten_thousand_visitors_are_counted_within_two_percent(
                 )
             )
         counts = await live_counts.counts(SITE, [f"p{n}" for n in range(10)])
-        await flusher_on(stores, pool).flush_once()
+        await stack.flusher_on(stores, pool).flush_once()
         stored = await pool.fetchval(
             "SELECT sum(visitors) FROM site_views_daily WHERE site = $1", SITE
         )

@@ -16,7 +16,7 @@ from services.config import Settings
 from services.counter import client as counter_client
 from services.counter.outcomes import HitRequest, PageRule
 from tests.support.checks import views
-from tests.support.stack import SITE, make_settings, register_site, running_api
+from tests.support.stack import SITE, api_with_site, make_settings, register_site, running_api
 
 
 class PausableProxy:
@@ -72,8 +72,7 @@ async def proxied_api(
         settings = make_settings(
             f"redis://127.0.0.1:{proxy.port}/0", database_url, redis_timeout=0.5
         )
-        async with running_api(settings) as client:
-            await register_site(client)
+        async with api_with_site(settings) as client:
             yield client, proxy
 
 
@@ -157,8 +156,7 @@ async def test_a_full_redis_answers_503_and_applies_nothing(
     settings = make_settings(server.url, database_url)
     admin = aioredis.Redis.from_url(server.url)
     try:
-        async with running_api(settings) as client:
-            await register_site(client)
+        async with api_with_site(settings) as client:
             assert (await hit(client)).json()["page_views"] == 1
             used = int((await admin.info("memory"))["used_memory"])
             await admin.config_set("maxmemory", str(used // 2))  # noeviction: writes refused

@@ -4,10 +4,8 @@ plans that read only the days asked for on a year of 100,000 pages."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,9 +15,10 @@ import pytest
 
 from services.config import Settings
 from services.db import reports as db_reports
-from tests.support.stack import ADMIN_TOKEN, flusher_for, live_counts, make_settings, running_api
+from tests.support import stack
+from tests.support.cli import run_cli
+from tests.support.stack import ADMIN, flusher_for, live_counts, make_settings, running_api
 
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 REPORT_TOKEN = "report-token-for-editors-0123"
 HCM = "quan11"  # Asia/Ho_Chi_Minh, UTC+7
 LON = "london"  # UTC in winter
@@ -157,19 +156,7 @@ async def test_the_cli_prints_the_same_reports(report_settings: Settings) -> Non
     }
 
     async def cli(*args: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            "report",
-            *args,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
+        return await run_cli("report", *args, env=env)
 
     rng = ("--from", "2025-03-05", "--to", "2025-03-09")
     table = await cli("top", "--site", HCM, *rng)
@@ -293,10 +280,9 @@ async def test_report_queries_read_only_the_days_asked_for_on_a_year_of_100k_pag
     rows through the covering index, from the index alone; a page's days use the primary key."""
     conn = await asyncpg.connect(database_url)
     try:
+        await conn.execute(stack.BIG_AND_OTHER_SITES_SQL)
         await conn.execute(
             """
-            INSERT INTO sites (site, timezone) VALUES ('big', 'Asia/Ho_Chi_Minh'), ('other', 'UTC');
-            INSERT INTO site_views (site) VALUES ('big'), ('other');
             INSERT INTO page_views (site, page, views)
                 SELECT s, '/bai-viet/' || i, 0 FROM generate_series(0, 99999) i,
                        unnest(ARRAY['big', 'other']) s WHERE s = 'big' OR i < 20000;

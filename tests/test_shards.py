@@ -19,10 +19,11 @@ from services.counter import keys, startup
 from services.counter.calls import unit_of
 from services.counter.errors import LayoutMismatch
 from services.flusher.worker import assigned_flusher
-from tests.support.checks import assert_consistent, totals
+from tests.support.checks import assert_consistent, fetchval, totals
 from tests.support.stack import (
-    ADMIN_TOKEN,
+    ADMIN,
     SITE,
+    api_with_site,
     flusher_for,
     make_settings,
     register_site,
@@ -31,7 +32,6 @@ from tests.support.stack import (
 
 UNITS = 4
 PAGES = [f"/tin-tuc/{n}" for n in range(24)]
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 INGEST_TOKEN = "ingest-token-0123456789abcdef"
 
 
@@ -99,13 +99,9 @@ async def test_hits_reads_and_flushes_of_a_split_site_are_exact(
     assert_consistent(stored)
     assert stored.site_views == 60
     assert stored.pages == dict(sent)
-    conn = await asyncpg.connect(database_url)
-    try:
-        visitors = await conn.fetchval(
-            "SELECT sum(visitors) FROM site_views_daily WHERE site = $1", SITE
-        )
-    finally:
-        await conn.close()
+    visitors = await fetchval(
+        database_url, "SELECT sum(visitors) FROM site_views_daily WHERE site = $1", SITE
+    )
     assert visitors == 6
 
 
@@ -145,8 +141,7 @@ async def test_baselines_reach_each_unit_once(redis_url: str, database_url: str)
     settings = sharded(redis_url, database_url)
     legacy = {page: 100 * (n + 1) for n, page in enumerate(PAGES[:8])}
     csv = "page,views\n" + "".join(f"{p},{v}\n" for p, v in legacy.items())
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with api_with_site(settings) as client:
         for page in PAGES[:8]:
             await hit(client, page, "r")
 
@@ -181,8 +176,7 @@ async def test_a_retried_batch_over_several_units_counts_once(
     batch = {"hits": [{"page": p, "visitor": f"v{i}"} for i, p in enumerate(PAGES * 20)]}
     headers = {"authorization": f"Bearer {INGEST_TOKEN}", "idempotency-key": "c-1/b-1"}
     url = f"/v1/sites/{SITE}/hits/batch"
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with api_with_site(settings) as client:
         first = await client.post(url, json=batch, headers=headers)
         again = await client.post(url, json=batch, headers=headers)
         live = await counts(client, PAGES)
@@ -197,8 +191,7 @@ async def test_a_page_bound_is_shared_out_among_the_units(
     redis_url: str, database_url: str
 ) -> None:
     settings = sharded(redis_url, database_url, max_pages_per_site=8)
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with api_with_site(settings) as client:
         outcomes = {page: (await hit(client, page, "r"))["counted"] for page in PAGES}
     counted = [p for p, ok in outcomes.items() if ok]
     per_unit = Counter(unit(p) for p in counted)
@@ -263,8 +256,7 @@ async def test_page_totals_of_an_older_release_move_into_page_buckets(
     redis_url: str, database_url: str
 ) -> None:
     settings = make_settings(redis_url, database_url)
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with api_with_site(settings) as client:
         await hit(client, "/b", "r")  # makes the site loaded (and writes one bucket)
     raw = aioredis.Redis.from_url(redis_url)
     try:
@@ -304,8 +296,7 @@ async def test_a_site_of_many_pages_is_refilled_whole(
     """More pages than one load chunk (10,000), after Redis lost everything."""
     settings = make_settings(redis_url, database_url, shards=shards)
     many = [(SITE, f"/bai-viet/{n}", n % 7 + 1) for n in range(25_000)]
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with api_with_site(settings) as client:
         conn = await asyncpg.connect(database_url)
         try:
             await conn.copy_records_to_table(

@@ -13,16 +13,8 @@ from services.config import Settings
 from services.counter import keys
 from services.flusher.worker import Flusher
 from tests.support.checks import views
-from tests.support.stack import (
-    ADMIN_TOKEN,
-    SITE,
-    FakeClock,
-    make_settings,
-    register_site,
-    running_api,
-)
+from tests.support.stack import ADMIN, SITE, FakeClock, api_with_site, make_settings, running_api
 
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 PORTAL = "https://quan11.hochiminhcity.gov.vn"
 
 
@@ -112,8 +104,7 @@ async def test_a_sites_own_dedupe_window_overrides_the_default(
     redis_url: str, database_url: str
 ) -> None:
     settings = make_settings(redis_url, database_url, dedupe_window=1800)
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with api_with_site(settings) as client:
         default = [await counted(client, "a") for _ in range(3)]
         await put_site(client, dedupe_window=0)
         off = [await counted(client, "a") for _ in range(3)]

@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
@@ -24,6 +23,7 @@ from services.counting.live import LiveCounts, View
 from services.db import pool as db_pool
 from services.db import sites as db_sites
 from services.flusher.worker import Flusher
+from tests.support.checks import fetch
 from tests.support.stack import (
     SITE,
     SITE_TZ,
@@ -36,6 +36,17 @@ from tests.support.stack import (
 
 ZONE = ZoneInfo(SITE_TZ)
 FIELDS = ("timezone", "day", "online", "today", "yesterday", "this_week", "this_month", "total")
+
+
+@pytest.fixture(params=[1, 4], ids=["one-unit", "split-over-4"])
+def units(request: pytest.FixtureRequest) -> int:
+    """The site kept in one unit, or split over four."""
+    return int(request.param)
+
+
+@pytest.fixture
+def unit_settings(redis_url: str, database_url: str, units: int) -> Settings:
+    return make_settings(redis_url, database_url, shards=units)
 
 
 def local(*when: int) -> float:
@@ -106,13 +117,9 @@ async def send(
 
 
 async def postgres_days(database_url: str) -> Counter[str]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT day::text AS day, views FROM site_views_daily WHERE site = $1", SITE
-        )
-    finally:
-        await conn.close()
+    rows = await fetch(
+        database_url, "SELECT day::text AS day, views FROM site_views_daily WHERE site = $1", SITE
+    )
     return Counter({r["day"]: r["views"] for r in rows})
 
 
@@ -128,15 +135,13 @@ STEPS = [
 ]
 
 
-@pytest.mark.parametrize("units", [1, 4], ids=["one-unit", "split-over-4"])
 async def test_periods_across_midnight_the_first_and_monday_are_exact_before_and_after_a_flush(
-    redis_url: str, database_url: str, units: int
+    database_url: str, unit_settings: Settings
 ) -> None:
-    settings = make_settings(redis_url, database_url, shards=units)
     clock = FakeClock(local(*STEPS[0][0]))
     sent: Counter[str] = Counter()
     seen_at: float | None = None  # when the one reader was last on the site
-    async with stack_at(settings, clock) as (client, flusher):
+    async with stack_at(unit_settings, clock) as (client, flusher):
         for when, n in STEPS:
             clock.now = local(*when)
             online = int(seen_at is not None and clock.now - seen_at < 300)
@@ -196,14 +201,12 @@ async def test_a_bad_site_is_answered_as_counts_answers_it(
     assert hit.status_code == got.status_code
 
 
-@pytest.mark.parametrize("units", [1, 4], ids=["one-unit", "split-over-4"])
 async def test_after_redis_loses_its_data_no_period_is_lower(
-    redis_url: str, database_url: str, units: int
+    redis_url: str, unit_settings: Settings
 ) -> None:
-    settings = make_settings(redis_url, database_url, shards=units)
     clock = FakeClock(local(2026, 5, 1, 8, 0, 0))
     sent: Counter[str] = Counter()
-    async with stack_at(settings, clock) as (client, flusher):
+    async with stack_at(unit_settings, clock) as (client, flusher):
         for day in (1, 2, 3, 4):  # Friday the 1st .. Monday the 4th
             clock.now = local(2026, 5, day, 8, 0, 0)
             await send(client, clock, sent, 3 + day, page=f"p{day}-")
@@ -225,16 +228,14 @@ async def test_after_redis_loses_its_data_no_period_is_lower(
     assert later == expected(sent, clock.now, 1)
 
 
-@pytest.mark.parametrize("units", [1, 4], ids=["one-unit", "split-over-4"])
 async def test_units_loaded_by_the_earlier_release_get_exact_days_from_the_flusher_once(
-    redis_url: str, database_url: str, units: int
+    redis_url: str, database_url: str, units: int, unit_settings: Settings
 ) -> None:
-    settings = make_settings(redis_url, database_url, shards=units)
     clock = FakeClock(local(2026, 5, 3, 10, 0, 0))
     sent: Counter[str] = Counter()
     redis = aioredis.Redis.from_url(redis_url)
     try:
-        async with stack_at(settings, clock) as (client, flusher):
+        async with stack_at(unit_settings, clock) as (client, flusher):
             await send(client, clock, sent, 5, page="sun-")
             await flusher.flush_once()
             clock.now = local(2026, 5, 4, 10, 0, 0)
@@ -306,13 +307,11 @@ async def send_visitors(live: LiveCounts, first: int, count: int) -> None:
         await live.hit_batch(SITE, views, f"batch-{start}")
 
 
-@pytest.mark.parametrize("units", [1, 4], ids=["one-unit", "split-over-4"])
 async def test_ten_thousand_visitors_online_within_five_percent_leave_after_the_window(
-    redis_url: str, database_url: str, units: int
+    redis_url: str, units: int, unit_settings: Settings
 ) -> None:
-    settings = make_settings(redis_url, database_url, shards=units)
     clock = FakeClock(local(2026, 5, 4, 10, 0, 0))
-    async with live_counts_at(settings, clock) as live:
+    async with live_counts_at(unit_settings, clock) as live:
         # A fixed salt makes the tokens, and so the estimate, the same on every run.
         redis = aioredis.Redis.from_url(redis_url)
         await redis.set(keys.salt_key("2026-05-04"), "ab" * 32)

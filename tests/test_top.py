@@ -20,16 +20,9 @@ import redis.asyncio as aioredis
 from services.config import Settings
 from services.db import top as db_top
 from services.flusher.worker import Flusher
-from tests.support.stack import (
-    ADMIN_TOKEN,
-    SITE,
-    FakeClock,
-    make_settings,
-    register_site,
-    running_api,
-)
+from tests.support import stack
+from tests.support.stack import ADMIN, SITE, FakeClock, make_settings, register_site, running_api
 
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 ORIGIN = "https://quan11.hochiminhcity.gov.vn"
 
 
@@ -410,10 +403,9 @@ async def test_the_ranking_reads_only_the_periods_days_on_a_year_of_data(
     of pages with unflushed views come through the primary key."""
     conn = await asyncpg.connect(database_url)
     try:
+        await conn.execute(stack.BIG_AND_OTHER_SITES_SQL)
         await conn.execute(
             """
-            INSERT INTO sites (site, timezone) VALUES ('big', 'Asia/Ho_Chi_Minh'), ('other', 'UTC');
-            INSERT INTO site_views (site) VALUES ('big'), ('other');
             INSERT INTO page_views (site, page, views)
                 SELECT s, '/bai-viet/' || i, 0 FROM generate_series(0, 19999) i,
                        unnest(ARRAY['big', 'other']) s;

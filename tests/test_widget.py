@@ -17,7 +17,7 @@ import pytest
 from services.api import badge, widget
 from services.cli.localservers import free_port
 from tests.support import svg
-from tests.support.stack import SITE, make_settings, register_site, running_api
+from tests.support.stack import SITE, api_with_site, make_settings, running_api
 
 
 async def hit(client: httpx.AsyncClient, page: str) -> None:
@@ -240,8 +240,7 @@ async def test_stream_count_is_bounded_and_a_disconnect_frees_the_slot(
     redis_url: str, database_url: str
 ) -> None:
     settings = make_settings(redis_url, database_url, stream_max_connections=1)
-    async with running_api(settings) as client:
-        await register_site(client)
+    async with api_with_site(settings) as client:
         await until_gauges(client, (0, 0))
         async with stream(client, page="a") as events:
             await events.next()

@@ -5,15 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from services.cli.localservers import free_port
 from tests.support import chaos
-from tests.support.stack import BROWSER_UA, SITE, make_settings, register_site
+from tests.support.stack import SITE, make_settings, register_site
 
 # The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
@@ -57,15 +55,8 @@ async def test_api_worker_killed_mid_request_loses_nothing_acknowledged(
     redis_url: str, database_url: str, tmp_path: Path
 ) -> None:
     settings = make_settings(redis_url, database_url, flush_interval=0.1)
-    port = free_port()
-    argv = [sys.executable, "-m", "services.cli", "api", "--workers", "2", "--port", str(port)]
-    with chaos.spawned(argv, chaos.process_env(settings), tmp_path / "api.log") as api:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}",
-            timeout=10,
-            headers={"user-agent": BROWSER_UA},
-            limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
-        ) as client:
+    with chaos.api_process(settings, tmp_path / "api.log", workers=2) as (api, port):
+        async with chaos.browser_client(port, timeout=10, connections=16, keepalive=16) as client:
 
             async def ready() -> bool:
                 try:
@@ -77,10 +68,8 @@ async def test_api_worker_killed_mid_request_loses_nothing_acknowledged(
             await chaos.until(ready, "the api and both workers")
             await register_site(client)
             load = chaos.Load(client, SITE, pages=20, seed=7)
-            with (
-                chaos.Sampler(database_url, [load]) as sampler,
-                chaos.flusher_process(settings, tmp_path / "flusher.log") as flusher,
-            ):
+            flusher_log = tmp_path / "flusher.log"
+            with chaos.sampled_with_flusher(settings, [load], flusher_log) as (sampler, flusher):
                 async with load.flowing(clients=8):
                     await load.more_acked(300)
                     before = workers_of(api.pid)

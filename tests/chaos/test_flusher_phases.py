@@ -12,7 +12,6 @@ import asyncio
 import signal
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
@@ -38,11 +37,7 @@ async def snapshot_keys(redis_url: str) -> set[str]:
 
 async def ledger(database_url: str) -> dict[str, list[str]]:
     """batch id -> its snapshot keys, for every committed batch."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch("SELECT batch_id, snapshot_keys FROM flush_batches")
-    finally:
-        await conn.close()
+    rows = await chaos.committed_batches(database_url)
     return {r["batch_id"]: list(r["snapshot_keys"]) for r in rows}
 
 

@@ -9,7 +9,6 @@ from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
@@ -37,11 +36,7 @@ async def lease_holders(redis_url: str, units: list[str]) -> dict[str, str]:
 
 async def batch_owners(database_url: str) -> dict[str, set[str]]:
     """unit -> owners of the batches committed for it (batch id: `<ms>-<owner>-<seq>`)."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch("SELECT batch_id, snapshot_keys FROM flush_batches")
-    finally:
-        await conn.close()
+    rows = await chaos.committed_batches(database_url)
     owners: dict[str, set[str]] = {}
     for row in rows:
         owner = row["batch_id"].split("-")[1]

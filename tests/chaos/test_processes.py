@@ -94,10 +94,8 @@ async def test_postgres_down_keeps_hits_flowing_and_totals_exact(
     async with running_api(settings) as client:
         await register_site(client)
         load = chaos.Load(client, SITE, pages=20, seed=2)
-        with (
-            chaos.Sampler(database_url, [load]) as sampler,
-            chaos.flusher_process(settings, tmp_path / "flusher.log") as flusher,
-        ):
+        flusher_log = tmp_path / "flusher.log"
+        with chaos.sampled_with_flusher(settings, [load], flusher_log) as (sampler, flusher):
             async with load.flowing(clients=4):
                 await chaos.wait_for_batches(database_url, 0)
                 # kill -9: committed work must survive; stop: a fast shutdown (SIGINT) that

@@ -12,7 +12,7 @@ import pytest
 
 from services.cli.localredis import RedisProcess
 from tests.support import chaos
-from tests.support.stack import SITE, make_settings, register_site, running_api
+from tests.support.stack import SITE, register_site, running_api
 
 # The slowest chaos test takes 15 s; each wait is bounded by harness.WAIT_S (30 s).
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
@@ -27,17 +27,15 @@ MIN_PAUSE_S = 3.5
 async def test_redis_paused_past_the_timeout_answers_503_and_counts_nothing_twice(
     own_redis: Callable[..., RedisProcess], database_url: str, tmp_path: Path
 ) -> None:
-    server = own_redis(appendfsync="always")
-    settings = make_settings(
-        server.url, database_url, flush_interval=0.1, redis_timeout=REDIS_TIMEOUT_S
-    )
+    server, settings = chaos.fsyncing_redis_settings(own_redis, database_url, REDIS_TIMEOUT_S)
     async with running_api(settings) as client:
         await register_site(client)
         load = chaos.Load(client, SITE, pages=20, seed=8)
         watcher = chaos.Load(client, SITE, pages=1, seed=9)  # sequential hits on a page of its own
-        with (
-            chaos.Sampler(database_url, [load, watcher]) as sampler,
-            chaos.flusher_process(settings, tmp_path / "flusher.log") as flusher,
+        flusher_log = tmp_path / "flusher.log"
+        with chaos.sampled_with_flusher(settings, [load, watcher], flusher_log) as (
+            sampler,
+            flusher,
         ):
             async with load.flowing(clients=4):
                 await load.more_acked(200)

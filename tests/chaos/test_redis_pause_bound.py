@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +16,9 @@ import httpx
 import pytest
 
 from services.cli.localredis import RedisProcess
-from services.cli.localservers import free_port
 from tests.support import chaos
 from tests.support.rawhttp import RawClient
-from tests.support.stack import BROWSER_UA, SITE, make_settings, register_site
+from tests.support.stack import BROWSER_UA, SITE, register_site
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 REDIS_TIMEOUT_S = 1.0
@@ -37,18 +35,10 @@ RECOVERY_S = REDIS_TIMEOUT_S + 0.5 + MARGIN_S
 async def test_redis_paused_under_500_concurrent_hits_answers_each_within_the_timeout(
     own_redis: Callable[..., RedisProcess], database_url: str, tmp_path: Path
 ) -> None:
-    server = own_redis(appendfsync="always")
-    settings = make_settings(
-        server.url, database_url, flush_interval=0.1, redis_timeout=REDIS_TIMEOUT_S
-    )
-    port = free_port()
-    argv = [sys.executable, "-m", "services.cli", "api", "--workers", "1", "--port", str(port)]
-    with chaos.spawned(argv, chaos.process_env(settings), tmp_path / "api.log") as api:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}",
-            timeout=30,
-            headers={"user-agent": BROWSER_UA},
-            limits=httpx.Limits(max_connections=CLIENTS + 10, max_keepalive_connections=CLIENTS),
+    server, settings = chaos.fsyncing_redis_settings(own_redis, database_url, REDIS_TIMEOUT_S)
+    with chaos.api_process(settings, tmp_path / "api.log", workers=1) as (api, port):
+        async with chaos.browser_client(
+            port, timeout=30, connections=CLIENTS + 10, keepalive=CLIENTS
         ) as client:
 
             async def ready() -> bool:
@@ -62,10 +52,8 @@ async def test_redis_paused_under_500_concurrent_hits_answers_each_within_the_ti
             # httpx would measure itself at this concurrency (see rawhttp.py).
             raw = RawClient("127.0.0.1", port, {"user-agent": BROWSER_UA})
             load = chaos.Load(raw, SITE, pages=20, seed=11)  # type: ignore[arg-type]
-            with (
-                chaos.Sampler(database_url, [load]) as sampler,
-                chaos.flusher_process(settings, tmp_path / "flusher.log") as flusher,
-            ):
+            flusher_log = tmp_path / "flusher.log"
+            with chaos.sampled_with_flusher(settings, [load], flusher_log) as (sampler, flusher):
                 async with load.flowing(clients=CLIENTS):
                     await load.more_acked(1000)
                     assert server.pid is not None

@@ -30,10 +30,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from services.cli.localredis import RedisProcess
 from services.cli.localservers import free_port
 from services.config import Settings
 from tests.support.checks import Totals, assert_consistent, totals
-from tests.support.stack import ADMIN_TOKEN
+from tests.support.stack import ADMIN_TOKEN, BROWSER_UA, make_settings
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT_FILE = REPO / "tests" / "artifacts" / "chaos.md"
@@ -89,9 +90,10 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def spawned(
-    argv: Sequence[str], env: Mapping[str, str], log: Path
+    argv: Sequence[str], env: Mapping[str, str], log: Path, *, grace_s: float | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process in its own process group; killed (group, -9) at the end if still up."""
+    """A child process in its own process group; killed (group, -9) at the end if still up,
+    or with `grace_s`, sent SIGTERM first and killed only if it is not gone that soon."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
             list(argv),
@@ -106,7 +108,12 @@ def spawned(
     finally:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                if grace_s is not None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(grace_s)
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
@@ -120,6 +127,41 @@ def flusher_process(
     module = crashing if crash_at else ["services.cli", "flusher"]
     with spawned([sys.executable, "-m", *module], process_env(settings, **extra), log) as proc:
         yield proc
+
+
+@contextmanager
+def api_process(
+    settings: Settings, log: Path, *, workers: int
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`viewcounter api --workers N` on a free port as its own process: (process, port)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "services.cli", "api", "--workers", str(workers)]
+    with spawned([*argv, "--port", str(port)], process_env(settings), log) as proc:
+        yield proc, port
+
+
+def browser_client(
+    port: int, *, timeout: float, connections: int, keepalive: int
+) -> httpx.AsyncClient:
+    """A client of the api on 127.0.0.1:`port` that counts as a browser."""
+    return httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}",
+        timeout=timeout,
+        headers={"user-agent": BROWSER_UA},
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=keepalive),
+    )
+
+
+def fsyncing_redis_settings(
+    own_redis: Callable[..., RedisProcess], database_url: str, redis_timeout_s: float
+) -> tuple[RedisProcess, Settings]:
+    """A Redis of the test's own that fsyncs every write (appendfsync always), and settings
+    on it with that Redis timeout and a flush every 0.1 s."""
+    server = own_redis(appendfsync="always")
+    settings = make_settings(
+        server.url, database_url, flush_interval=0.1, redis_timeout=redis_timeout_s
+    )
+    return server, settings
 
 
 async def stop_gracefully(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
@@ -228,6 +270,15 @@ async def ledger_count(database_url: str) -> int:
         await conn.close()
 
 
+async def committed_batches(database_url: str) -> list[asyncpg.Record]:
+    """(batch_id, snapshot_keys) of every batch in the flush ledger."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetch("SELECT batch_id, snapshot_keys FROM flush_batches")
+    finally:
+        await conn.close()
+
+
 async def wait_for_batches(database_url: str, above: int, timeout_s: float = WAIT_S) -> int:
     """Poll until more than `above` batches are committed; the new count."""
     seen = above
@@ -295,6 +346,18 @@ class Sampler:
         self._stop.set()
         if self._task is not None:
             await self._task
+
+
+@contextmanager
+def sampled_with_flusher(
+    settings: Settings, loads: Sequence[Load], log: Path
+) -> Iterator[tuple[Sampler, subprocess.Popen[bytes]]]:
+    """A Sampler of `loads` and a `viewcounter flusher` process, both for the whole block."""
+    with (
+        Sampler(settings.database_url, loads) as sampler,
+        flusher_process(settings, log) as flusher,
+    ):
+        yield sampler, flusher
 
 
 @dataclass

@@ -49,6 +49,22 @@ async def totals(database_url: str, site: str) -> Totals:
     return Totals(site_views or 0, pages, daily, site_daily, batches)
 
 
+async def fetch(database_url: str, query: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+async def fetchval(database_url: str, query: str, *args: object) -> object:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
 def assert_consistent(t: Totals) -> None:
     """Site total == sum of page totals == sum of daily buckets, in one committed state."""
     assert t.site_views == sum(t.pages.values())

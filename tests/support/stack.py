@@ -33,9 +33,15 @@ from services.db import sites as db_sites
 from services.flusher.worker import Flusher
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}  # the admin API's headers
 TEMPLATE_DB = "vc_template"
 SITE = "quan11"
 SITE_TZ = "Asia/Ho_Chi_Minh"
+# The two sites of the query-plan tests' year of data: 'big', and another beside it.
+BIG_AND_OTHER_SITES_SQL = """
+    INSERT INTO sites (site, timezone) VALUES ('big', 'Asia/Ho_Chi_Minh'), ('other', 'UTC');
+    INSERT INTO site_views (site) VALUES ('big'), ('other');
+"""
 # httpx's own agent is on the crawler list: tests browse as a browser unless they say so.
 BROWSER_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -156,6 +162,14 @@ async def register_site(client: httpx.AsyncClient, site: str = SITE, tz: str = S
         headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
     )
     assert response.status_code in (200, 201), response.text
+
+
+@asynccontextmanager
+async def api_with_site(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """running_api(settings) with SITE registered (in SITE_TZ) first."""
+    async with running_api(settings) as client:
+        await register_site(client)
+        yield client
 
 
 def flusher_on(

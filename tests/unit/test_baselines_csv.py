@@ -9,25 +9,12 @@ import pytest
 
 from services.counter import ids
 from services.counting import baselines
+from tests.support.csvbodies import MALFORMED_HEAD, MALFORMED_HEAD_REJECTED, MALFORMED_TAIL
 
 pytestmark = pytest.mark.unit
 
-MALFORMED = (
-    b"\xef\xbb\xbfPage,Views\r\n"  # a BOM and another case: still the header
-    b"/a,10\r\n"
-    b"/b,abc\r\n"  # 3
-    b"/c,-5\r\n"  # 4
-    b"/d,1,2\r\n"  # 5
-    b",7\r\n"  # 6
-    b"/e\x07,8\r\n"  # 7
-    b'"/f,9\r\n'  # 8: an unclosed quote
-    b"/g\xff,4\r\n"  # 9: not UTF-8
-    b"\r\n"  # 10: blank, skipped
-    b'"/h, with comma",11\r\n'
-    b"/i,99999999999999999999\r\n"  # 12
-    b"/j," + b"x" * 9000 + b"\r\n"  # 13: too long
-    b"/k,3"  # no final newline
-)
+# Line 12 is the too-large count, 13 the too-long line.
+MALFORMED = MALFORMED_HEAD + MALFORMED_TAIL
 
 
 async def _chunks(body: bytes, size: int) -> AsyncIterator[bytes]:
@@ -50,13 +37,7 @@ async def test_bad_rows_are_rejected_with_their_line_and_field_and_the_rest_take
     rows, rejected, read = await parse(MALFORMED)
     assert rows == [(2, "/a", 10), (11, "/h, with comma", 11), (14, "/k", 3)]
     assert rejected == [
-        (3, "views"),
-        (4, "views"),
-        (5, "line"),
-        (6, "page"),
-        (7, "page"),
-        (8, "line"),
-        (9, "line"),
+        *MALFORMED_HEAD_REJECTED,
         (12, "views"),
         (13, "line"),
     ]
