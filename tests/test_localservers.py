@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +116,18 @@ def test_postgres_without_fsync_applies_speed_settings(tmp_path: Path) -> None:
             " WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes')"
         )
     assert settings.strip() == "fsync=off,full_page_writes=off,synchronous_commit=off"
+
+
+def test_a_cluster_node_whose_bus_port_was_taken_starts_on_another(tmp_path: Path) -> None:
+    node = localredis.RedisProcess(tmp_path / "node", cluster=True)
+    taken = node.cluster_port
+    with socket.socket() as blocker:  # as an outgoing connection may take a "free" port
+        blocker.bind(("127.0.0.1", taken))
+        blocker.listen()
+        with node:
+            assert node.cluster_port != taken
+            assert _client(node).ping()
+    # A restart keeps the port the other nodes know.
+    moved = node.cluster_port
+    with node:
+        assert node.cluster_port == moved

@@ -42,6 +42,9 @@ def redis_server_binary() -> str:
     )
 
 
+CLUSTER_PORT_TRIES = 3
+
+
 class RedisProcess(ServerProcess):
     """A valkey/redis-server on 127.0.0.1 keeping its AOF under data_dir."""
 
@@ -67,6 +70,24 @@ class RedisProcess(ServerProcess):
         # The cluster bus port defaults to port + 10000, which a free port may not allow.
         self.cluster_port = free_port() if cluster else 0
         self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Spawn the server and block until it answers. A cluster node's first start takes
+        another bus port when its own was taken meanwhile (a free port is only free until
+        something, even an outgoing connection, binds it); a restart keeps its port, which
+        the other nodes know from nodes.conf."""
+        nodes_conf = self.data_dir / "nodes.conf"
+        first_start = self.cluster and not nodes_conf.exists()
+        for attempt in range(CLUSTER_PORT_TRIES):
+            try:
+                super().start(timeout)
+                return
+            except RuntimeError as exc:
+                taken = f"Failed listening on port {self.cluster_port} (cluster)" in str(exc)
+                if not (first_start and taken) or attempt == CLUSTER_PORT_TRIES - 1:
+                    raise
+                nodes_conf.unlink(missing_ok=True)  # written with the port it could not take
+                self.cluster_port = free_port()
 
     def _prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
