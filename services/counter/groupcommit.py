@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from redis.asyncio.cluster import RedisCluster
+
 from services.counter import calls, client, scripts
 from services.counter.client import Client
 from services.counter.errors import CounterUnavailable
@@ -92,6 +94,7 @@ class GroupCommit(Generic[Q, A]):
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._unreachable = False
+        self._cluster = isinstance(redis, RedisCluster)
         self._probing = False  # a probe is queued or out
         self._next_probe = 0.0
 
@@ -208,7 +211,9 @@ class GroupCommit(Generic[Q, A]):
         except client.CLIENT_ERRORS as exc:
             for chunk in chunks:
                 _fail(chunk, client.unavailable(exc))
-            if isinstance(exc, client.UNREACHABLE_ERRORS):
+            # A Cluster node that is down fails only its own units' calls (one call alone is
+            # sent without a pipeline, so its error arrives here): no fail-fast for the rest.
+            if isinstance(exc, client.UNREACHABLE_ERRORS) and not self._cluster:
                 self._reached(False)
             return [None] * len(chunks)
         # Reached (a Cluster's node that failed fails only its own sites' calls: no fail-fast)
