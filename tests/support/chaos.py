@@ -90,14 +90,20 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def spawned(
-    argv: Sequence[str], env: Mapping[str, str], log: Path, *, grace_s: float | None = None
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    log: Path,
+    *,
+    grace_s: float | None = None,
+    cwd: Path = REPO,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process in its own process group; killed (group, -9) at the end if still up,
-    or with `grace_s`, sent SIGTERM first and killed only if it is not gone that soon."""
+    """A child process (in `cwd`) in its own process group; killed (group, -9) at the end if
+    still up, or with `grace_s`, sent SIGTERM first and killed only if it is not gone that
+    soon."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
             list(argv),
-            cwd=REPO,
+            cwd=cwd,
             env=dict(env),
             stdout=out,
             stderr=subprocess.STDOUT,
