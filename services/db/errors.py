@@ -8,12 +8,15 @@ class DatabaseUnavailable(Exception):
 
 
 class ConnectionLost(DatabaseUnavailable):
-    """The server closed the connection mid-transaction; nothing of it was committed."""
+    """The server closed the connection under the work (by default: mid-transaction, and
+    nothing of it was committed)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, during: str = "mid-transaction", outcome: str = "nothing of it was committed"
+    ) -> None:
         super().__init__(
-            "ConnectionLost: Postgres closed the connection mid-transaction (server stopped, "
-            "restarted or ended the session); nothing of it was committed"
+            f"ConnectionLost: Postgres closed the connection {during} (server stopped, "
+            f"restarted or ended the session); {outcome}"
         )
 
 

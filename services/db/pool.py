@@ -70,9 +70,26 @@ async def translated() -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def connection(pool: Pool, *, timeout_s: float | None = None) -> AsyncIterator[Conn]:
-    """A connection of `pool` for one unit of work; driver errors become DatabaseUnavailable."""
-    async with translated(), pool.acquire(timeout=timeout_s) as conn:
-        yield conn
+    """A connection of `pool` for one unit of work; driver errors become DatabaseUnavailable.
+
+    As in `transaction`, a server that closed the connection under the work is named as such
+    (ConnectionLost), not by asyncpg's "released back to the pool" for the next call, and a
+    release that fails after it is only logged.
+    """
+    # Spelled out rather than `async with pool.acquire()`, for the reason `_transaction` gives.
+    async with translated():
+        conn = await pool.acquire(timeout=timeout_s)
+        try:
+            yield conn
+        except _CLIENT_STATE_ERRORS as exc:
+            if await _closes_soon(conn):
+                raise ConnectionLost(
+                    "under a statement or between two",
+                    "a statement sent then may or may not have run",
+                ) from exc
+            raise
+        finally:
+            await _secondary("release", sys.exc_info()[1], pool.release(conn))
 
 
 @asynccontextmanager
@@ -149,7 +166,7 @@ async def _secondary(what: str, cause: BaseException | None, cleanup: Awaitable[
         await cleanup
     except Exception as exc:
         log.warning(
-            "%s after a failed transaction failed too: %s: %s",
+            "%s of a connection after its work failed too: %s: %s",
             what,
             type(exc).__name__,
             exc,
