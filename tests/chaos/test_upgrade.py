@@ -24,12 +24,12 @@ from services.cli.localpostgres import PostgresProcess
 from services.cli.localservers import free_port
 from services.config import Settings
 from tests.support import chaos, release, stack
+from tests.support.livecounts import Watcher
 from tests.support.stack import SITE
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 PAGES = 20
 WATCHED = [f"page-{i}" for i in range(5)]  # the pages whose live counts are polled
-POLL_S = 0.05
 _databases = iter(range(1_000_000))
 
 
@@ -68,36 +68,6 @@ def migrate(python: Path, cwd: Path, settings: Settings) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
-
-
-class Watcher:
-    """Polls the live counts of WATCHED pages through whichever api the clients use now, one
-    request after the other, and keeps every answer in order."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
-        self.seen: list[tuple[int, ...]] = []
-        self.failed = 0
-        self.stop = asyncio.Event()
-
-    async def run(self) -> None:
-        query = "&".join(f"page={p}" for p in WATCHED)
-        while not self.stop.is_set():
-            try:
-                response = await self.client.get(f"/v1/sites/{SITE}/counts?{query}")
-            except httpx.HTTPError:
-                response = None
-            if response is not None and response.status_code == 200:
-                body = response.json()
-                self.seen.append((body["site_views"], *(body["pages"][p] for p in WATCHED)))
-            else:
-                self.failed += 1  # the api being replaced
-            await asyncio.sleep(POLL_S)
-
-    def backwards(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-        """Consecutive answers where any count went down."""
-        pairs = zip(self.seen, self.seen[1:], strict=False)
-        return [(a, b) for a, b in pairs if any(y < x for x, y in zip(a, b, strict=True))]
 
 
 async def pending_keys(redis_url: str) -> int:
@@ -144,10 +114,10 @@ async def test_upgrade_under_load_moves_every_acknowledged_hit_once(
             await chaos.until(lambda: ready(probe, old_port), "the previous release's api")
             await stack.register_site(client)
             load = chaos.Load(client, SITE, pages=PAGES, seed=41)
-            watcher = Watcher(client)
+            watcher = Watcher(client, SITE, WATCHED)
             with chaos.Sampler(database_url, [load]) as sampler:
                 async with load.flowing(clients=6):
-                    watching = asyncio.create_task(watcher.run())
+                    watcher.start()
                     await load.more_acked(300)
                     await chaos.wait_for_batches(database_url, 0)  # the old flusher at work
                     # The new release's migrations, while hits arrive at the old api.
@@ -174,8 +144,7 @@ async def test_upgrade_under_load_moves_every_acknowledged_hit_once(
                         with chaos.flusher_process(settings, tmp_path / "new-flusher.log") as new:
                             await load.more_acked(300)
                             await load.halt()
-                            watcher.stop.set()
-                            await watching
+                            await watcher.finish()
                             assert await chaos.stop_gracefully(new) == 0
                         new_api_exit = await chaos.stop_gracefully(new_api, 40)
     result = await chaos.final_report(
