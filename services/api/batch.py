@@ -123,6 +123,20 @@ async def post_batch(request: Request) -> Response:
     raw = await _read_capped(request)
     views = parse_views(raw)
     key = request.headers.get("idempotency-key")
+    # One wait for Redis for the whole request (its calls one after the other), as a hit has.
+    with live.redis_deadline():
+        replayed, outcomes = await _count(live, site, views, raw, key)
+    tally = {outcome.value: 0 for outcome in Outcome}
+    for outcome in outcomes:
+        tally[outcome.value] += 1
+    body = {"site": site, "hits": len(views), "outcomes": tally, "replayed": replayed}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+async def _count(
+    live: LiveCounts, site: str, views: list[View], raw: bytes, key: str | None
+) -> tuple[bool, list[Outcome]]:
+    """Whether the batch was sent before (same Idempotency-Key and body), and its outcomes."""
     replayed = False
     if key is None:
         token = secrets.token_hex(16)  # still idempotent for our own retry after a reload
@@ -145,12 +159,7 @@ async def post_batch(request: Request) -> Response:
                 "idempotency-key",
             )
         replayed = first is not None
-    outcomes = await live.hit_batch(site, views, token)
-    tally = {outcome.value: 0 for outcome in Outcome}
-    for outcome in outcomes:
-        tally[outcome.value] += 1
-    body = {"site": site, "hits": len(views), "outcomes": tally, "replayed": replayed}
-    return Response(orjson.dumps(body), media_type="application/json")
+    return replayed, await live.hit_batch(site, views, token)
 
 
 routes: list[BaseRoute] = [Route("/v1/sites/{site}/hits/batch", post_batch, methods=["POST"])]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import hiredis
 from redis import exceptions as redis_errors
@@ -17,6 +20,7 @@ from redis.backoff import NoBackoff
 from services.counter.errors import CounterUnavailable
 
 Client = Redis | RedisCluster
+T = TypeVar("T")
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 HEALTH_CHECK_INTERVAL_S = 30
 _REDIS_OPTIONS = frozenset(inspect.signature(Redis.__init__).parameters)
@@ -128,6 +132,61 @@ def raise_failed(results: list[Any]) -> list[Any]:
         if isinstance(result, Exception):
             raise unavailable(result)
     return results
+
+
+# When the Redis calls of the request in hand must all be answered (loop time), if it says.
+_deadline: ContextVar[float | None] = ContextVar("viewcounter_redis_deadline", default=None)
+
+
+@contextmanager
+def deadline(timeout_s: float) -> Iterator[None]:
+    """Inside the block, every bounded call (`bounded`) is answered by `timeout_s` from now,
+    however many come one after the other: a request that makes several calls waits for
+    Redis no longer than one that makes one."""
+    token = _deadline.set(asyncio.get_running_loop().time() + timeout_s)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+async def bounded(timeout_s: float | None, work: Awaitable[T]) -> T:
+    """`work`'s result, or TimeoutError (one of CLIENT_ERRORS: Redis did not answer in time)
+    when it is not done `timeout_s` from now (the wait for a pooled connection included) or by
+    the enclosing `deadline`, whichever comes first; None: no bound.
+
+    On time, the work is cancelled and left to end by itself: redis-py may take up to its own
+    socket timeout more to give up a connection it is opening (a cancellation does not always
+    cut it short), and the caller is answered now, not then."""
+    if timeout_s is None:
+        return await work
+    loop = asyncio.get_running_loop()
+    when = loop.time() + timeout_s
+    limit = _deadline.get()
+    if limit is not None:
+        when = min(when, limit)
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, when - loop.time()))
+    except BaseException:  # the caller was cancelled: so is its work
+        task.cancel()
+        raise
+    if done:
+        return task.result()
+    task.cancel()
+    _abandoned.add(task)
+    task.add_done_callback(_forget)
+    raise TimeoutError("Redis did not answer in time")
+
+
+# Calls given up on time that have not ended yet (held so they are not garbage collected).
+_abandoned: set[asyncio.Future[Any]] = set()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: its failure was answered already (as a timeout)
 
 
 class NodeClients:

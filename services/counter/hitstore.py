@@ -7,7 +7,8 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import cast
+from contextlib import AbstractContextManager
+from typing import Any, cast
 
 from services.counter import calls, client, keys, scripts
 from services.counter.client import Client
@@ -45,9 +46,17 @@ class HitStore:
         self._units = units
         self._count = units.count
         self._online_window_s = online_window_s
+        # Each call below is answered within this (or the enclosing deadline), the wait for a
+        # pooled connection included (the socket timeout alone lets a call take twice as long).
+        self._timeout_s = timeout_s
         self._hits = HitBatcher(redis, units.count, timeout_s, online_window_s, clock)
         self._counts = CountsBatcher(redis, timeout_s, clock)
         self.stats = StatsStore(redis, units, online_window_s, timeout_s, clock)
+
+    def deadline(self) -> AbstractContextManager[None]:
+        """Inside the block, this store's calls are all answered within the timeout from now
+        (or fail with CounterUnavailable): a request's whole wait for Redis."""
+        return client.deadline(self._timeout_s)
 
     async def close(self) -> None:
         """Finish the calls in flight."""
@@ -97,7 +106,8 @@ class HitStore:
                 )
                 positions.append(chunk)
         answers: dict[int, HitResult] = {}
-        for chunk, answer in zip(positions, await scripts.run(self._redis, call_list), strict=True):
+        answered = await scripts.run(self._redis, call_list, self._timeout_s)
+        for chunk, answer in zip(positions, answered, strict=True):
             results = hit_results(answer)
             if results is None:
                 return None  # the calls that ran answer the same when sent again
@@ -144,8 +154,11 @@ class HitStore:
     async def site_config(self, site: str) -> SiteConfig | None:
         """The settings the site was loaded with, or None when it is not loaded."""
         with client.translated():
-            gen, tz, cfg = await self._redis.hmget(
-                keys.site_key(site), [keys.SITE_GEN, keys.SITE_TZ, keys.SITE_CONFIG]
+            gen, tz, cfg = await client.bounded(
+                self._timeout_s,
+                self._redis.hmget(
+                    keys.site_key(site), [keys.SITE_GEN, keys.SITE_TZ, keys.SITE_CONFIG]
+                ),
             )
         if gen is None or tz is None:
             return None
@@ -166,7 +179,7 @@ class HitStore:
             )
             for unit, unit_pages in groups.items()
         ]
-        return all(await scripts.run(self._redis, call_list))
+        return all(await scripts.run(self._redis, call_list, self._timeout_s))
 
     async def load(
         self,
@@ -238,21 +251,18 @@ class HitStore:
     async def daily_salt(self, day: str) -> bytes:
         """The shared random salt of `day` for visitor hashes (created by the first asker)."""
         key = keys.salt_key(day)
-        with client.translated():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(key, secrets.token_hex(32), nx=True, ex=SALT_TTL_S)
-                pipe.get(key)
-                _, salt = await pipe.execute()
+        _, salt = await self._pipeline(
+            lambda pipe: pipe.set(key, secrets.token_hex(32), nx=True, ex=SALT_TTL_S).get(key)
+        )
         return bytes.fromhex(salt)
 
     async def count_admin_request(self, token: str, minute: int) -> int:
         """Count one admin request of a client in a clock minute; the count so far."""
         key = keys.admin_rate_key(token, minute)
-        with client.translated():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(key, 0, nx=True, ex=ADMIN_RATE_TTL_S)  # the expiry exists before any count
-                pipe.incr(key)
-                _, count = await pipe.execute()
+        # The expiry exists before any count.
+        _, count = await self._pipeline(
+            lambda pipe: pipe.set(key, 0, nx=True, ex=ADMIN_RATE_TTL_S).incr(key)
+        )
         return int(count)
 
     async def claim_idempotency(
@@ -260,9 +270,19 @@ class HitStore:
     ) -> str | None:
         """SET-if-absent the body hash of an idempotent batch; the earlier hash, or None."""
         key = keys.idempotency_key(site, f"{token}:body")
-        with client.translated():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(key, body_hash, nx=True, ex=keep_s)
-                pipe.get(key)
-                created, stored = await pipe.execute()
+        created, stored = await self._pipeline(
+            lambda pipe: pipe.set(key, body_hash, nx=True, ex=keep_s).get(key)
+        )
         return None if created else cast(str, stored)
+
+    async def _pipeline(self, commands: Callable[[Any], object]) -> list[Any]:
+        """The answers of the `commands` put on one pipeline (no transaction), within the
+        timeout (client.bounded); CounterUnavailable when it failed."""
+
+        async def send() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                commands(pipe)
+                return await pipe.execute()
+
+        with client.translated():
+            return await client.bounded(self._timeout_s, send())

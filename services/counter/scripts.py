@@ -151,12 +151,14 @@ async def run_scripts(
     return results, fsynced
 
 
-async def run(redis: Client, calls: Sequence[Call]) -> list[Any]:
-    """The answers of `calls`, in order; CounterUnavailable when any of them failed."""
+async def run(redis: Client, calls: Sequence[Call], timeout_s: float | None = None) -> list[Any]:
+    """The answers of `calls`, in order; CounterUnavailable when any of them failed, or (with
+    `timeout_s`) when they were not all answered that soon or by the enclosing
+    `client.deadline` (the calls' outcome is unknown then: a call sent may still run)."""
     if not calls:
         return []
     with client.translated():
-        results, _ = await run_scripts(redis, calls)
+        results, _ = await client.bounded(timeout_s, run_scripts(redis, calls))
     return client.raise_failed(results)
 
 

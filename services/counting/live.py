@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -111,9 +112,7 @@ class LiveCounts:
         where the site learns titles, from a counted or duplicate hit; ignored elsewhere."""
         if bots.is_bot(user_agent):
             return self._uncounted(Outcome.BOT, await self.counts(site, [page]), page)
-        request = await self._request(
-            site, page, visitor, ip, user_agent, self._rate_limit, title
-        )
+        request = await self._request(site, page, visitor, ip, user_agent, self._rate_limit, title)
         if request is None:
             return self._uncounted(Outcome.UNKNOWN_PAGE, await self.counts(site, [page]), page)
         result = await self._store.hit(request)
@@ -129,10 +128,17 @@ class LiveCounts:
         """Load the site from Postgres, then `attempt` (a call the scripts refused, the site
         not being loaded) once more; CounterUnavailable when it is refused again."""
         await self.ensure_loaded(site)
-        result = await attempt()
+        with self._store.deadline():  # the load may take long: a fresh wait for Redis after it
+            result = await attempt()
         if result is None:
             raise CounterUnavailable("site totals could not be loaded")
         return result
+
+    def redis_deadline(self) -> AbstractContextManager[None]:
+        """Inside the block, the request's Redis calls are all answered within
+        VIEWCOUNTER_REDIS_TIMEOUT from now, or CounterUnavailable (a site load from Postgres
+        excepted: the wait starts again after it)."""
+        return self._store.deadline()
 
     async def claim_idempotency(
         self, site: str, token: str, body_hash: str, keep_s: int

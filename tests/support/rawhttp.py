@@ -27,7 +27,8 @@ class Answer:
 
 
 class RawClient:
-    """POSTs JSON to one host and port, a connection per request in flight (kept alive)."""
+    """POSTs JSON to (or GETs from) one host and port, a connection per request in flight (kept
+    alive)."""
 
     def __init__(self, host: str, port: int, headers: dict[str, str]) -> None:
         self._host = host
@@ -36,20 +37,36 @@ class RawClient:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._all: list[asyncio.StreamWriter] = []
 
-    async def post(self, path: str, json: Any) -> Answer:  # noqa: A002 (httpx's name)
+    async def post(
+        self,
+        path: str,
+        json: Any,  # noqa: A002 (httpx's name)
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
         """Send one POST and read its answer; OSError (or IncompleteReadError) when the
         connection failed."""
-        body = _dumps(json)
+        return await self._send("POST", path, _dumps(json), headers)
+
+    async def get(self, path: str, headers: dict[str, str] | None = None) -> Answer:
+        """Send one GET (`path` with its query string) and read its answer, as `post`."""
+        return await self._send("GET", path, None, headers)
+
+    async def _send(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str] | None
+    ) -> Answer:
         if self._idle:
             reader, writer = self._idle.pop()
         else:
             reader, writer = await asyncio.open_connection(self._host, self._port)
             self._all.append(writer)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        if body is not None:
+            extra += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
         head = (
-            f"POST {path} HTTP/1.1\r\nhost: {self._host}:{self._port}\r\n{self._headers}"
-            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+            f"{method} {path} HTTP/1.1\r\nhost: {self._host}:{self._port}\r\n{self._headers}"
+            f"{extra}\r\n"
         )
-        writer.write(head.encode() + body)
+        writer.write(head.encode() + (body or b""))
         status_line = await reader.readuntil(b"\r\n")
         length = 0
         keep = True
