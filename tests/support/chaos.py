@@ -134,12 +134,13 @@ def flusher_process(
 
 @contextmanager
 def api_process(
-    settings: Settings, log: Path, *, workers: int
+    settings: Settings, log: Path, *, workers: int, **extra: str
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`viewcounter api --workers N` on a free port as its own process: (process, port)."""
+    """`viewcounter api --workers N` on a free port as its own process (its environment
+    also has `extra`): (process, port)."""
     port = free_port()
     argv = [sys.executable, "-m", "services.cli", "api", "--workers", str(workers)]
-    with spawned([*argv, "--port", str(port)], process_env(settings), log) as proc:
+    with spawned([*argv, "--port", str(port)], process_env(settings, **extra), log) as proc:
         yield proc, port
 
 
