@@ -12,15 +12,21 @@ up exactly once when space returns. Needs root (mount); fails under CI without i
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import pwd
+import shutil
+import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
 from services.cli.localpostgres import PostgresProcess
 from services.cli.localredis import RedisProcess
-from services.cli.localservers import free_port
+from services.cli.localservers import PG_SYSTEM_USER, free_port
 from tests.support import chaos, disks
 from tests.support.stack import (
     SITE,
@@ -36,6 +42,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 REDIS_FS = "16m"
 # initdb (~40 MB), the template and the test's database, WAL segments of 16 MB.
 POSTGRES_FS = "200m"
+# pg_wal alone: its segments (16 MB each) as initdb and the migrations leave them, and room.
+WAL_FS = "128m"
+WAL_SWITCHES_MAX = 50
 PERSISTENCE_FAILED = "redis_persistence_failed"
 REFUSED_TO_SEE = 50  # refused hits seen before the checks made while the disk is full
 
@@ -115,13 +124,52 @@ async def test_redis_aof_disk_full_refuses_hits_until_freed_then_counts_exactly(
     assert result.in_postgres == result.acknowledged
 
 
+@contextlib.contextmanager
+def _postgres_on_small_fs(where: str, tmp_path: Path) -> Iterator[tuple[PostgresProcess, Path]]:
+    """A Postgres whose data directory ("data") or only its WAL ("wal", pg_wal a symlink, as
+    `initdb --waldir` makes it) lives on a small tmpfs: (server, that filesystem). Not
+    started; fsync on: a PANIC must not lose a commit the flusher saw (it then deletes its
+    snapshot)."""
+    fs = tmp_path / f"pg-{where}-fs"
+    if where == "data":
+        with disks.small_tmpfs(fs, POSTGRES_FS):
+            yield PostgresProcess(fs / "pgdata", fsync=True, log_file=tmp_path / "pg.log"), fs
+        return
+    data_dir = tmp_path / "pgdata"
+    server = PostgresProcess(data_dir, fsync=True, log_file=tmp_path / "pg.log")
+    server.start()  # initdb
+    server.stop()
+    owner = pwd.getpwnam(PG_SYSTEM_USER)
+    with disks.small_tmpfs(fs, WAL_FS, uid=owner.pw_uid, gid=owner.pw_gid):
+        wal = data_dir / "pg_wal"
+        subprocess.run(["cp", "-a", f"{wal}/.", str(fs)], check=True)
+        shutil.rmtree(wal)
+        wal.symlink_to(fs)
+        yield server, fs
+
+
+async def _switch_wal_until_panic(server: PostgresProcess, database_url: str) -> int:
+    """Ask for new WAL segments (pg_switch_wal) until Postgres PANICs for want of space to
+    create one (or it is down); the switches asked for."""
+    for switches in range(1, WAL_SWITCHES_MAX + 1):
+        if "PANIC:" in server.log_file.read_text(errors="replace") or server.pid is None:
+            return switches - 1
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn = await asyncpg.connect(database_url, timeout=2)
+            try:
+                await conn.execute("SELECT pg_switch_wal()")
+            finally:
+                await conn.close(timeout=2)
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no PANIC after {WAL_SWITCHES_MAX} WAL switches on a full pg_wal")
+
+
+@pytest.mark.parametrize("where", ["data", "wal"])
 async def test_postgres_disk_full_flusher_backs_off_keeps_its_snapshot_and_catches_up(
-    redis_url: str, tmp_path: Path
+    where: str, redis_url: str, tmp_path: Path
 ) -> None:
     disks.require_root("a full disk under Postgres")
-    with disks.small_tmpfs(tmp_path / "pg-fs", POSTGRES_FS) as pg_fs:
-        # fsync on: a PANIC must not lose a commit the flusher saw (it then deletes its snapshot).
-        server = PostgresProcess(pg_fs / "pgdata", fsync=True, log_file=tmp_path / "pg.log")
+    with _postgres_on_small_fs(where, tmp_path) as (server, pg_fs):
         server.start()
         try:
             await create_migrated_template(server)
@@ -137,15 +185,12 @@ async def test_postgres_disk_full_flusher_backs_off_keeps_its_snapshot_and_catch
                 await register_site(client)
                 load = chaos.Load(client, SITE, pages=20, seed=22)
                 api_ready: Counter[str] = Counter()  # "<code> <status>" of each api /readyz
-                flusher_ready: Counter[int] = Counter()
 
                 async def flusher_unready() -> bool:
                     try:
-                        answer = await flusher_client.get("/readyz")
+                        return (await flusher_client.get("/readyz")).status_code == 503
                     except httpx.HTTPError:
                         return False
-                    flusher_ready[answer.status_code] += 1
-                    return answer.status_code == 503
 
                 async def watch_api() -> None:
                     while True:
@@ -165,6 +210,9 @@ async def test_postgres_disk_full_flusher_backs_off_keeps_its_snapshot_and_catch
                         await chaos.wait_for_batches(database_url, 0)
                         watching = asyncio.create_task(watch_api())
                         filler = await asyncio.to_thread(disks.fill, pg_fs)
+                        switches = 0
+                        if where == "wal":
+                            switches = await _switch_wal_until_panic(server, database_url)
                         await chaos.until(
                             flusher_unready, "the flusher to report its passes failing"
                         )
@@ -182,19 +230,25 @@ async def test_postgres_disk_full_flusher_backs_off_keeps_its_snapshot_and_catch
                         watching.cancel()
                     assert await chaos.stop_gracefully(flusher) == 0
             panics = server.log_file.read_text(errors="replace").count("PANIC:")
+            size = POSTGRES_FS if where == "data" else WAL_FS
             result = await chaos.final_report(
-                "Postgres data disk full (tmpfs 200m), then freed", database_url, [load], sampler,
+                f"Postgres {'data directory' if where == 'data' else 'pg_wal'} disk full "
+                f"(tmpfs {size}), then freed", database_url, [load], sampler,
                 notes=(
-                    f"{during} hits acknowledged while full; Postgres "
-                    f"{'went down and was restarted' if went_down else 'stayed up'}, "
-                    f"{panics} PANIC in its log; "
-                    f"api /readyz {dict(api_ready)}; flusher unready until space returned"
+                    f"{during} hits acknowledged while full; "
+                    + (f"{switches} WAL switches asked; " if where == "wal" else "")
+                    + f"postmaster {'exited and was restarted' if went_down else 'kept running'}, "
+                    f"{panics} PANIC in its log; api /readyz seen {dict(api_ready)}; "
+                    "flusher unready until space returned"
                 ),
             )  # fmt: skip
         finally:
             server.kill()
     assert load.unknown_total == 0
+    # The api stays ready: hits need Redis only ("degraded" while Postgres is down).
     assert api_ready and all(seen.startswith("200 ") for seen in api_ready), api_ready
+    if where == "wal":
+        assert panics > 0
     result.assert_exact()
 
 
