@@ -33,7 +33,14 @@ def small_tmpfs(path: Path, size: str, *, uid: int = 0, gid: int = 0) -> Iterato
     owned by uid:gid with mode 0700; unmounted at the end."""
     path.mkdir(parents=True)
     options = f"size={size},mode=0700,uid={uid},gid={gid}"
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.fail(f"mount -t tmpfs -o {options} {path} failed: {mounted.stderr.strip()}")
     try:
         yield path
     finally:
