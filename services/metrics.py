@@ -37,7 +37,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prom_multiprocess
 
 from services.counter.errors import CounterUnavailable
-from services.counter.outcomes import RedisMemory
+from services.counter.outcomes import RedisMemory, RedisPersistence
 from services.db import errors as db_errors
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -86,6 +86,12 @@ REDIS_MAX = Gauge(
     "Redis' maxmemory bound; 0 when none is set",
     multiprocess_mode="livemostrecent",
 )
+REDIS_PERSISTENCE_OK = Gauge(
+    "viewcounter_redis_persistence_ok",
+    "1 while Redis can write its append-only file (and RDB saves succeed); 0 while it refuses "
+    "every write (MISCONF: a full or read-only disk), as of the last scrape or readiness probe",
+    multiprocess_mode="livemostrecent",
+)
 OPEN_STREAMS = Gauge(
     "viewcounter_streams_open",
     "Server-Sent Events streams open now",
@@ -129,6 +135,11 @@ def set_redis_memory(memory: RedisMemory) -> None:
     """Publish Redis' memory use and bound."""
     REDIS_USED.set(memory.used_bytes)
     REDIS_MAX.set(memory.max_bytes)
+
+
+def set_redis_persistence(persistence: RedisPersistence) -> None:
+    """Publish whether Redis can persist (and so accepts) writes."""
+    REDIS_PERSISTENCE_OK.set(1 if persistence.writes_accepted else 0)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -469,6 +469,7 @@ async def test_api_is_unready_when_redis_may_evict_or_holds_another_layout(
             "redis_eviction",
             "redis_layout",
             "redis_memory",
+            "redis_persistence",
             "postgres",
             "migrations",
         ]

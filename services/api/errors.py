@@ -14,7 +14,7 @@ from starlette.routing import Match
 
 from services import metrics
 from services.counter import ids, siteconfig
-from services.counter.errors import CounterUnavailable
+from services.counter.errors import CounterUnavailable, PersistenceFailed
 from services.counting.live import InvalidTimezone, UnknownSite
 from services.counting.top import TopDisabled
 from services.db import errors as db_errors
@@ -75,6 +75,10 @@ def _as_api_error(exc: Exception) -> ApiError:
         return ApiError(404, "unknown_site", "no such site; register it first", "site")
     if isinstance(exc, TopDisabled):
         return ApiError(404, "not_found", "this site does not publish its most-read list")
+    if isinstance(exc, PersistenceFailed):
+        return ApiError(
+            503, "redis_persistence_failed", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
     if isinstance(exc, CounterUnavailable):
         return ApiError(
             503, "redis_unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}

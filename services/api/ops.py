@@ -7,13 +7,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from services import health, metrics
 from services.api.deps import AppState
-from services.counter import startup
+from services.counter import client, startup
 from services.counter.errors import CounterUnavailable
-from services.counter.outcomes import RedisMemory
+from services.counter.outcomes import RedisMemory, RedisPersistence
 
 # Readiness warns (and ops should act) once Redis uses this share of its maxmemory: with
 # noeviction, Redis refuses every hit when it is full.
 REDIS_MEMORY_WARN_RATIO = 0.8
+WARNING = "warning"
 
 router = APIRouter()
 
@@ -36,8 +37,26 @@ def memory_check(memory: RedisMemory) -> str:
     return "ok"
 
 
+def persistence_check(persistence: RedisPersistence) -> str:
+    """"ok", "failed: …" when Redis refuses writes because it cannot persist them, or
+    "warning: …" when only its last AOF rewrite failed (a disk filling up)."""
+    if not persistence.aof_write_ok:
+        return (
+            "failed: redis_persistence_failed: Redis cannot write its append-only file "
+            "(disk full or read-only?) and refuses every hit (MISCONF) until it can"
+        )
+    if not persistence.rdb_save_ok:
+        return (
+            "failed: redis_persistence_failed: Redis' last RDB save failed and it refuses "
+            "every hit (MISCONF, stop-writes-on-bgsave-error) until a save succeeds"
+        )
+    if not persistence.aof_rewrite_ok:
+        return "warning: Redis' last append-only file rewrite failed (disk filling up?)"
+    return "ok"
+
+
 # What hits need: a check of these failing takes the api out of a load balancer (503).
-HIT_CHECKS = ("redis", "redis_eviction", "redis_layout")
+HIT_CHECKS = ("redis", "redis_eviction", "redis_layout", "redis_persistence")
 # What admin routes, reports and imports also need: failing, the api is "degraded" (200).
 POSTGRES_CHECKS = ("postgres", "migrations")
 
@@ -45,32 +64,38 @@ POSTGRES_CHECKS = ("postgres", "migrations")
 def readiness_status(checks: dict[str, str]) -> tuple[str, int]:
     """The api's readiness from its checks: ("unavailable", 503) when hits cannot be counted;
     else ("degraded", 200) when Postgres is unreachable or behind; else ("warning", 200) when
-    Redis is near its memory bound; else ("ok", 200)."""
-    if any(checks[name] != health.OK for name in HIT_CHECKS):
+    Redis is near its memory bound or its last AOF rewrite failed; else ("ok", 200)."""
+    if any(_failing(checks[name]) for name in HIT_CHECKS):
         return "unavailable", 503
     if any(checks[name] != health.OK for name in POSTGRES_CHECKS):
         return "degraded", 200
-    if checks["redis_memory"].startswith("warning"):
+    if any(checks[name].startswith(WARNING) for name in ("redis_memory", "redis_persistence")):
         return "warning", 200
     return "ok", 200
+
+
+def _failing(check: str) -> bool:
+    return check != health.OK and not check.startswith(WARNING)
 
 
 @router.get(
     "/readyz",
     responses={
         503: {
-            "description": "hits cannot be counted: Redis unreachable, evicting, or split "
-            "over another number of units"
+            "description": "hits cannot be counted: Redis unreachable, evicting, refusing "
+            "writes it cannot persist (full disk), or split over another number of units"
         }
     },
 )
 async def readyz(state: AppState) -> Response:
-    """Whether this api can count hits: Redis answers, cannot evict counts, and holds them
-    split over VIEWCOUNTER_SHARDS units (503 naming what is wrong otherwise).
+    """Whether this api can count hits: Redis answers, cannot evict counts, can persist
+    writes (its AOF disk is not full), and holds them split over VIEWCOUNTER_SHARDS units
+    (503 naming what is wrong otherwise).
 
     Postgres is not needed by hits: unreachable, or with migrations missing, the api stays
     ready (200) with status "degraded" (admin routes, reports and imports fail meanwhile).
-    Status "warning" (200): Redis is near its memory bound (ops must act before it is full).
+    Status "warning" (200): Redis is near its memory bound, or its last AOF rewrite failed
+    (ops must act before it is full).
     """
     redis = state["redis"]
     probe = await health.probe(redis, state["pool"])
@@ -79,6 +104,7 @@ async def readyz(state: AppState) -> Response:
         "redis_eviction": "unknown",
         "redis_layout": "unknown",
         "redis_memory": "unknown",
+        "redis_persistence": "unknown",
     }
     if probe.checks["redis"] == health.OK:
         checks["redis_eviction"] = await health.failure_of(startup.refuse_eviction(redis))
@@ -92,6 +118,15 @@ async def readyz(state: AppState) -> Response:
         else:
             metrics.set_redis_memory(memory)
             checks["redis_memory"] = memory_check(memory)
+    # Redis refusing writes it cannot persist refuses PING too (MISCONF), yet answers INFO.
+    if probe.checks["redis"] == health.OK or client.MISCONF in probe.checks["redis"]:
+        try:
+            persistence = await startup.persistence(redis)
+        except CounterUnavailable as exc:
+            metrics.count_backend_error(exc)
+        else:
+            metrics.set_redis_persistence(persistence)
+            checks["redis_persistence"] = persistence_check(persistence)
     checks["postgres"] = probe.checks["postgres"]
     checks["migrations"] = probe.checks["migrations"]
     status, code = readiness_status(checks)
@@ -103,6 +138,7 @@ async def metrics_text(state: AppState) -> Response:
     """Prometheus text format (with several workers: all of them, merged)."""
     try:
         metrics.set_redis_memory(await startup.memory(state["redis"]))
+        metrics.set_redis_persistence(await startup.persistence(state["redis"]))
     except CounterUnavailable as exc:
         metrics.count_backend_error(exc)  # the gauges keep their last value
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

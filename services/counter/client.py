@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from services.counter.errors import CounterUnavailable
+from services.counter.errors import CounterUnavailable, PersistenceFailed
 
 Client = Redis | RedisCluster
 T = TypeVar("T")
@@ -38,6 +38,9 @@ UNREACHABLE_ERRORS = (
     OSError,
     TimeoutError,
 )
+# The error prefix of a write Redis refuses because it cannot persist it (AOF write or RDB
+# save failing: a full or read-only disk).
+MISCONF = "MISCONF"
 
 
 class HiredisPackConnection(Connection):
@@ -90,6 +93,10 @@ def unavailable(exc: BaseException) -> CounterUnavailable:
     """The CounterUnavailable that a Redis failure `exc` (one of CLIENT_ERRORS) stands for."""
     if isinstance(exc, redis_errors.BusyLoadingError):
         return CounterUnavailable("Redis is loading its data")
+    if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(MISCONF):
+        # Redis checks this before running a write (a script: before its first write, and
+        # it cannot change within a script), so nothing of the call was applied.
+        return PersistenceFailed(f"Redis refuses writes, it cannot persist them: {exc}")
     if isinstance(exc, redis_errors.OutOfMemoryError):
         return CounterUnavailable("Redis is full (maxmemory reached)")
     if isinstance(exc, redis_errors.TimeoutError | asyncio.TimeoutError):

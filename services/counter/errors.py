@@ -7,6 +7,11 @@ class CounterUnavailable(Exception):
     """Redis is unreachable, loading, full or did not answer in time."""
 
 
+class PersistenceFailed(CounterUnavailable):
+    """Redis refuses writes (MISCONF): it cannot write its append-only file or its last RDB
+    save failed (a full or read-only disk); nothing was applied."""
+
+
 class UnsafeRedis(Exception):
     """Redis is configured to evict keys, which would silently drop unflushed counts."""
 

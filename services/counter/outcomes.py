@@ -131,6 +131,22 @@ class Counts:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisPersistence:
+    """How Redis' last writes to disk went (INFO persistence). A failed AOF write, or a
+    failed RDB save (with Redis' default stop-writes-on-bgsave-error), makes Redis refuse
+    every write (MISCONF) until one succeeds; a failed AOF rewrite does not, yet."""
+
+    aof_write_ok: bool  # aof_last_write_status
+    rdb_save_ok: bool  # rdb_last_bgsave_status
+    aof_rewrite_ok: bool  # aof_last_bgrewrite_status
+
+    @property
+    def writes_accepted(self) -> bool:
+        """False when Redis refuses writes because it cannot persist them."""
+        return self.aof_write_ok and self.rdb_save_ok
+
+
+@dataclass(frozen=True, slots=True)
 class RedisMemory:
     """Redis' memory use against its bound (`max_bytes` 0: no bound set)."""
 

@@ -12,7 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 from services.counter import client, keys, scripts
 from services.counter.client import Client
 from services.counter.errors import LayoutMismatch, UnsafeRedis
-from services.counter.outcomes import RedisMemory
+from services.counter.outcomes import RedisMemory, RedisPersistence
 
 log = logging.getLogger("viewcounter.store")
 
@@ -119,3 +119,18 @@ async def memory(redis: Client) -> RedisMemory:
         for info in infos
     ]
     return max(readings, key=lambda m: (m.ratio or 0.0, m.used_bytes))
+
+
+async def persistence(redis: Client) -> RedisPersistence:
+    """How Redis' last writes to disk went (of a Cluster: every primary's, the worst)."""
+    with client.translated():
+        if isinstance(redis, RedisCluster):
+            per_node = await redis.info("persistence", target_nodes=RedisCluster.PRIMARIES)
+            infos = list(per_node.values())
+        else:
+            infos = [await redis.info("persistence")]
+    return RedisPersistence(
+        aof_write_ok=all(info.get("aof_last_write_status", "ok") == "ok" for info in infos),
+        rdb_save_ok=all(info.get("rdb_last_bgsave_status", "ok") == "ok" for info in infos),
+        aof_rewrite_ok=all(info.get("aof_last_bgrewrite_status", "ok") == "ok" for info in infos),
+    )

@@ -43,6 +43,9 @@ REPORT_HEADER = (
     "| samples | notes |\n|---|---|---|---|---|---|---|---|---|\n"
 )
 POLL_S = 0.02
+# 503 error codes that say the hit was refused before anything of it was applied (Redis
+# answered MISCONF: it checks that before running a write).
+NOT_APPLIED_CODES = frozenset({"redis_persistence_failed"})
 WAIT_S = 30.0
 SAMPLE_EVERY_S = 0.2
 
@@ -190,6 +193,7 @@ class Load:
         self.acked: Counter[str] = Counter()
         self.unknown: Counter[str] = Counter()
         self.refused = 0  # answered 503 (a subset of unknown)
+        self.not_applied: Counter[str] = Counter()  # 503 with a NOT_APPLIED_CODES code
         self.stop = asyncio.Event()
         self._running: asyncio.Future[list[None]] | None = None
         self._ids = itertools.count()
@@ -235,6 +239,8 @@ class Load:
         assert response.status_code == 503, response.text
         self.unknown[page] += 1  # Redis may or may not have applied it before failing
         self.refused += 1
+        if response.json()["error"]["code"] in NOT_APPLIED_CODES:
+            self.not_applied[page] += 1
         return None
 
     async def client_loop(self) -> None:
