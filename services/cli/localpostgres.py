@@ -130,6 +130,17 @@ class PostgresProcess(ServerProcess):
                 os.chown(path, user.pw_uid, user.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
+        if self.listen != "127.0.0.1":
+            self._trust_all_hosts()
+
+    def _trust_all_hosts(self) -> None:
+        """initdb trusts loopback clients only; a server listening elsewhere (the tests'
+        network namespaces) is reachable only where its caller chose, so it trusts them all."""
+        hba = self.data_dir / "pg_hba.conf"
+        line = "host all all all trust\n"
+        if line not in hba.read_text():
+            with hba.open("a") as out:
+                out.write(line)
 
     def _initdb(self) -> None:
         command = [

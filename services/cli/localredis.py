@@ -105,6 +105,9 @@ class RedisProcess(ServerProcess):
             redis_server_binary(),
             "--port", str(self.port),
             "--bind", self.listen,
+            # Protected mode refuses every client but loopback ones: a server listening
+            # elsewhere (the tests' network namespaces) is reachable only where its caller chose.
+            "--protected-mode", "yes" if self.listen == "127.0.0.1" else "no",
             "--dir", str(self.data_dir),
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
