@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import statistics
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -83,15 +86,20 @@ class Net:
     pg: PostgresProcess
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    """Namespaces for redis, pg, api and flusher, with Redis and Postgres running in theirs;
-    always torn down, and what a crashed earlier run left is removed first."""
+def require_lab() -> None:
+    """Skip (with the reason) where namespaces cannot be built; under CI, fail instead."""
     why = netlab.missing_prerequisites()
     if why is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"network chaos tests cannot run under CI: {why}")
         pytest.skip(f"network chaos tests: {why}")
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    """Namespaces for redis, pg, api and flusher, with Redis and Postgres running in theirs;
+    always torn down, and what a crashed earlier run left is removed first."""
+    require_lab()
     netlab.remove_stale()
     lab = netlab.Lab()
     lab.build()
@@ -233,21 +241,23 @@ async def hold_partition_flusher(
 
 
 async def hold_slow(
-    load: chaos.Load, database_url: str, lab: netlab.Lab, link: netlab.Link
+    load: chaos.Load, database_url: str, lab: netlab.Lab, link: netlab.Link, relay: Relay
 ) -> str:
     """A slow, lossy link still carries hits and batches."""
     answered = len(load.answers)
     before = median_answer_s(load, 0)
     batches = await chaos.ledger_count(database_url)
     await load.more_acked(SLOW_HITS)
-    await chaos.wait_for_batches(database_url, batches + SLOW_BATCHES - 1)
+    during_batches = await chaos.wait_for_batches(database_url, batches + SLOW_BATCHES - 1)
     dropped = lab.dropped(link)
     assert dropped > 0, "no packet was lost on the lossy link"
-    during = median_answer_s(load, answered)
-    return (
-        f"median hit answered in {before * 1000:.0f} ms before, {during * 1000:.0f} ms during; "
-        f"{dropped} packets dropped"
-    )
+    assert relay.connections > 0, "nothing went through the slow relay"
+    if link.client == "api":
+        during = median_answer_s(load, answered)
+        what = f"median hit answered in {before:.3f} s before, {during:.3f} s during"
+    else:
+        what = f"{during_batches - batches} batches committed over the slow link"
+    return f"{what}; {dropped} packets dropped"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: f"{s.fault}-{s.link}")
@@ -284,7 +294,7 @@ async def test_network_fault_loses_and_doubles_nothing(
                             assert slow is not None
                             slow.latency_s = LATENCY_S
                             lab.lose(link, LOSS)
-                            notes = await hold_slow(load, fresh.database_url, lab, link)
+                            notes = await hold_slow(load, fresh.database_url, lab, link, slow)
                         elif scenario.fault == "partition":
                             lab.partition(link)
                             if link.client == "api":
@@ -309,3 +319,28 @@ async def test_network_fault_loses_and_doubles_nothing(
         scenario.title, fresh.database_url, [load], sampler, notes=notes
     )
     result.assert_exact()
+
+
+def test_namespaces_left_by_a_crashed_run_are_removed_with_what_runs_in_them() -> None:
+    require_lab()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid whose process has exited: the "crashed run"
+    stale = f"{netlab.PREFIX}{gone.pid}-redis"
+    live = netlab.Lab().ns("probe")  # a live run's (this one's): it stays
+    for name in (stale, live):
+        netlab.run("ip", "netns", "add", name)
+    left = subprocess.Popen(["ip", "netns", "exec", stale, "sleep", "60"])
+    try:
+        deadline = time.monotonic() + chaos.WAIT_S
+        while str(left.pid) not in netlab.run("ip", "netns", "pids", stale).split():
+            assert time.monotonic() < deadline, "the process never entered its namespace"
+            time.sleep(chaos.POLL_S)
+        assert stale in netlab.remove_stale()
+        assert stale not in netlab.namespaces()
+        assert live in netlab.namespaces()
+        assert left.wait(10) == -signal.SIGKILL
+    finally:
+        left.kill()
+        left.wait()
+        for name in (stale, live):
+            netlab.remove_namespace(name)
