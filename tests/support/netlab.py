@@ -161,10 +161,11 @@ class Lab:
 
     # Faults: iptables rules in the client's namespace, on its end of the link.
 
-    def _rule(self, link: Link, chain: str, *match: str) -> None:
+    def _rule(self, link: Link, chain: str, *match: str, target: str = "DROP") -> None:
         direction = "-i" if chain == "INPUT" else "-o"
+        jump = ("-j", target) if target else ()
         self.on(link.client, "iptables", "-w", "-A", chain, direction, link.client_if, *match,
-                "-j", "DROP")  # fmt: skip
+                *jump)  # fmt: skip
 
     def partition(self, link: Link) -> None:
         """Nothing passes the link, either way (packets vanish: no reset, no refusal)."""
@@ -172,7 +173,9 @@ class Lab:
         self._rule(link, "INPUT")
 
     def lose_replies(self, link: Link) -> None:
-        """A one-way partition: what the client sends arrives, nothing comes back."""
+        """A one-way partition: what the client sends arrives (and is counted: `delivered`),
+        nothing comes back."""
+        self._rule(link, "OUTPUT", target="")
         self._rule(link, "INPUT")
 
     def lose(self, link: Link, fraction: float) -> None:
@@ -181,14 +184,22 @@ class Lab:
         self._rule(link, "OUTPUT", *match)
         self._rule(link, "INPUT", *match)
 
+    def _counted(self, link: Link, dropping: bool) -> int:
+        """Packets matched so far by the link's rules that drop (or only count)."""
+        total = 0
+        for line in self.on(link.client, "iptables", "-w", "-v", "-S").splitlines():
+            words = line.split()
+            if words[:1] == ["-A"] and ("DROP" in words) == dropping:
+                total += int(words[words.index("-c") + 1])
+        return total
+
     def dropped(self, link: Link) -> int:
         """Packets the link's rules have dropped so far."""
-        listing = self.on(link.client, "iptables", "-w", "-L", "-v", "-x", "-n")
-        return sum(
-            int(line.split()[0])
-            for line in listing.splitlines()
-            if line.split()[2:3] == ["DROP"]
-        )
+        return self._counted(link, dropping=True)
+
+    def delivered(self, link: Link) -> int:
+        """Packets the client sent over the link under `lose_replies`."""
+        return self._counted(link, dropping=False)
 
     def heal(self, link: Link) -> None:
         self.on(link.client, "iptables", "-w", "-F")
