@@ -9,7 +9,6 @@ The test process reaches the api, Redis and Postgres only through relays on its 
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import statistics
@@ -90,20 +89,11 @@ class Net:
     pg: PostgresProcess
 
 
-def require_lab() -> None:
-    """Skip (with the reason) where namespaces cannot be built; under CI, fail instead."""
-    why = netlab.missing_prerequisites()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"network chaos tests cannot run under CI: {why}")
-        pytest.skip(f"network chaos tests: {why}")
-
-
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     """Namespaces for redis, pg, api and flusher, with Redis and Postgres running in theirs;
     always torn down, and what a crashed earlier run left is removed first."""
-    require_lab()
+    netlab.require()
     netlab.remove_stale()
     lab = netlab.Lab()
     lab.build()
@@ -351,7 +341,7 @@ async def test_network_fault_loses_and_doubles_nothing(
 
 
 def test_namespaces_left_by_a_crashed_run_are_removed_with_what_runs_in_them() -> None:
-    require_lab()
+    netlab.require()
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid whose process has exited: the "crashed run"
     stale = f"{netlab.PREFIX}{gone.pid}-redis"

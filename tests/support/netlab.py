@@ -22,6 +22,8 @@ import signal
 import subprocess
 from dataclasses import dataclass
 
+import pytest
+
 PREFIX = "vcnet-"
 HOSTS = ("redis", "pg", "api", "flusher")
 SERVICE_ADDRESSES = {"redis": "10.213.0.1", "pg": "10.213.0.2"}
@@ -68,6 +70,16 @@ def missing_prerequisites() -> str | None:
     if missing:
         return f"missing {', '.join(missing)} (Debian: apt-get install iproute2 iptables)"
     return None
+
+
+def require() -> None:
+    """Skip the calling test with the reason when the lab cannot be built; under CI
+    (`CI` set), fail instead."""
+    why = missing_prerequisites()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"network chaos tests cannot run under CI: {why}")
+        pytest.skip(f"network chaos tests: {why}")
 
 
 def run(*argv: str) -> str:
