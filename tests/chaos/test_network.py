@@ -82,7 +82,7 @@ SCENARIOS = [
 
 @dataclass
 class Net:
-    """The lab, its two servers, and the test's relays to them."""
+    """The lab and its two servers (reached from the test on 127.0.0.1:their port)."""
 
     lab: netlab.Lab
     redis: RedisProcess
@@ -101,23 +101,24 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     servers: list[RedisProcess | PostgresProcess] = []
     try:
         data = tmp_path_factory.mktemp("net")
-        for host, data_dir in (("redis", data / "redis"), ("pg", data / "pgdata")):
-            port = free_port()  # free on our 127.0.0.1; anything is free in the namespace
-            address = netlab.SERVICE_ADDRESSES[host]
-            relays.append(Relay((address, port), target_ns=lab.ns(host), port=port).start())
-            if host == "redis":
-                server: RedisProcess | PostgresProcess = RedisProcess(
-                    data_dir, port, listen=address, command_prefix=lab.prefix(host)
-                )
-            else:
-                server = PostgresProcess(
-                    data_dir, port, fsync=False, listen=address, command_prefix=lab.prefix(host)
-                )
+        # Each server's port is free on our 127.0.0.1, where a relay leads to the server in
+        # its namespace on the same port (anything is free there): its URL and readiness
+        # check work unchanged.
+        ports = {host: free_port() for host in ("redis", "pg")}
+        for host, port in ports.items():
+            target = (netlab.SERVICE_ADDRESSES[host], port)
+            relays.append(Relay(target, target_ns=lab.ns(host), port=port).start())
+        redis_server = RedisProcess(
+            data / "redis", ports["redis"], listen=netlab.SERVICE_ADDRESSES["redis"],
+            command_prefix=lab.prefix("redis"),
+        )  # fmt: skip
+        pg_server = PostgresProcess(
+            data / "pgdata", ports["pg"], fsync=False, listen=netlab.SERVICE_ADDRESSES["pg"],
+            command_prefix=lab.prefix("pg"),
+        )  # fmt: skip
+        for server in (redis_server, pg_server):
             servers.append(server)
             server.start()
-        redis_server, pg_server = servers
-        assert isinstance(redis_server, RedisProcess)
-        assert isinstance(pg_server, PostgresProcess)
         yield Net(lab, redis_server, pg_server)
     finally:
         for server in reversed(servers):
