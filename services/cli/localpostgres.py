@@ -13,6 +13,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from services.cli.localservers import (
@@ -66,10 +67,17 @@ class PostgresProcess(ServerProcess):
         *,
         fsync: bool = True,
         log_file: Path | None = None,
+        listen: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
     ) -> None:
         data_dir = data_dir.resolve()
         default_log = data_dir.parent / f"{data_dir.name}.log"
-        super().__init__(port, log_file if log_file is not None else default_log)
+        super().__init__(
+            port,
+            log_file if log_file is not None else default_log,
+            listen=listen,
+            command_prefix=command_prefix,
+        )
         self.data_dir = data_dir.resolve()  # the server runs with cwd "/"
         self.fsync = fsync
         self._socket_dir: Path | None = None
@@ -86,13 +94,28 @@ class PostgresProcess(ServerProcess):
             self._bin_dir = postgres_bin_dir()
         return self._bin_dir
 
-    def _popen_kwargs(self) -> dict[str, object]:
+    def _as_pg_user(self) -> dict[str, object]:
+        """Popen arguments that run a Postgres binary as the unprivileged user under root."""
         # cwd "/" because the caller's cwd may be unreadable to the unprivileged user.
         kwargs: dict[str, object] = {"cwd": "/"}
         if os.geteuid() == 0:
             user = _ensure_system_user(PG_SYSTEM_USER)
             kwargs.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
         return kwargs
+
+    def _popen_kwargs(self) -> dict[str, object]:
+        # A prefixed server drops root only after its prefix ran (see _launch_command).
+        return {"cwd": "/"} if self.command_prefix else self._as_pg_user()
+
+    def _launch_command(self) -> list[str]:
+        if not self.command_prefix or os.geteuid() != 0:
+            return super()._launch_command()
+        # The prefix (`ip netns exec NS`) needs root: the user changes after it, by setpriv.
+        user = _ensure_system_user(PG_SYSTEM_USER)
+        drop_root = [
+            "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--",
+        ]  # fmt: skip
+        return [*self.command_prefix, *drop_root, *self._command()]
 
     def _prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +130,17 @@ class PostgresProcess(ServerProcess):
                 os.chown(path, user.pw_uid, user.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
+        if self.listen != "127.0.0.1":
+            self._trust_all_hosts()
+
+    def _trust_all_hosts(self) -> None:
+        """initdb trusts loopback clients only; a server listening elsewhere (the tests'
+        network namespaces) is reachable only where its caller chose, so it trusts them all."""
+        hba = self.data_dir / "pg_hba.conf"
+        line = "host all all all trust\n"
+        if line not in hba.read_text():
+            with hba.open("a") as out:
+                out.write(line)
 
     def _initdb(self) -> None:
         command = [
@@ -127,7 +161,7 @@ class PostgresProcess(ServerProcess):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 check=False,
-                **self._popen_kwargs(),  # type: ignore[call-overload]
+                **self._as_pg_user(),  # type: ignore[call-overload]
             )
         if result.returncode != 0:
             raise RuntimeError(self._failure(f"initdb failed with code {result.returncode}"))
@@ -137,7 +171,7 @@ class PostgresProcess(ServerProcess):
             str(self.bin_dir / "postgres"),
             "-D", str(self.data_dir),
             "-p", str(self.port),
-            "-c", "listen_addresses=127.0.0.1",
+            "-c", f"listen_addresses={self.listen}",
             "-c", f"unix_socket_directories={self._socket_dir}",
         ]  # fmt: skip
         if not self.fsync:

@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,15 @@ class RedisProcess(ServerProcess):
         appendfsync: str = "everysec",
         cluster: bool = False,
         log_file: Path | None = None,
+        listen: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
     ) -> None:
-        super().__init__(port, log_file if log_file is not None else data_dir / "redis.log")
+        super().__init__(
+            port,
+            log_file if log_file is not None else data_dir / "redis.log",
+            listen=listen,
+            command_prefix=command_prefix,
+        )
         self.data_dir = data_dir.resolve()  # the server runs with cwd "/"
         self.appendonly = appendonly
         self.appendfsync = appendfsync
@@ -96,7 +104,10 @@ class RedisProcess(ServerProcess):
         return [
             redis_server_binary(),
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", self.listen,
+            # Protected mode refuses every client but loopback ones: a server listening
+            # elsewhere (the tests' network namespaces) is reachable only where its caller chose.
+            "--protected-mode", "yes" if self.listen == "127.0.0.1" else "no",
             "--dir", str(self.data_dir),
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,

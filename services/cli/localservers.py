@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
@@ -71,14 +72,29 @@ atexit.register(_stop_all_at_exit)
 
 
 class ServerProcess:
-    """Lifecycle shared by both servers: Popen, wait until ready, stop, kill, restart."""
+    """Lifecycle shared by both servers: Popen, wait until ready, stop, kill, restart.
+
+    `listen` is the address the server binds; `command_prefix` runs the server through another
+    command that execs it (e.g. `ip netns exec NS`, to put it in a network namespace). The
+    server is reached, and its readiness checked, on 127.0.0.1:port: with another listen
+    address or namespace, the caller makes that port lead to it (the tests forward it).
+    """
 
     name = "server"
     stop_signal = signal.SIGTERM
 
-    def __init__(self, port: int | None, log_file: Path) -> None:
+    def __init__(
+        self,
+        port: int | None,
+        log_file: Path,
+        *,
+        listen: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
+    ) -> None:
         self.port: int = port if port is not None else free_port()
         self.log_file = log_file
+        self.listen = listen
+        self.command_prefix = tuple(command_prefix)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,6 +106,10 @@ class ServerProcess:
 
     def _command(self) -> list[str]:
         raise NotImplementedError
+
+    def _launch_command(self) -> list[str]:
+        """The command spawned: the server's own, after the prefix."""
+        return [*self.command_prefix, *self._command()]
 
     def _prepare(self) -> None:
         """Create directories and files the server needs before it is spawned."""
@@ -117,7 +137,7 @@ class ServerProcess:
             # The child inherits the open descriptor, so the log needs no chown under root.
             with self.log_file.open("ab") as log:
                 self._proc = subprocess.Popen(
-                    self._command(),
+                    self._launch_command(),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
