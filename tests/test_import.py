@@ -367,7 +367,11 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_next_import(
         stale = await stores.baselines.apply_baseline(SITE, "another-generation", 10**9, 0, 5, [])
         # Re-running the same import changes nothing in Postgres and settles the rest.
         rerun = await importer.import_csv(
-            SITE, _once(b"page,views\n/a,10\n/b,20\n"), site_total=500, changed_by="test", author=TEST_AUTHOR
+            SITE,
+            _once(b"page,views\n/a,10\n/b,20\n"),
+            site_total=500,
+            changed_by="test",
+            author=TEST_AUTHOR,
         )
     caught_up = await live(api, "/a", "/b")
     outbox = await fetch(settings.database_url, "SELECT * FROM baseline_outbox")
@@ -417,7 +421,9 @@ async def postgres_half_only(store: FlushStore, pool: asyncpg.Pool) -> None:
         return await store.generation(SITE)
 
     await db_baselines.Baselines(pool).apply(
-        db_baselines.BaselineChange(SITE, site_total=500, source="import", changed_by="test", author=TEST_AUTHOR),
+        db_baselines.BaselineChange(
+            SITE, site_total=500, source="import", changed_by="test", author=TEST_AUTHOR
+        ),
         rows,
         default_max_pages=0,
         generation=generation,
