@@ -19,7 +19,16 @@ from services.config import Settings
 from services.counting import apikeys
 from services.logs import JsonFormatter
 from tests.support.checks import fetch, fetchval
-from tests.support.stack import ADMIN, SITE, FakeClock, make_settings, register_site, running_api
+from tests.support.stack import (
+    ADMIN,
+    SITE,
+    FakeClock,
+    copy_template,
+    create_migrated_template,
+    make_settings,
+    register_site,
+    running_api,
+)
 
 OTHER = "quan1"  # a second site, with keys of its own
 GHOST = "ghost"  # a site that does not exist
@@ -461,3 +470,30 @@ async def test_no_secret_reaches_postgres_redis_or_a_log_line(
         assert not any(body.encode() in v for v in values)
         assert not any(body in line for line in lines)
     assert listed["keys"] and all("secret" not in k for k in listed["keys"])
+
+
+async def test_a_cached_key_costs_no_postgres_round_trip(
+    own_postgres: PostgresProcess, redis_url: str
+) -> None:
+    """Once a process has checked a key, the batch route with it works with Postgres gone:
+    no request of it asks Postgres (the batch route itself needs only Redis)."""
+    await create_migrated_template(own_postgres)
+    database_url = await copy_template(own_postgres)
+    clock = FakeClock()  # not moved: the cache never ages in this test
+    settings = key_settings(redis_url, database_url, statement_timeout=2)
+    url = f"/v1/sites/{SITE}/hits/batch"
+    async with running_api(settings, clock=clock) as client:
+        await register_site(client, SITE)
+        key = await create_key(client, SITE, "ingest")
+        batch = {"hits": [{"page": "/a"}]}
+        first = await client.post(url, json=batch, headers=bearer(secret_of(key)))
+        own_postgres.kill()
+        later = [
+            (await client.post(url, json=batch, headers=bearer(secret_of(key)))).status_code
+            for _ in range(5)
+        ]
+        unknown = await client.post(url, json=batch, headers=bearer(apikeys.new_secret()))
+    assert first.status_code == 200
+    assert later == [200] * 5
+    # A secret it has not seen must be looked up: Postgres is gone, so 503, never a 200.
+    assert unknown.status_code == 503
