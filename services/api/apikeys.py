@@ -25,7 +25,7 @@ router = APIRouter(
     prefix="/v1/sites/{site}/keys",
     dependencies=[Admin],
     tags=["keys"],
-    responses=public_schema.error_responses(401, 403, 404, 422, 429, 503),
+    responses=public_schema.error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
 )
 
 _CREATE_BODY: dict[str, Any] = {
