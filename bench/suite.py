@@ -23,6 +23,9 @@ machine noise falls on both sides of a ratio):
 - `batch`    hits/s through POST /hits/batch (10,000 views a request, 2 clients) over
              redis-benchmark's pipelined EVALSHA of the same hits.lua with one hit per call
              (-P 64); target >= 0.5.
+- `batch-key` hits/s through POST /hits/batch with a site's ingest key over the same with the
+             global ingest token (--batch-key-views, 100 views a request, 2 clients), one
+             server, rounds alternating; target >= 0.95 (not lower beyond noise).
 - `flusher`  rows/s of `Flusher.flush_once()` over a bare asyncpg COPY upsert of the same rows
              (bench/flush.py; each side in its own process, each round a new database from a
              migrated template): --flush-pages dirty pages of one site in one batch, into
@@ -78,7 +81,8 @@ PACED_CONNECTIONS = 64
 PACED_LATENCY_MS = 2.0
 T = TypeVar("T")
 FIGURES = (
-    "hit", "latency", "workers", "counts", "stats", "top", "batch", "memory", "flusher", "soak",
+    "hit", "latency", "workers", "counts", "stats", "top", "batch", "batch-key", "memory",
+    "flusher", "soak",
 )  # fmt: skip
 MEMORY_SITE = "mem"
 MEMORY_PAGES = 20_000
@@ -353,25 +357,33 @@ def fig_workers(b: Bench) -> None:
     )
 
 
-def _batch_body(batch_no: int, run_id: str) -> bytes:
+def _batch_body(batch_no: int, run_id: str, views: int = BATCH_VIEWS) -> bytes:
     hits = [
         {
             "page": f"news/article-{i % 1000}",
             "visitor": f"b{run_id}-{batch_no}-{i}",
             "ip": "10.0.0.1",
         }
-        for i in range(BATCH_VIEWS)
+        for i in range(views)
     ]
     return json.dumps({"hits": hits}).encode()
 
 
-def _batch_load(port: int, site: str, seconds: float, run_id: str) -> tuple[int, list[float]]:
-    """BATCH_CLIENTS threads POSTing batches for `seconds`: (views counted, latencies s)."""
+def _batch_load(
+    port: int,
+    site: str,
+    seconds: float,
+    run_id: str,
+    secret: str = INGEST_TOKEN,
+    views: int = BATCH_VIEWS,
+) -> tuple[int, list[float]]:
+    """BATCH_CLIENTS threads POSTing batches of `views` for `seconds`, with `secret` as the
+    bearer (the global ingest token, or a site's ingest key): (views counted, latencies s)."""
     deadline = time.monotonic() + seconds
     counted = [0] * BATCH_CLIENTS
     latencies: list[float] = []
     lock = threading.Lock()
-    bodies = [_batch_body(k, run_id) for k in range(2 * BATCH_CLIENTS)]
+    bodies = [_batch_body(k, run_id, views) for k in range(2 * BATCH_CLIENTS)]
 
     def client(c: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -386,7 +398,7 @@ def _batch_load(port: int, site: str, seconds: float, run_id: str) -> tuple[int,
                 body=body,
                 headers={
                     "content-type": "application/json",
-                    "authorization": f"Bearer {INGEST_TOKEN}",
+                    "authorization": f"Bearer {secret}",
                     "idempotency-key": f"{run_id}-{c}-{k}",
                 },
             )
@@ -478,6 +490,61 @@ def fig_batch(b: Bench) -> None:
             f"{BATCH_CLIENTS} clients x {BATCH_VIEWS} views a request; p99 column: slowest"
             " request (ms)",
             [a / c for a, c in zip(ours, base, strict=True)],
+        )
+    )
+
+
+def _ingest_key(env: dict[str, str], site: str) -> str:
+    """A new ingest key of `site`, made by `viewcounter keys create` (its secret is the last
+    line of its output; not printed here)."""
+    result = subprocess.run(
+        [run.PYTHON, "-m", "services.cli", "keys", "create", site, "--scope", "ingest",
+         "--name", "bench"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise SystemExit(f"keys create failed:\n{result.stderr}")
+    return result.stdout.strip().splitlines()[-1]
+
+
+def fig_batch_key(b: Bench) -> None:
+    """Batch hits/s with a site's ingest key over the same with the global ingest token, one
+    server, rounds alternating: what checking a key costs (a cached hash lookup, the rate
+    limit counted per key). Small batches, so the per-request check weighs."""
+    env = dict(b.env, VIEWCOUNTER_INGEST_TOKEN=INGEST_TOKEN, VIEWCOUNTER_ADMIN_RATE_LIMIT="0")
+    args = _run_args(b.args)
+    secret = _ingest_key(env, args.site)
+    views = b.args.batch_key_views
+    rates: dict[str, list[float]] = {"key": [], "token": []}
+    p99s: list[float] = []
+    with run.api_server(env, args.app, 1, b.tmp / "api-bk.log") as (port, _pid):
+        # Warm-up: the first request of each caches its check.
+        _batch_load(port, args.site, 1, f"w{os.getpid()}", secret, views)
+        for n, what in _rotating(["key", "token"], b.args.rounds):
+            started = time.monotonic()
+            bearer = secret if what == "key" else INGEST_TOKEN
+            counted, latencies = _batch_load(
+                port, args.site, b.args.duration, f"k{n}{what}{os.getpid()}", bearer, views
+            )
+            rate = counted / (time.monotonic() - started)
+            rates[what].append(rate)
+            if what == "key":
+                p99s.append(1000 * statistics.quantiles(latencies, n=100)[98])
+            print(f"  round {n} with the {what:<5} {rate:>9.0f} hits/s ({len(latencies)} requests)")
+    key_rate, token_rate = statistics.median(rates["key"]), statistics.median(rates["token"])
+    b.rows.append(
+        Row(
+            "3b. batch with a site key / with the global token",
+            f"key {key_rate:.0f} hits/s",
+            f"token {token_rate:.0f} hits/s",
+            key_rate,
+            token_rate,
+            ">= 0.95",
+            key_rate / token_rate >= 0.95,
+            None,
+            statistics.median(p99s),
+            f"{BATCH_CLIENTS} clients x {views} views a request; p99 column: the key's requests",
+            [k / t for k, t in zip(rates["key"], rates["token"], strict=True)],
         )
     )
 
@@ -840,6 +907,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--flush-big-pages", type=int, default=1_000_000, help="flusher: the memory run; 0: none"
     )
+    parser.add_argument(
+        "--batch-key-views", type=int, default=100, help="batch-key: views per request"
+    )
     parser.add_argument("--soak-minutes", type=float, default=10.0, help="soak: minutes of load")
     ns = parser.parse_args(argv)
     figures = FIGURES if "all" in ns.figures else tuple(dict.fromkeys(ns.figures))
@@ -849,6 +919,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps: dict[str, Callable[[Bench], object]] = {
         "workers": fig_workers,
         "batch": fig_batch,
+        "batch-key": fig_batch_key,
         "memory": fig_memory,
         "flusher": fig_flusher,
         "soak": fig_soak,
@@ -872,7 +943,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "latency" in figures:
                 print("\n== latency at paced loads")
                 points = [tuple(p) for p in fig_latency(b)]
-            for name in ("workers", "batch", "memory", "flusher", "soak"):
+            for name in ("workers", "batch", "batch-key", "memory", "flusher", "soak"):
                 if name in figures:
                     print(f"\n== {name}")
                     steps[name](b)

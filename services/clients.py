@@ -15,9 +15,12 @@ from services.counter.baselinestore import BaselineStore
 from services.counter.calls import ONLINE_WINDOW_S
 from services.counter.flushstore import FlushStore
 from services.counter.hitstore import DEFAULT_TIMEOUT_S, HitStore
+from services.counter.keygen import KeyGeneration
 from services.counter.pendingviews import PendingViews
 from services.counter.units import Units
+from services.db import audit as db_audit
 from services.db import baselines as db_baselines
+from services.db import keys as db_keys
 from services.db import ledger as db_ledger
 from services.db import pool as db_pool
 from services.db import reports as db_reports
@@ -85,6 +88,8 @@ class Repositories:
     reports: db_reports.Reports
     titles: db_titles.Titles
     top: db_top.TopPages
+    keys: db_keys.Keys
+    audit: db_audit.AuditLog
 
     @classmethod
     def on(cls, pool: db_pool.Pool) -> Repositories:
@@ -97,6 +102,8 @@ class Repositories:
             db_reports.Reports(pool),
             db_titles.Titles(pool),
             db_top.TopPages(pool),
+            db_keys.Keys(pool),
+            db_audit.AuditLog(pool),
         )
 
 
@@ -119,6 +126,7 @@ class Clients:
         self.flush = FlushStore(redis, self.units)
         self.baselines = BaselineStore(redis, self.units)
         self.pending = PendingViews(redis, self.units)
+        self.key_generation = KeyGeneration(redis)
         self._db = None if pool is None else Repositories.on(pool)
 
     @property

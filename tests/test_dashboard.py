@@ -18,6 +18,7 @@ from tests.support.stack import (
     ADMIN,
     BROWSER_UA,
     SITE,
+    TEST_AUTHOR,
     flusher_for,
     live_counts,
     make_settings,
@@ -47,7 +48,7 @@ async def seed(settings: Settings) -> int:
     clock = [now.timestamp()]
     counted = 0
     async with live_counts(settings, clock) as live, flusher_for(settings) as flusher:
-        await live.register(SITE, {"timezone": "Asia/Ho_Chi_Minh"})
+        await live.register(SITE, {"timezone": "Asia/Ho_Chi_Minh"}, TEST_AUTHOR)
         for back in range(12):
             clock[0] = (now - timedelta(days=back)).timestamp()
             for rank, (page, n) in enumerate(PAGES.items()):

@@ -32,7 +32,15 @@ from services.db import pool as db_pool
 from tests.support.checks import assert_consistent, fetch, totals
 from tests.support.cli import run_cli
 from tests.support.csvbodies import MALFORMED_HEAD, MALFORMED_HEAD_REJECTED, MALFORMED_TAIL
-from tests.support.stack import ADMIN, SITE, flusher_for, flusher_on, make_settings, running_api
+from tests.support.stack import (
+    ADMIN,
+    SITE,
+    TEST_AUTHOR,
+    flusher_for,
+    flusher_on,
+    make_settings,
+    running_api,
+)
 
 LEGACY_TOTAL = 37_409_357
 LEGACY_CSV = (
@@ -359,7 +367,11 @@ async def test_a_crash_between_commit_and_redis_is_caught_up_by_the_next_import(
         stale = await stores.baselines.apply_baseline(SITE, "another-generation", 10**9, 0, 5, [])
         # Re-running the same import changes nothing in Postgres and settles the rest.
         rerun = await importer.import_csv(
-            SITE, _once(b"page,views\n/a,10\n/b,20\n"), site_total=500, changed_by="test"
+            SITE,
+            _once(b"page,views\n/a,10\n/b,20\n"),
+            site_total=500,
+            changed_by="test",
+            author=TEST_AUTHOR,
         )
     caught_up = await live(api, "/a", "/b")
     outbox = await fetch(settings.database_url, "SELECT * FROM baseline_outbox")
@@ -409,7 +421,9 @@ async def postgres_half_only(store: FlushStore, pool: asyncpg.Pool) -> None:
         return await store.generation(SITE)
 
     await db_baselines.Baselines(pool).apply(
-        db_baselines.BaselineChange(SITE, site_total=500, source="import", changed_by="test"),
+        db_baselines.BaselineChange(
+            SITE, site_total=500, source="import", changed_by="test", author=TEST_AUTHOR
+        ),
         rows,
         default_max_pages=0,
         generation=generation,
@@ -452,7 +466,7 @@ async def test_import_memory_does_not_grow_with_the_file(redis_url: str, databas
             gc.collect()
             tracemalloc.start()
             report = await importer.import_csv(
-                SITE, _generated_csv(rows), site_total=None, changed_by="test"
+                SITE, _generated_csv(rows), site_total=None, changed_by="test", author=TEST_AUTHOR
             )
             peaks.append(tracemalloc.get_traced_memory()[1])
             tracemalloc.stop()

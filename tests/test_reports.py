@@ -17,7 +17,14 @@ from services.config import Settings
 from services.db import reports as db_reports
 from tests.support import stack
 from tests.support.cli import run_cli
-from tests.support.stack import ADMIN, flusher_for, live_counts, make_settings, running_api
+from tests.support.stack import (
+    ADMIN,
+    TEST_AUTHOR,
+    flusher_for,
+    live_counts,
+    make_settings,
+    running_api,
+)
 
 REPORT_TOKEN = "report-token-for-editors-0123"
 HCM = "quan11"  # Asia/Ho_Chi_Minh, UTC+7
@@ -48,8 +55,8 @@ HITS = [
 async def record_known_hits(settings: Settings) -> None:
     clock = [at("2025-03-01 00:00:00")]
     async with live_counts(settings, clock) as live, flusher_for(settings) as flusher:
-        await live.register(HCM, {"timezone": "Asia/Ho_Chi_Minh"})
-        await live.register(LON, {"timezone": "Europe/London"})
+        await live.register(HCM, {"timezone": "Asia/Ho_Chi_Minh"}, TEST_AUTHOR)
+        await live.register(LON, {"timezone": "Europe/London"}, TEST_AUTHOR)
         for when, page in HITS:
             clock[0] = at(when)
             for site in (HCM, LON):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import re
@@ -18,6 +19,8 @@ from starlette.types import ASGIApp
 
 from services import clients, logs
 from services.api import (
+    apikeys,
+    audit,
     batch,
     dashboard,
     errors,
@@ -38,6 +41,7 @@ from services.api.telemetry import RequestTelemetry
 from services.config import Settings, load_settings
 from services.counter import startup
 from services.counter.errors import CounterUnavailable
+from services.counting.apikeys import KeyRing
 from services.counting.live import LiveCounts
 from services.counting.top import MostRead
 
@@ -64,7 +68,7 @@ class ViewcounterApp(FastAPI):
 
 def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> FastAPI:
     """The API wired to Redis and Postgres from `settings`; `clock` (seconds since the epoch)
-    decides the minute of rate limits and the sites' local days."""
+    decides the minute of rate limits, the sites' local days and whether a key expired."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
@@ -89,19 +93,29 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fa
                 max_pages_per_site=settings.max_pages_per_site,
                 clock=clock,
             )
-            yield State(
-                settings=settings,
-                redis=opened.redis,
-                pool=opened.db.pool,
-                baseline_store=opened.baselines,
-                baselines=opened.db.baselines,
-                reports=opened.db.reports,
-                live=live,
-                titles=opened.db.titles,
-                top=MostRead(
-                    live, opened.pending, opened.db.top, opened.db.titles, clock=clock
-                ),
-            )
+            keyring = KeyRing(opened.db.keys, opened.key_generation, clock=clock)
+            stop_keys = asyncio.Event()
+            last_used = asyncio.create_task(keyring.keep_last_used(stop_keys))
+            try:
+                yield State(
+                    settings=settings,
+                    redis=opened.redis,
+                    pool=opened.db.pool,
+                    baseline_store=opened.baselines,
+                    baselines=opened.db.baselines,
+                    reports=opened.db.reports,
+                    live=live,
+                    titles=opened.db.titles,
+                    top=MostRead(
+                        live, opened.pending, opened.db.top, opened.db.titles, clock=clock
+                    ),
+                    keyring=keyring,
+                    audit=opened.db.audit,
+                )
+            finally:
+                # The last uses of keys are written once more before the pool closes.
+                stop_keys.set()
+                await last_used
         finally:
             await opened.aclose()
 
@@ -128,6 +142,8 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fa
     app.include_router(ops.router)
     app.include_router(imports.router)
     app.include_router(reports.router)
+    app.include_router(apikeys.router)
+    app.include_router(audit.router)
     app.router.routes.extend(dashboard.routes)
     # Which web pages may send hits and read counts: each site's allowed origins.
     app.add_middleware(SiteCors)

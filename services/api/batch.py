@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from services.api.deps import require_ingest
+from services.api.access import require_ingest
 from services.api.errors import ApiError
 from services.api.hit_body import VISITOR_MAX_CHARS
 from services.api.json_body import json_object

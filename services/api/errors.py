@@ -43,6 +43,12 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def unknown_site() -> ApiError:
+    """The answer to a site that is not registered (and to a key of another site: the same
+    bytes, so a key cannot tell whether a site exists)."""
+    return ApiError(404, "unknown_site", "no such site; register it first", "site")
+
+
 def error_response(
     status: int,
     code: str,
@@ -72,7 +78,7 @@ def _as_api_error(exc: Exception) -> ApiError:
     if isinstance(exc, InvalidTimezone):
         return ApiError(422, "invalid_field", str(exc), "timezone")
     if isinstance(exc, UnknownSite):
-        return ApiError(404, "unknown_site", "no such site; register it first", "site")
+        return unknown_site()
     if isinstance(exc, TopDisabled):
         return ApiError(404, "not_found", "this site does not publish its most-read list")
     if isinstance(exc, PersistenceFailed):

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from services.api import public_schema
-from services.api.deps import Admin
+from services.api.access import Admin, AdminAuthor
 from services.api.errors import ApiError
 from services.api.json_body import json_object
 from services.config import Settings
@@ -96,6 +96,7 @@ async def import_csv(
     site: str,
     request: Request,
     importer: ImporterDep,
+    author: AdminAuthor,
     site_total: Annotated[
         str | None, Query(description="the legacy site total; default: unchanged")
     ] = None,
@@ -110,7 +111,7 @@ async def import_csv(
     if content_type not in CSV_TYPES:
         raise ApiError(415, "unsupported_media_type", "send the CSV as text/csv", "content-type")
     report = await importer.import_csv(
-        site, _body(request), site_total=total, changed_by=changed_by
+        site, _body(request), site_total=total, changed_by=changed_by, author=author
     )
     return _json(report.as_dict())
 
@@ -165,6 +166,7 @@ async def put_page_baseline(
     site: str,
     request: Request,
     importer: ImporterDep,
+    author: AdminAuthor,
     by: ChangedBy = None,
 ) -> Response:
     """Set one page's baseline: `{"page": "...", "baseline": n}` (page ids may hold `/`, so
@@ -175,7 +177,7 @@ async def put_page_baseline(
     page = ids.page_id(data.get("page"))
     value = _baseline_of(data)
     result, pending = await importer.set_page(
-        site, page, value, changed_by=_changed_by(request, by)
+        site, page, value, changed_by=_changed_by(request, by), author=author
     )
     if result.rejected:
         rejected = result.rejected[0]
@@ -188,6 +190,7 @@ async def put_site_baseline(
     site: str,
     request: Request,
     importer: ImporterDep,
+    author: AdminAuthor,
     by: ChangedBy = None,
 ) -> Response:
     """Set the site total's baseline: `{"baseline": n}`."""
@@ -195,5 +198,7 @@ async def put_site_baseline(
     data = json_object(await request.body())
     _only(data, {"baseline"})
     value = _baseline_of(data)
-    result, pending = await importer.set_site(site, value, changed_by=_changed_by(request, by))
+    result, pending = await importer.set_site(
+        site, value, changed_by=_changed_by(request, by), author=author
+    )
     return _baseline_answer(site, result, pending)

@@ -1,5 +1,6 @@
 """Report routes: top pages and views per day from Postgres, as JSON or CSV; the live totals
-for the dashboard. Bearer VIEWCOUNTER_REPORT_TOKEN or VIEWCOUNTER_ADMIN_TOKEN."""
+for the dashboard. Bearer VIEWCOUNTER_REPORT_TOKEN, VIEWCOUNTER_ADMIN_TOKEN, or a report or
+admin key of the site (services/api/access.py)."""
 
 from __future__ import annotations
 
@@ -10,28 +11,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from services.api import public_schema
-from services.api.deps import Live, require_token_of
-from services.api.errors import ApiError
-from services.config import Settings
+from services.api.access import Reader
+from services.api.deps import Live
+from services.api.errors import unknown_site
 from services.counter import ids
 from services.counter.errors import CounterUnavailable
 from services.counting import reports
 from services.db import reports as db_reports
-
-
-async def require_reader(request: Request) -> None:
-    """Refuse unless the bearer token is the report token or the admin token (compared in
-    constant time on hashes); rate limited per client like the admin routes."""
-    settings: Settings = request.state.settings
-    await require_token_of(
-        request,
-        [settings.report_token, settings.admin_token],
-        "report or admin",
-        ("admin_disabled", "reports are off: no report or admin token is set"),
-    )
-
-
-Reader = Depends(require_reader)
 
 
 async def get_reporter(request: Request) -> reports.Reporter:
@@ -120,7 +106,7 @@ async def totals(site: str, live: Live, request: Request) -> Response:
     stored_reports: db_reports.Reports = request.state.reports
     stored = await stored_reports.totals(site)
     if stored is None:
-        raise ApiError(404, "unknown_site", "no such site; register it first", "site")
+        raise unknown_site()
     live_total: int | None
     try:
         live_total = (await live.counts(site, [])).site_views

@@ -1,4 +1,5 @@
-"""Admin routes for sites: settings and registered pages (bearer token required)."""
+"""Admin routes for sites: settings and registered pages (the operator or the site's admin
+key; each change is logged in the audit log)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from services.api import public_schema
-from services.api.deps import Admin, Live, TitlesDep
+from services.api.access import Admin, AdminAuthor
+from services.api.deps import Live
 from services.api.errors import ApiError
 from services.api.json_body import json_object
 from services.counter import ids, siteconfig
@@ -86,7 +88,7 @@ def _json(body: object, status: int = 200) -> Response:
     openapi_extra=_body_schema(SiteSettingsIn),
     responses={201: {"description": "the site was created"}},
 )
-async def put_site(site: str, request: Request, live: Live) -> Response:
+async def put_site(site: str, request: Request, live: Live, author: AdminAuthor) -> Response:
     """Create a site or change its settings; answers all of its settings."""
     site = ids.site_id(site)
     raw = await request.body()
@@ -98,7 +100,7 @@ async def put_site(site: str, request: Request, live: Live) -> Response:
         timezone = data["timezone"]
         if not isinstance(timezone, str) or not timezone or len(timezone) > 64:
             raise ApiError(422, "invalid_field", "timezone must be an IANA name", "timezone")
-    config, created = await live.register(site, data)
+    config, created = await live.register(site, data, author)
     return _json({"site": site, **config.as_dict(), "created": created}, 201 if created else 200)
 
 
@@ -111,7 +113,7 @@ async def get_site(site: str, live: Live) -> Response:
 
 
 @router.post("/pages", openapi_extra=_body_schema(PagesIn))
-async def register_pages(site: str, request: Request, live: Live, titles: TitlesDep) -> Response:
+async def register_pages(site: str, request: Request, live: Live, author: AdminAuthor) -> Response:
     """Register pages (for sites that count only registered pages), and set the titles given
     with them; answers the new pages and how many titles changed."""
     site = ids.site_id(site)
@@ -140,8 +142,7 @@ async def register_pages(site: str, request: Request, live: Live, titles: Titles
         unique[page] = None
         if has_title:
             given[page] = title
-    new = await live.register_pages(site, list(unique))
-    changed = await titles.set_admin(site, given)
+    new, changed = await live.register_pages(site, list(unique), given, author)
     return _json(
         {"site": site, "registered": new, "known": len(unique) - len(new), "titles_set": changed}
     )

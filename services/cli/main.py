@@ -1,19 +1,23 @@
-"""The `viewcounter` command: api, flusher, migrate, sites add, up."""
+"""The `viewcounter` command: api, flusher, migrate, sites add, keys, import, report, up."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from services import clients, logs
+from services.cli import keys as keys_cli
 from services.cli import reports as reports_cli
 from services.config import ConfigError, Settings, load_settings
 from services.counter import ids, siteconfig
 from services.counter.errors import CounterUnavailable
 from services.counting.live import InvalidTimezone, LiveCounts, zone
+from services.counting.principals import CommandLine
+from services.db import audit as db_audit
 from services.db import errors as db_errors
 from services.db import migrate as db_migrate
 
@@ -42,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a web origin allowed to send hits, e.g. https://example.com (repeatable)",
     )
     reports_cli.add_parsers(sub)  # import, report
+    keys_cli.add_parser(sub)  # keys create|list|revoke
     up = sub.add_parser("up", help="run the whole stack locally (starts Redis and Postgres)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
@@ -93,7 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except InvalidTimezone as exc:
             return _fail(f"timezone: {exc}")
         return asyncio.run(_add_site(settings, site, changes))
-    return reports_cli.run(settings, args)  # import, report
+    return _run_command(settings, args)
+
+
+def _run_command(settings: Settings, args: argparse.Namespace) -> int:
+    """keys, import, report."""
+    if args.command == "keys":
+        return keys_cli.run(settings, args)
+    return reports_cli.run(settings, args)
 
 
 def _run_api(settings: Settings, host: str, port: int, workers: int) -> int:
@@ -117,7 +129,8 @@ async def _add_site(settings: Settings, site: str, changes: dict[str, object]) -
     opened = await clients.connect(settings, clients.COMMAND)
     try:
         live = LiveCounts(opened.hits, opened.db.sites)
-        config, created = await live.register(site, changes)
+        author = db_audit.Author(CommandLine(getpass.getuser()).actor)
+        config, created = await live.register(site, changes, author)
     except (CounterUnavailable, db_errors.DatabaseUnavailable) as exc:
         return _fail(str(exc))
     finally:

@@ -20,6 +20,8 @@ from services.counter import ids, startup
 from services.counter.errors import CounterUnavailable
 from services.counting import baselines, reports
 from services.counting.live import UnknownSite
+from services.counting.principals import CommandLine
+from services.db import audit as db_audit
 from services.db import errors as db_errors
 from services.db import reports as db_reports
 
@@ -103,6 +105,7 @@ async def _import(settings: Settings, args: argparse.Namespace, console: Console
                 shown.track(_chunks(args.file)),
                 site_total=total,
                 changed_by=f"cli {args.by or getpass.getuser()}",
+                author=db_audit.Author(CommandLine(getpass.getuser()).actor),
             )
     finally:
         await opened.aclose()

@@ -23,6 +23,9 @@ MAX_UNITS = 1024
 LAYOUT_KEY = f"{PREFIX}:units"
 # The flushers alive and their last pass (one key; see flushers.lua).
 FLUSHERS_KEY = f"{PREFIX}:flushers"
+# The API keys' revocation generation (one key, a counter): every revocation increments it,
+# and each api process drops its cache of keys when it sees the number change (keygen.py).
+API_KEYS_GENERATION_KEY = f"{PREFIX}:apikeys:gen"
 # Field layout of a pending hash: the local day (YYYY-MM-DD, always 10 chars) then the page.
 DAY_CHARS = 10
 
@@ -236,6 +239,11 @@ def online_key(unit: str, minute: int) -> str:
 def visitors_merge_keys(unit: str) -> tuple[str, str]:
     """Scratch keys where merge_visitors.lua unions the visitor sketches of several units."""
     return f"{tag(unit)}:uvmerge:0", f"{tag(unit)}:uvmerge:1"
+
+
+def api_keys_generation_key() -> str:
+    """The API keys' revocation generation (a counter; no TTL)."""
+    return API_KEYS_GENERATION_KEY
 
 
 def admin_rate_key(token: str, minute: int) -> str:

@@ -32,6 +32,7 @@ from services.counter import ids
 from services.counter.baselinestore import BaselineStore
 from services.counter.errors import CounterUnavailable
 from services.counting.live import UnknownSite
+from services.db import audit as db_audit
 from services.db import baselines as db_baselines
 from services.db import errors as db_errors
 
@@ -236,6 +237,7 @@ class Importer:
         *,
         site_total: int | None,
         changed_by: str,
+        author: db_audit.Author,
     ) -> ImportReport:
         """Set the baselines of a `page,views` CSV (and the site's, when given): valid rows
         are applied together, invalid ones reported. Re-running it changes nothing.
@@ -245,7 +247,7 @@ class Importer:
         rejections = Rejections()
         counter = [0]
         result = await self._change(
-            db_baselines.BaselineChange(site, site_total, SOURCE_IMPORT, changed_by),
+            db_baselines.BaselineChange(site, site_total, SOURCE_IMPORT, changed_by, author),
             csv_rows(chunks, rejections, counter),
         )
         merged = sorted(rejections.rows + result.rejected, key=lambda r: r.line)
@@ -260,22 +262,23 @@ class Importer:
         )
 
     async def set_page(
-        self, site: str, page: str, baseline: int, *, changed_by: str
+        self, site: str, page: str, baseline: int, *, changed_by: str, author: db_audit.Author
     ) -> tuple[db_baselines.BaselineResult, int]:
         """Set one page's baseline (page and value already validated); the result and the
         chunks still queued for Redis."""
         result = await self._change(
-            db_baselines.BaselineChange(site, None, SOURCE_PAGE, changed_by),
+            db_baselines.BaselineChange(site, None, SOURCE_PAGE, changed_by, author),
             _rows_of([(1, page, baseline, None)]),
         )
         return result, await self.settle(site)
 
     async def set_site(
-        self, site: str, baseline: int, *, changed_by: str
+        self, site: str, baseline: int, *, changed_by: str, author: db_audit.Author
     ) -> tuple[db_baselines.BaselineResult, int]:
         """Set the site total's baseline; the result and the chunks still queued for Redis."""
         result = await self._change(
-            db_baselines.BaselineChange(site, baseline, SOURCE_PAGE, changed_by), _rows_of([])
+            db_baselines.BaselineChange(site, baseline, SOURCE_PAGE, changed_by, author),
+            _rows_of([]),
         )
         return result, await self.settle(site)
 

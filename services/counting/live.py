@@ -24,6 +24,7 @@ from services.counter.hitstore import HitStore
 from services.counter.outcomes import Counts, HitRequest, HitResult, Outcome, PageRule
 from services.counter.siteconfig import SiteConfig
 from services.counting import stats
+from services.db import audit as db_audit
 from services.db import sites as db_sites
 
 # How long a process uses a site's settings before reading them again: a change made through
@@ -249,37 +250,51 @@ class LiveCounts:
         """The site's settings (cached for SITE_CONFIG_CACHE_S); UnknownSite if unregistered."""
         return (await self._site(site)).config
 
-    async def register(self, site: str, changes: Mapping[str, Any]) -> tuple[SiteConfig, bool]:
-        """Create a site or change its settings, in Postgres then Redis; the settings now,
-        and whether the site was created. Raises siteconfig.InvalidSetting, InvalidTimezone."""
+    async def register(
+        self, site: str, changes: Mapping[str, Any], author: db_audit.Author
+    ) -> tuple[SiteConfig, bool]:
+        """Create a site or change its settings, in Postgres (logged as done by `author`)
+        then Redis; the settings now, and whether the site was created. Raises
+        siteconfig.InvalidSetting, InvalidTimezone."""
         if "timezone" in changes and changes["timezone"] is not None:
             zone(changes["timezone"])
-        config, created = await self._sites_db.put_site(site, changes)
+        config, created = await self._sites_db.put_site(site, changes, author)
         self._unknown.pop(site, None)
         self._sites.pop(site, None)
         await self._store.set_config(site, config)
         await self.ensure_loaded(site)
         return config, created
 
-    async def register_pages(self, site: str, pages: Sequence[str]) -> list[str]:
-        """Make pages known to a site (for sites that count only registered pages); the
-        pages that were new. UnknownSite when the site is not registered."""
+    async def register_pages(
+        self,
+        site: str,
+        pages: Sequence[str],
+        titles: Mapping[str, str | None],
+        author: db_audit.Author,
+    ) -> tuple[list[str], int]:
+        """Make pages known to a site (for sites that count only registered pages) and set
+        the admin titles given, in one logged change; the pages that were new and how many
+        titles changed. UnknownSite when the site is not registered."""
         config = await self.site_config(site)
-        new = await self._sites_db.register_pages(site, pages)
+        new, titles_set = await self._sites_db.register_pages(site, pages, titles, author)
         await self._store.set_config(site, config, new)
-        return new
+        return new, titles_set
 
-    async def admin_retry_after(self, ip: str, limit: int) -> int | None:
-        """Count an admin request from `ip`; seconds to wait when it is over `limit` per clock
-        minute, else None. Open when Redis is down: admin and report routes that do not need
-        Redis keep working, and the ones that do answer 503 by themselves."""
+    async def admin_retry_after(
+        self, ip: str, limit: int, *, key_id: str | None = None
+    ) -> int | None:
+        """Count an admin request of the key `key_id` (when given), else from `ip`; seconds
+        to wait when it is over `limit` per clock minute, else None. Open when Redis is down:
+        admin and report routes that do not need Redis keep working, and the ones that do
+        answer 503 by themselves."""
         if not limit:
             return None
         now = self._clock()
+        caller = ("admin", ip) if key_id is None else ("admin-key", key_id)
         try:
             salt = await self._daily_salt(now)
             count = await self._store.count_admin_request(
-                visitors.client_token(salt, "admin", ip), int(now // 60)
+                visitors.client_token(salt, *caller), int(now // 60)
             )
         except CounterUnavailable:
             return None

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from services.db import audit, queries
 from services.db import pool as db_pool
-from services.db import queries
 from services.db.errors import DatabaseUnavailable, UnknownSiteRow
 
 Q = queries.load("baselines")
@@ -15,17 +15,21 @@ Row = tuple[int, str, int, str | None]
 """A row of an import: (line, page, baseline, admin title or None: unchanged)."""
 OUTBOX_CHUNK_PAGES = 1000
 OUTBOX_FETCH_ROWS = 20
+# An audit entry lists at most this many changed pages (baseline_audit keeps them all).
+AUDIT_LISTED_PAGES = 100
 
 
 @dataclass(frozen=True)
 class BaselineChange:
     """Who changes a site's baselines, through what (`source`: import, page), and the site
-    total's new baseline (None: unchanged)."""
+    total's new baseline (None: unchanged). `changed_by` is the baseline trail's name for
+    them (baseline_changes), `author` the audit log's."""
 
     site: str
     site_total: int | None
     source: str
     changed_by: str
+    author: audit.Author
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class Baselines:
                     new_site=new_site,
                     generation=await generation(),
                 )
+            await _log(conn, change, counts, change_id, old_site, new_site, titles_set)
         return BaselineResult(
             change_id=change_id,
             rows_accepted=counts["accepted"],
@@ -224,6 +229,32 @@ async def _record_change(
                 Q["outbox_page_deltas"], change_id, site, generation, OUTBOX_CHUNK_PAGES
             )
     return change_id
+
+
+async def _log(
+    conn: db_pool.Conn,
+    change: BaselineChange,
+    counts: db_pool.Record,
+    change_id: int | None,
+    old_site: int,
+    new_site: int,
+    titles_set: int,
+) -> None:
+    """Log the change (an import, or one baseline set) in the audit log, in its transaction."""
+    pages = await conn.fetch(Q["import_changed_pages"], AUDIT_LISTED_PAGES)
+    detail: dict[str, object] = {
+        "change_id": change_id,
+        "rows_accepted": counts["accepted"],
+        "rows_rejected": counts["rejected"],
+        "pages_changed": counts["changed"],
+        "pages_new": counts["new_pages"],
+        "baselines": [{"page": r["page"], "old": r["old"], "new": r["new"]} for r in pages],
+        "titles_set": titles_set,
+    }
+    if new_site != old_site:
+        detail["site_baseline"] = {"old": old_site, "new": new_site}
+    action: audit.Action = "import" if change.source == "import" else "baseline.set"
+    await audit.record(conn, change.site, change.author, action, detail)
 
 
 def _affected(status: str) -> int:

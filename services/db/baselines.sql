@@ -61,6 +61,10 @@ SELECT (SELECT count(*) FROM import_rows) AS accepted,
        (SELECT count(*) FROM import_changes WHERE old IS NULL) AS new_pages,
        (SELECT count(*) FROM import_rejected) AS rejected;
 
+-- name: import_changed_pages
+-- The first pages of a change, for its audit log entry.
+SELECT page, old, new FROM import_changes ORDER BY page LIMIT $1;
+
 -- name: import_rejected_rows
 SELECT line, field, reason FROM import_rejected ORDER BY line LIMIT $1;
 

@@ -8,11 +8,14 @@ from datetime import date
 from typing import Any
 
 from services.counter.siteconfig import SiteConfig
+from services.db import audit, queries
 from services.db import pool as db_pool
-from services.db import queries
+from services.db import titles as db_titles
 
 Q = queries.load("sites")
 LOAD_FETCH_ROWS = 10_000
+# An audit entry lists at most this many pages by name (and counts them all).
+AUDIT_LISTED_PAGES = 100
 
 DayRow = tuple[str, str, int]
 """(page, or "" for the whole site; local day YYYY-MM-DD; views counted that day)."""
@@ -71,9 +74,12 @@ class Sites:
         async with db_pool.connection(self.pool) as conn:
             await conn.fetchval("SELECT 1")
 
-    async def put_site(self, site: str, changes: Mapping[str, Any]) -> tuple[SiteConfig, bool]:
+    async def put_site(
+        self, site: str, changes: Mapping[str, Any], author: audit.Author
+    ) -> tuple[SiteConfig, bool]:
         """Create a site, or change the given settings of an existing one (the others keep
-        their values); the resulting config and whether the site was created.
+        their values), logged as `site.create` or `site.update` in the same transaction; the
+        resulting config and whether the site was created.
 
         Raises siteconfig.InvalidSetting when the merged settings are not acceptable.
         """
@@ -94,6 +100,17 @@ class Sites:
                 config.learn_titles,
             )
             await conn.execute(Q["ensure_site_views"], site)
+            new = config.as_dict()
+            if created:
+                await audit.record(conn, site, author, "site.create", {"settings": new})
+            else:
+                old = current.as_dict()
+                changed = {
+                    name: {"old": old.get(name), "new": value}
+                    for name, value in new.items()
+                    if old.get(name) != value
+                }
+                await audit.record(conn, site, author, "site.update", {"changes": changed})
             return config, created
 
     async def get_site(self, site: str) -> SiteConfig | None:
@@ -108,11 +125,28 @@ class Sites:
             chunks = day_rows(conn, site, since, by_page=by_page)
             return [row async for chunk in chunks for row in chunk]
 
-    async def register_pages(self, site: str, pages: Sequence[str]) -> list[str]:
-        """Add pages (with no views yet) to a site; the ones that were new."""
-        async with db_pool.connection(self.pool) as conn:
+    async def register_pages(
+        self,
+        site: str,
+        pages: Sequence[str],
+        titles: Mapping[str, str | None],
+        author: audit.Author,
+    ) -> tuple[list[str], int]:
+        """Add pages (with no views yet) to a site and set the admin titles given (None:
+        clear it), logged as `pages.register`, in one transaction; the pages that were new
+        and how many titles changed."""
+        async with db_pool.transaction(self.pool) as conn:
             rows = await conn.fetch(Q["register_pages"], site, list(pages))
-        return [row["page"] for row in rows]
+            new = [row["page"] for row in rows]
+            titles_set = await db_titles.set_admin_on(conn, site, titles)
+            detail: dict[str, object] = {
+                "pages": len(pages),
+                "registered": len(new),
+                "registered_pages": new[:AUDIT_LISTED_PAGES],
+                "titles_set": titles_set,
+            }
+            await audit.record(conn, site, author, "pages.register", detail)
+        return new, titles_set
 
     @asynccontextmanager
     async def site_load(self, site: str) -> AsyncIterator[SiteLoad | None]:

@@ -31,8 +31,7 @@ class Titles:
         if not titles:
             return 0
         async with db_pool.connection(self.pool) as conn:
-            status = await conn.execute(Q[query], site, list(titles), list(titles.values()))
-        return _affected(status)
+            return await _write_on(conn, query, site, titles)
 
     async def shown(self, site: str, pages: Sequence[str]) -> dict[str, str]:
         """The title shown for each of `pages` that has one (the admin's, else the learned)."""
@@ -41,6 +40,20 @@ class Titles:
         async with db_pool.connection(self.pool) as conn:
             rows = await conn.fetch(Q["shown_titles"], site, list(pages))
         return {r["page"]: r["title"] for r in rows if r["title"] is not None}
+
+
+async def set_admin_on(conn: db_pool.Conn, site: str, titles: Mapping[str, str | None]) -> int:
+    """Set admin titles on `conn` (in the caller's transaction); how many changed."""
+    if not titles:
+        return 0
+    return await _write_on(conn, "set_admin_titles", site, titles)
+
+
+async def _write_on(
+    conn: db_pool.Conn, query: str, site: str, titles: Mapping[str, str | None]
+) -> int:
+    status = await conn.execute(Q[query], site, list(titles), list(titles.values()))
+    return _affected(status)
 
 
 def _affected(status: str) -> int:

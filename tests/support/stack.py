@@ -25,6 +25,7 @@ from services.config import Settings
 from services.counter import client as counter_client
 from services.counter import startup
 from services.counting.live import LiveCounts
+from services.db import audit as db_audit
 from services.db import baselines as db_baselines
 from services.db import ledger as db_ledger
 from services.db import migrate
@@ -34,6 +35,7 @@ from services.flusher.worker import Flusher
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}  # the admin API's headers
+TEST_AUTHOR = db_audit.Author("cli:test")  # who the audit log names for a test's own changes
 TEMPLATE_DB = "vc_template"
 SITE = "quan11"
 SITE_TZ = "Asia/Ho_Chi_Minh"
