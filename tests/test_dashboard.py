@@ -269,18 +269,34 @@ async def test_dashboard_speaks_vietnamese_to_a_vietnamese_browser_and_switches_
             stats_day = await page.inner_text("#stats-day")
             headings = await page.locator("#main h2").all_inner_texts()
             site_sum = await page.inner_text("#site-sum")
+            await page.screenshot(path=str(ARTIFACTS / "dashboard-vi.png"), full_page=True)
             await page.click("#chart-site + details summary")
             site_table = await day_rows(page, "#table-site")
             table_heads = await page.locator("#table-site thead th").all_inner_texts()
             top_heads = await page.locator("#top thead th").all_inner_texts()
             share = await page.inner_text("#top tbody tr:first-child td:last-child")
             accessibility = await serious_violations(page)
-            await page.screenshot(path=str(ARTIFACTS / "dashboard-vi.png"), full_page=True)
+            fields = (await page.input_value("#from"), await page.input_value("#to"))
+            # A week typed as dd/mm/yyyy; then a day that does not exist.
+            week_from = datetime.now(HCM).date() - timedelta(days=6)
+            await page.fill("#from", vi_date(week_from))
+            await page.click("#range button[type=submit]")
+            await page.wait_for_selector("#chart-site[data-bars='7']")
+            week = await day_rows(page, "#table-site")
+            await page.fill("#from", "31/02/2026")
+            await page.click("#range button[type=submit]")
+            await page.wait_for_selector("#error:has-text('31/02/2026')")
+            bad_day = await page.inner_text("#error")
+            invalid = await page.get_attribute("#from", "aria-invalid")
+            await page.fill("#from", vi_date(week_from))
+            await page.click("#range button[type=submit]")
+            await page.wait_for_selector("#from[aria-invalid=false]")
             # The switch: English now, and still after a reload (remembered).
             await page.select_option("#lang", "en")
             en_labels = await page.locator("#stats dt").all_inner_texts()
             en_live = await page.inner_text("#live-total")
             en_day = (await day_rows(page, "#table-site"))[-1][1]
+            en_fields = (await page.input_value("#from"), await page.input_value("#to"))
             await page.reload()
             await page.wait_for_selector("body[data-state=ready]")
             await page.wait_for_selector("#stats[data-state=ready]")
@@ -322,6 +338,13 @@ async def test_dashboard_speaks_vietnamese_to_a_vietnamese_browser_and_switches_
     assert site_table[-1][1] == vi_date(today)
     assert sum(row[3] for row in site_table) == counted
     assert accessibility == [], accessibility
+    assert fields == (vi_date(today - timedelta(days=29)), vi_date(today))
+    assert [row[0] for row in week] == [
+        (week_from + timedelta(days=n)).isoformat() for n in range(7)
+    ]
+    assert bad_day == "Ngày không hợp lệ: 31/02/2026 (viết dạng dd/mm/yyyy)."
+    assert invalid == "true"
+    assert en_fields == (week_from.isoformat(), today.isoformat())
     assert en_labels == EN_STATS and en_live == f"{live:,}"
     assert en_day == f"{today:%b} {today.day}, {today.year}"
     assert (reloaded_lang, reloaded_labels) == ("en", EN_STATS)

@@ -30,6 +30,8 @@
       key_note: "Khóa chỉ được giữ trong thẻ này (sessionStorage) và chỉ gửi tới các báo cáo " +
         "của trang web đã chọn.",
       from: "Từ ngày",
+      date_format: "Ngày viết dạng dd/mm/yyyy (ví dụ 06/12/2026).",
+      bad_day: "Ngày không hợp lệ: {value} (viết dạng dd/mm/yyyy).",
       to: "Đến ngày",
       page: "Trang",
       page_placeholder: "mã trang; để trống: trang xem nhiều nhất",
@@ -72,6 +74,8 @@
       key_note: "Kept in this tab only (sessionStorage) and sent only to the chosen site's " +
         "reports.",
       from: "From",
+      date_format: "Days as yyyy-mm-dd (for example 2026-12-06).",
+      bad_day: "Not a valid day: {value} (write it as yyyy-mm-dd).",
       to: "To",
       page: "Page",
       page_placeholder: "a page id; empty: the top page",
@@ -111,6 +115,7 @@
   var chosenPage = "";
   var liveTimer = null;
   var drawn = null;  // the last answers, redrawn when the language changes
+  var range = null;  // {from, to}: the local days shown (YYYY-MM-DD)
 
   function $(id) { return document.getElementById(id); }
 
@@ -151,11 +156,54 @@
     return new Intl.DateTimeFormat(LOCALES[lang], options).format(new Date(day + "T00:00:00Z"));
   }
 
+  // A day on the charts' axis: dd/mm in Vietnamese (vi-VN's own month-day form has a dash).
   function shortDate(day) {
-    var options = lang === "vi" ?
-      { day: "2-digit", month: "2-digit", timeZone: "UTC" } :
-      { day: "numeric", month: "short", timeZone: "UTC" };
-    return new Intl.DateTimeFormat(LOCALES[lang], options).format(new Date(day + "T00:00:00Z"));
+    if (lang === "vi") { return date(day).slice(0, 5); }
+    return new Intl.DateTimeFormat(LOCALES[lang], { day: "numeric", month: "short", timeZone: "UTC" })
+      .format(new Date(day + "T00:00:00Z"));
+  }
+
+  // A day as the range fields show it: dd/mm/yyyy in Vietnamese, yyyy-mm-dd in English (a
+  // text field: the browser's own date picker follows its interface language, not ours).
+  function fieldDay(day) { return lang === "vi" ? date(day) : day; }
+
+  // A typed day as YYYY-MM-DD, or null: yyyy-mm-dd always, d/m/yyyy (or with dots or dashes)
+  // in Vietnamese.
+  function parseDay(text) {
+    var value = text.trim(), m = /^(\d{4})-(\d{1,2})-(\d{1,2})$/.exec(value), y, mo, d;
+    if (m) { y = +m[1]; mo = +m[2]; d = +m[3]; } else if (lang === "vi" &&
+        (m = /^(\d{1,2})[\/.\-](\d{1,2})[\/.\-](\d{4})$/.exec(value))) {
+      d = +m[1]; mo = +m[2]; y = +m[3];
+    } else {
+      return null;
+    }
+    var when = new Date(Date.UTC(y, mo - 1, d));
+    if (when.getUTCFullYear() !== y || when.getUTCMonth() !== mo - 1 || when.getUTCDate() !== d) {
+      return null;
+    }
+    return when.toISOString().slice(0, 10);
+  }
+
+  function writeRange() {
+    if (!range) { return; }
+    $("from").value = fieldDay(range.from);
+    $("to").value = fieldDay(range.to);
+  }
+
+  // The range the fields say, or null (the first bad field marked and named).
+  function readRange() {
+    var read = {}, bad = null;
+    ["from", "to"].forEach(function (id) {
+      var day = parseDay($(id).value);
+      $(id).setAttribute("aria-invalid", day ? "false" : "true");
+      if (!day && !bad) { bad = $(id).value; }
+      read[id] = day;
+    });
+    if (bad !== null) {
+      $("error").textContent = t("bad_day", { value: bad });
+      return null;
+    }
+    return read;
   }
 
   function applyLanguage() {
@@ -170,6 +218,7 @@
     Array.prototype.forEach.call(document.querySelectorAll("[data-i18n-placeholder]"),
       function (node) { node.setAttribute("placeholder", t(node.getAttribute("data-i18n-placeholder"))); });
     document.title = t("title") + (site ? " · " + site : "") + " · viewcounter";
+    writeRange();
     if (drawn) { redraw(); }
   }
 
@@ -356,8 +405,8 @@
     $("stats").setAttribute("data-state", "ready");
   }
 
-  function drawRange(range, daily, top, pageDaily) {
-    var span = { from: date(range.from), to: date(range.to) };
+  function drawRange(shown, daily, top, pageDaily) {
+    var span = { from: date(shown.from), to: date(shown.to) };
     drawChart($("chart-site"), daily.days, "site");
     fillDays($("table-site"), daily.days, t("caption_site", {
       site: site, from: span.from, to: span.to
@@ -431,20 +480,22 @@
 
   function show() {
     $("error").textContent = "";
-    var range = { from: $("from").value, to: $("to").value };
+    var asked = readRange();
+    if (!asked) { return Promise.resolve(); }
+    range = asked;
     return Promise.all([
-      getJSON("/reports/daily", range),
-      getJSON("/reports/top", { from: range.from, to: range.to, limit: 20 })
+      getJSON("/reports/daily", asked),
+      getJSON("/reports/top", { from: asked.from, to: asked.to, limit: 20 })
     ]).then(function (answers) {
       var daily = answers[0], top = answers[1];
       chosenPage = $("page").value.trim() || (top.pages[0] ? top.pages[0].page : "");
       if (!chosenPage) { return [daily, top, null]; }
-      return getJSON("/reports/daily", { from: range.from, to: range.to, page: chosenPage })
+      return getJSON("/reports/daily", { from: asked.from, to: asked.to, page: chosenPage })
         .then(function (pageDaily) { return [daily, top, pageDaily]; });
     }).then(function (answers) {
       if (!drawn) { return; }
-      drawn.range = { range: range, daily: answers[0], top: answers[1], pageDaily: answers[2] };
-      drawRange(range, answers[0], answers[1], answers[2]);
+      drawn.range = { range: asked, daily: answers[0], top: answers[1], pageDaily: answers[2] };
+      drawRange(asked, answers[0], answers[1], answers[2]);
       document.body.setAttribute("data-state", "ready");
     }).catch(fail);
   }
@@ -456,8 +507,11 @@
     $("login").hidden = true;
     $("main").hidden = false;
     refreshNumbers().then(function () {
-      if (!$("to").value) { $("to").value = today(timezone); }
-      if (!$("from").value) { $("from").value = minusDays($("to").value, 29); }
+      if (!range) {
+        var last = today(timezone);
+        range = { from: minusDays(last, 29), to: last };
+      }
+      writeRange();
       if (liveTimer === null) {
         liveTimer = setInterval(function () { refreshNumbers().catch(fail); }, 5000);
       }
