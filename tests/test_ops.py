@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -605,6 +606,25 @@ async def test_api_waits_for_redis_then_serves_and_counts_once_redis_is_up(
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert any(e["message"].startswith("waiting for redis (attempt 1") for e in entries)
     assert any("serving anyway" in e["message"] for e in entries)
+
+
+async def test_api_refuses_to_start_when_its_metrics_port_is_taken(
+    redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(redis_url, database_url)
+    log = tmp_path / "api.log"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = process_env(settings, VIEWCOUNTER_API_METRICS_PORT=str(port))
+        with viewcounter(["api", "--port", str(free_port())], env, log) as proc:
+            assert await asyncio.to_thread(proc.wait, 30) == 2
+    errors = [json.loads(line) for line in log.read_text().splitlines() if '"error"' in line]
+    assert [e["message"] for e in errors if e["level"] == "error"] == [
+        f"refusing to start: the metrics listener cannot listen on 127.0.0.1:{port}: "
+        "[Errno 98] Address already in use"
+    ]
 
 
 async def test_request_ids_are_echoed_bounded_and_generated(api: httpx.AsyncClient) -> None:
