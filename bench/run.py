@@ -209,6 +209,9 @@ def api_env(redis: RedisProcess, postgres: PostgresProcess, extra: Sequence[str]
         # One load generator is one client IP: the per-IP limit would refuse almost all of
         # it. Dedupe stays on (each request carries a new visitor id).
         VIEWCOUNTER_RATE_LIMIT="0",
+        # No metrics listener: the bench reads only the public /readyz status, and a fixed
+        # port could be taken by another run.
+        VIEWCOUNTER_API_METRICS_PORT="0",
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p),
     )
     for item in extra:

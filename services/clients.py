@@ -43,6 +43,8 @@ class Role:
 # The api: Redis as configured (the hit path's connections); min_size 0 in Postgres, so the
 # api starts, and counts, while Postgres is down.
 API = Role("api", postgres_max_size=10)
+# The api's metrics listener (ops_listener.py): a scrape or a readiness probe at a time.
+API_OPS = Role("api metrics", postgres_max_size=1, redis_connections=4)
 # The api's start-up wait: a few quick checks before the workers start.
 API_STARTUP = Role("api start-up", postgres_max_size=1, redis_connections=2, redis_timeout_s=2.0)
 # The flusher's Redis timeout stays above its WAITAOF wait (worker.FSYNC_WAIT_MS, 2 s).

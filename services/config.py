@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     max_pages_per_site: int = Field(default=1_000_000, ge=0)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     metrics_port: int = Field(default=9101, ge=0, le=65535)
+    # The api's metrics listener: /metrics and the /readyz checks, off the public port
+    # (services/api/ops_listener.py). Port 0: no such listener.
+    api_metrics_port: int = Field(default=9102, ge=0, le=65535)
+    api_metrics_host: str = Field(default="127.0.0.1", min_length=1)
     # Seconds the hit path waits for Redis before answering 503.
     redis_timeout: float = Field(default=2.0, gt=0, le=60)
     redis_max_connections: int = Field(default=64, ge=1, le=10000)

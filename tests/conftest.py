@@ -93,6 +93,13 @@ async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
+async def ops(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The api's metrics listener (/metrics, /readyz checks) in this process, beside `api`."""
+    async with stack.running_ops(settings) as client:
+        yield client
+
+
+@pytest.fixture
 async def site(api: httpx.AsyncClient) -> str:
     await stack.register_site(api)
     return stack.SITE

@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,6 +39,7 @@ from tests.support.stack import (
     make_settings,
     register_site,
     running_api,
+    running_ops,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,6 +118,11 @@ class Traffic:
     sent: dict[str, int]
     api_metrics: str
     flusher_metrics: str
+    # What the public port answered for /metrics and /readyz, and the metrics listener's
+    # /readyz, during the traffic.
+    public_metrics: int
+    public_readyz: tuple[int, object]
+    listener_readyz: tuple[int, object]
     worker_prefixes: set[str]
     api_log: str
     request_id_echo: str
@@ -171,10 +178,15 @@ async def traffic(
     try:
         database_url = await copy_template(pg_server)
         settings = make_settings(redis.url, database_url, dedupe_window=1800)
-        api_port, flusher_port = free_port(), free_port()
+        api_port, flusher_port, listener_port = free_port(), free_port(), free_port()
         base = f"http://127.0.0.1:{api_port}"
+        listener = f"http://127.0.0.1:{listener_port}"
         api_log = tmp / "api.log"
-        api_env = process_env(settings, VIEWCOUNTER_LOG_LEVEL="debug")
+        api_env = process_env(
+            settings,
+            VIEWCOUNTER_LOG_LEVEL="debug",
+            VIEWCOUNTER_API_METRICS_PORT=str(listener_port),
+        )
         flusher_env = process_env(settings, VIEWCOUNTER_METRICS_PORT=str(flusher_port))
         api_args = ["api", "--workers", "2", "--port", str(api_port)]
         with viewcounter(api_args, api_env, api_log) as api:
@@ -182,6 +194,10 @@ async def traffic(
             async with httpx.AsyncClient(base_url=base, timeout=10) as client:
                 await register_site(client)
             sent, prefixes, echo = await send_known_traffic(base)
+            public_metrics = await get(f"{base}/metrics")
+            public_readyz = await get(f"{base}/readyz")
+            listener_readyz = await get(f"{listener}/readyz")
+            assert public_metrics and public_readyz and listener_readyz
             with viewcounter(["flusher"], flusher_env, tmp / "flusher.log") as flusher:
                 flusher_url = f"http://127.0.0.1:{flusher_port}"
 
@@ -196,7 +212,7 @@ async def traffic(
                 flusher_text = (await get(f"{flusher_url}/metrics")).text  # type: ignore[union-attr]
                 flusher.send_signal(signal.SIGTERM)
                 assert await asyncio.to_thread(flusher.wait, 30) == 0
-            api_text = (await get(f"{base}/metrics")).text  # type: ignore[union-attr]
+            api_text = (await get(f"{listener}/metrics")).text  # type: ignore[union-attr]
             api.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(api.wait, 40) == 0
         conn = await asyncpg.connect(database_url)
@@ -210,6 +226,9 @@ async def traffic(
             sent=sent,
             api_metrics=api_text,
             flusher_metrics=flusher_text,
+            public_metrics=public_metrics.status_code,
+            public_readyz=(public_readyz.status_code, public_readyz.json()),
+            listener_readyz=(listener_readyz.status_code, listener_readyz.json()),
             worker_prefixes=prefixes,
             api_log=api_log.read_text(),
             request_id_echo=echo,
@@ -248,6 +267,27 @@ def test_two_workers_answered_and_metrics_of_both_are_merged_exactly(traffic: Tr
     assert value(api, "viewcounter_redis_memory_used_bytes") > 0
 
 
+def test_the_public_port_shows_no_metrics_and_a_bare_readiness(traffic: Traffic) -> None:
+    assert traffic.public_metrics == 404
+    assert traffic.public_readyz == (200, {"status": "ok"})
+    # The metrics listener (VIEWCOUNTER_API_METRICS_PORT, in the supervisor of the two
+    # workers) has the checks.
+    code, body = traffic.listener_readyz
+    assert code == 200
+    assert body == {
+        "status": "ok",
+        "checks": {
+            "redis": "ok",
+            "redis_eviction": "ok",
+            "redis_layout": "ok",
+            "redis_memory": "ok (no maxmemory set: Redis may grow until the machine runs out "
+            "of memory)",
+            "postgres": "ok",
+            "migrations": "ok",
+        },
+    }
+
+
 def test_flusher_metrics_match_the_ledger(traffic: Traffic) -> None:
     flusher = samples(traffic.flusher_metrics)
     assert value(flusher, "viewcounter_flushed_hits_total") == traffic.sent["counted"]
@@ -272,8 +312,12 @@ def test_logs_are_json_with_request_ids_and_no_addresses(traffic: Traffic) -> No
     hits_logged = [e for e in access if e.get("route") == HITS_ROUTE]
     assert len(hits_logged) == sum(traffic.sent.values()) + 1  # + the unknown site's
     assert all(e["request_id"] for e in hits_logged)
-    # The client's address is nowhere (uvicorn's own start-up line names the listening one).
-    assert not [line for line in lines if "127.0.0.1" in line and "Uvicorn running" not in line]
+    # The client's address is nowhere (uvicorn's own start-up line, and the metrics
+    # listener's, name the listening one).
+    listening = ("Uvicorn running", "api metrics and readiness checks on")
+    assert not [
+        line for line in lines if "127.0.0.1" in line and not any(m in line for m in listening)
+    ]
     assert not re.search(r'"v\d+"', traffic.api_log)  # no visitor id
 
 
@@ -317,7 +361,7 @@ async def test_postgres_outage_raises_flush_lag_degrades_the_api_unreadies_the_f
     async def lag() -> float:
         return value(await scrape(), "viewcounter_flush_lag_seconds")
 
-    async with running_api(settings) as api:
+    async with running_api(settings) as api, running_ops(settings) as ops:
         await register_site(api)
         with viewcounter(["flusher"], env, tmp_path / "flusher.log"):
             counted = 0
@@ -344,7 +388,9 @@ async def test_postgres_outage_raises_flush_lag_degrades_the_api_unreadies_the_f
             assert down is not None and down.json()["status"] == "unavailable"
             assert down.json()["checks"]["postgres"] != "ok"
             # Hits still count: the api stays in the load balancer, "degraded".
-            api_down = await api.get("/readyz")
+            public_down = await api.get("/readyz")
+            assert (public_down.status_code, public_down.json()) == (200, {"status": "degraded"})
+            api_down = await ops.get("/readyz")
             assert api_down.status_code == 200
             assert api_down.json()["status"] == "degraded"
             api_checks = api_down.json()["checks"]
@@ -458,11 +504,11 @@ async def test_flusher_is_unready_while_its_passes_fail_though_postgres_answers(
 
 
 async def test_api_is_unready_when_redis_may_evict_or_holds_another_layout(
-    api: httpx.AsyncClient, settings: Settings
+    api: httpx.AsyncClient, ops: httpx.AsyncClient, settings: Settings
 ) -> None:
     admin = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:
-        ready = await api.get("/readyz")
+        ready = await ops.get("/readyz")
         assert (ready.status_code, ready.json()["status"]) == (200, "ok")
         assert list(ready.json()["checks"]) == [
             "redis",
@@ -475,9 +521,12 @@ async def test_api_is_unready_when_redis_may_evict_or_holds_another_layout(
         ]
         await admin.config_set("maxmemory-policy", "allkeys-lru")
         try:
-            evicting = await api.get("/readyz")
+            evicting = await ops.get("/readyz")
+            public = await api.get("/readyz")
         finally:
             await admin.config_set("maxmemory-policy", "noeviction")
+        # The load balancer's view: the status only, the same code.
+        assert (public.status_code, public.json()) == (503, {"status": "unavailable"})
         assert (evicting.status_code, evicting.json()["status"]) == (503, "unavailable")
         assert evicting.json()["checks"]["redis_eviction"] == (
             "Redis maxmemory-policy is allkeys-lru: it would evict unflushed counts; "
@@ -486,7 +535,7 @@ async def test_api_is_unready_when_redis_may_evict_or_holds_another_layout(
         recorded = await admin.get(keys.LAYOUT_KEY)
         await admin.set(keys.LAYOUT_KEY, settings.shards + 1)
         try:
-            split = await api.get("/readyz")
+            split = await ops.get("/readyz")
         finally:
             if recorded is None:
                 await admin.delete(keys.LAYOUT_KEY)
@@ -532,12 +581,19 @@ async def test_api_waits_for_redis_then_serves_and_counts_once_redis_is_up(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "api.log"
-    env = process_env(settings, VIEWCOUNTER_STARTUP_TIMEOUT="1")
+    listener_port = free_port()
+    env = process_env(
+        settings, VIEWCOUNTER_STARTUP_TIMEOUT="1", VIEWCOUNTER_API_METRICS_PORT=str(listener_port)
+    )
     with viewcounter(["api", "--port", str(port)], env, log):
         await until(lambda: _is(status_of(f"{base}/healthz"), 200), "api serving")
         ready = await get(f"{base}/readyz")
         assert ready is not None and ready.status_code == 503
-        assert ready.json()["checks"]["redis"] != "ok"
+        assert ready.json() == {"status": "unavailable"}
+        # One worker: the metrics listener runs in the worker's own process.
+        checked = await get(f"http://127.0.0.1:{listener_port}/readyz")
+        assert checked is not None and checked.status_code == 503
+        assert checked.json()["checks"]["redis"] != "ok"
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:
             down = await client.post(f"/v1/sites/{SITE}/hits", json={"page": "a"})
             assert down.status_code == 503
@@ -553,6 +609,25 @@ async def test_api_waits_for_redis_then_serves_and_counts_once_redis_is_up(
     assert any("serving anyway" in e["message"] for e in entries)
 
 
+async def test_api_refuses_to_start_when_its_metrics_port_is_taken(
+    redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(redis_url, database_url)
+    log = tmp_path / "api.log"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = process_env(settings, VIEWCOUNTER_API_METRICS_PORT=str(port))
+        with viewcounter(["api", "--port", str(free_port())], env, log) as proc:
+            assert await asyncio.to_thread(proc.wait, 30) == 2
+    errors = [json.loads(line) for line in log.read_text().splitlines() if '"error"' in line]
+    assert [e["message"] for e in errors if e["level"] == "error"] == [
+        f"refusing to start: the metrics listener cannot listen on 127.0.0.1:{port}: "
+        "[Errno 98] Address already in use"
+    ]
+
+
 async def test_request_ids_are_echoed_bounded_and_generated(api: httpx.AsyncClient) -> None:
     given = await api.get("/healthz", headers={"x-request-id": "abc-123"})
     assert given.headers["x-request-id"] == "abc-123"
@@ -565,17 +640,17 @@ async def test_request_ids_are_echoed_bounded_and_generated(api: httpx.AsyncClie
 
 
 async def test_rejected_hits_before_routing_are_counted_with_their_route(
-    api: httpx.AsyncClient, site: str
+    api: httpx.AsyncClient, ops: httpx.AsyncClient, site: str
 ) -> None:
     oversized = await api.post(
         f"/v1/sites/{site}/hits", content=b"x" * 20_000, headers={"content-type": "text/plain"}
     )
     assert oversized.status_code == 413
-    scraped = samples((await api.get("/metrics")).text)
+    scraped = samples((await ops.get("/metrics")).text)
     count = "viewcounter_http_request_duration_seconds_count"
     assert value(scraped, count, route=HITS_ROUTE, method="POST", status="4xx") >= 1
     assert value(scraped, "viewcounter_hits_total", site=site, outcome="rejected") >= 1
     missing = await api.get("/no/such/path")
     assert missing.status_code == 404
-    scraped = samples((await api.get("/metrics")).text)
+    scraped = samples((await ops.get("/metrics")).text)
     assert value(scraped, count, route="unmatched", method="GET", status="4xx") >= 1

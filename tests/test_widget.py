@@ -17,7 +17,7 @@ import pytest
 from services.api import badge, widget
 from services.cli.localservers import free_port
 from tests.support import svg
-from tests.support.stack import SITE, api_with_site, make_settings, running_api
+from tests.support.stack import SITE, api_with_site, make_settings, running_api, running_ops
 
 
 async def hit(client: httpx.AsyncClient, page: str) -> None:
@@ -176,7 +176,8 @@ async def stream(
 
 
 async def gauges(client: httpx.AsyncClient) -> tuple[float, float]:
-    """(open streams, pollers) of this process, from /metrics."""
+    """(open streams, pollers) of this process, from /metrics of the metrics listener app
+    `client` talks to (the `ops` fixture: it runs in this process)."""
     text = (await client.get("/metrics")).text
     values = {}
     for line in text.splitlines():
@@ -222,39 +223,39 @@ async def test_stream_without_page_follows_the_site_total(
 
 
 async def test_streams_of_one_page_share_one_poller_and_disconnects_free_everything(
-    api: httpx.AsyncClient, site: str
+    api: httpx.AsyncClient, ops: httpx.AsyncClient, site: str
 ) -> None:
-    await until_gauges(api, (0, 0))
+    await until_gauges(ops, (0, 0))
     async with stream(api, page="a") as s1, stream(api, page="a") as s2:
         async with stream(api, page="b") as s3:
             for events in (s1, s2, s3):
                 await events.next()
-            assert await gauges(api) == (3, 2)
-        await until_gauges(api, (2, 1))
+            assert await gauges(ops) == (3, 2)
+        await until_gauges(ops, (2, 1))
     # Leaving the `async with` closes the connections: the server sees the disconnect and
     # frees each slot and the last listener's poller, without writing to the socket first.
-    await until_gauges(api, (0, 0))
+    await until_gauges(ops, (0, 0))
 
 
 async def test_stream_count_is_bounded_and_a_disconnect_frees_the_slot(
     redis_url: str, database_url: str
 ) -> None:
     settings = make_settings(redis_url, database_url, stream_max_connections=1)
-    async with api_with_site(settings) as client:
-        await until_gauges(client, (0, 0))
+    async with api_with_site(settings) as client, running_ops(settings) as ops:
+        await until_gauges(ops, (0, 0))
         async with stream(client, page="a") as events:
             await events.next()
             refused = await client.get(f"/v1/sites/{SITE}/stream", params={"page": "a"})
             assert refused.status_code == 503
             assert refused.json()["error"]["code"] == "too_many_streams"
             assert refused.headers["retry-after"] == "30"
-        await until_gauges(client, (0, 0))
+        await until_gauges(ops, (0, 0))
         async with stream(client, page="a") as events:
             assert (await events.next())["page_views"] == 0
 
 
 async def test_stream_errors_come_before_the_stream_as_json(
-    api: httpx.AsyncClient, site: str
+    api: httpx.AsyncClient, ops: httpx.AsyncClient, site: str
 ) -> None:
     unknown = await api.get("/v1/sites/nosuchsite/stream")
     bad_page = await api.get(f"/v1/sites/{site}/stream", params={"page": "a\x00"})
@@ -263,13 +264,13 @@ async def test_stream_errors_come_before_the_stream_as_json(
     assert (bad_page.status_code, bad_page.json()["error"]["field"]) == (422, "page")
     assert (bad_site.status_code, bad_site.json()["error"]["field"]) == (422, "site")
     # Refused streams hold no slot.
-    await until_gauges(api, (0, 0))
+    await until_gauges(ops, (0, 0))
 
 
 async def test_stream_with_redis_down_is_503_and_holds_no_slot(database_url: str) -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}"
     settings = make_settings(dead_redis, database_url, redis_timeout=0.5)
-    async with running_api(settings) as client:
+    async with running_api(settings) as client, running_ops(settings) as ops:
         response = await client.get(f"/v1/sites/{SITE}/stream", params={"page": "a"})
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "redis_unavailable"
@@ -277,4 +278,4 @@ async def test_stream_with_redis_down_is_503_and_holds_no_slot(database_url: str
         assert badge_response.status_code == 503
         script = await client.get("/v1/counter.js")
         assert script.status_code == 200  # the script needs no Redis
-        await until_gauges(client, (0, 0))
+        await until_gauges(ops, (0, 0))

@@ -1,8 +1,10 @@
-"""GET /dashboard/{site}: a static page (HTML, JS, CSS from the package; no build step, no
-CDN) that draws the report routes' answers. It holds no data itself: the script asks for a
-report token, keeps it in sessionStorage (this tab only) and sends it as a bearer token to
-the report routes, which are what is protected. Served under a strict CSP: no inline code
-or styles, nothing from elsewhere."""
+"""GET /dashboard/{site} (and GET /dashboard, which asks for the site): a static page (HTML,
+JS, CSS from the package; no build step, no CDN) that draws the report routes' answers, in
+Vietnamese or English. It holds no data itself: the script asks for the site and its key (a
+report or admin key), keeps them in sessionStorage (this tab only) and sends the key as a
+bearer token to that site's report routes, which are what is protected; it never asks which
+other sites exist. Served under a strict CSP: no inline code or styles, nothing from
+elsewhere."""
 
 from __future__ import annotations
 
@@ -36,6 +38,11 @@ async def page(request: Request) -> Response:
     return Response(PAGE, media_type="text/html; charset=utf-8", headers=_HEADERS)
 
 
+async def sign_in(request: Request) -> Response:
+    """The dashboard page before a site is chosen: its sign-in asks for the site too."""
+    return Response(PAGE, media_type="text/html; charset=utf-8", headers=_HEADERS)
+
+
 async def script(request: Request) -> Response:
     """The dashboard's script."""
     return Response(SCRIPT, media_type="text/javascript; charset=utf-8", headers=_HEADERS)
@@ -47,6 +54,7 @@ async def style(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
+    Route("/dashboard", sign_in, methods=["GET"]),
     Route("/dashboard/{site}", page, methods=["GET"]),
     Route("/v1/dashboard.js", script, methods=["GET"]),
     Route("/v1/dashboard.css", style, methods=["GET"]),

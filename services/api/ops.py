@@ -1,15 +1,19 @@
-"""Liveness, readiness and metrics."""
+"""Liveness, readiness and metrics: what the public port answers (/healthz, a bare /readyz)
+and what the metrics listener (ops_listener.py) serves in full (/readyz checks, /metrics)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from services import health, metrics
 from services.api.deps import AppState
+from services.config import Settings
 from services.counter import client, startup
+from services.counter.client import Client
 from services.counter.errors import CounterUnavailable
 from services.counter.outcomes import RedisMemory, RedisPersistence
+from services.db.pool import Pool
 
 # Readiness warns (and ops should act) once Redis uses this share of its maxmemory: with
 # noeviction, Redis refuses every hit when it is full.
@@ -78,27 +82,15 @@ def _failing(check: str) -> bool:
     return check != health.OK and not check.startswith(WARNING)
 
 
-@router.get(
-    "/readyz",
-    responses={
-        503: {
-            "description": "hits cannot be counted: Redis unreachable, evicting, refusing "
-            "writes it cannot persist (full disk), or split over another number of units"
-        }
-    },
-)
-async def readyz(state: AppState) -> Response:
-    """Whether this api can count hits: Redis answers, cannot evict counts, can persist
-    writes (its AOF disk is not full), and holds them split over VIEWCOUNTER_SHARDS units
-    (503 naming what is wrong otherwise).
-
-    Postgres is not needed by hits: unreachable, or with migrations missing, the api stays
-    ready (200) with status "degraded" (admin routes, reports and imports fail meanwhile).
-    Status "warning" (200): Redis is near its memory bound, or its last AOF rewrite failed
-    (ops must act before it is full).
-    """
-    redis = state["redis"]
-    probe = await health.probe(redis, state["pool"])
+async def readiness(
+    redis: Client, pool: Pool, settings: Settings
+) -> tuple[str, int, dict[str, str]]:
+    """(status, HTTP status, checks) of this api: whether it can count hits (Redis answers,
+    cannot evict counts, can persist writes — its AOF disk is not full — and holds them split
+    over VIEWCOUNTER_SHARDS units), and how Postgres and Redis' memory are (see
+    `readiness_status`). Postgres is not needed by hits: unreachable, or with migrations
+    missing, the api stays ready (200) with status "degraded"."""
+    probe = await health.probe(redis, pool)
     checks = {
         "redis": probe.checks["redis"],
         "redis_eviction": "unknown",
@@ -109,7 +101,7 @@ async def readyz(state: AppState) -> Response:
     if probe.checks["redis"] == health.OK:
         checks["redis_eviction"] = await health.failure_of(startup.refuse_eviction(redis))
         checks["redis_layout"] = await health.failure_of(
-            startup.check_recorded_layout(redis, state["settings"].shards)
+            startup.check_recorded_layout(redis, settings.shards)
         )
         try:
             memory = await startup.memory(redis)
@@ -130,15 +122,35 @@ async def readyz(state: AppState) -> Response:
     checks["postgres"] = probe.checks["postgres"]
     checks["migrations"] = probe.checks["migrations"]
     status, code = readiness_status(checks)
-    return JSONResponse({"status": status, "checks": checks}, status_code=code)
+    return status, code, checks
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-async def metrics_text(state: AppState) -> Response:
-    """Prometheus text format (with several workers: all of them, merged)."""
+@router.get(
+    "/readyz",
+    responses={
+        503: {
+            "description": "hits cannot be counted: Redis unreachable, evicting, refusing "
+            "writes it cannot persist (full disk), or split over another number of units"
+        }
+    },
+)
+async def readyz(state: AppState) -> Response:
+    """Whether this api can count hits, for load balancers: 200 or 503 and the bare status
+    ("ok", "warning", "degraded"; "unavailable" with 503), never the checks.
+
+    The checks themselves (which dependency is wrong, and how) are on the metrics listener
+    (VIEWCOUNTER_API_METRICS_PORT, services/api/ops_listener.py), not on this public port.
+    """
+    status, code, _checks = await readiness(state["redis"], state["pool"], state["settings"])
+    return JSONResponse({"status": status}, status_code=code)
+
+
+async def metrics_text(redis: Client) -> bytes:
+    """The api's metrics in Prometheus text format (with several workers: all of them,
+    merged), Redis' memory gauges refreshed first."""
     try:
-        metrics.set_redis_memory(await startup.memory(state["redis"]))
-        metrics.set_redis_persistence(await startup.persistence(state["redis"]))
+        metrics.set_redis_memory(await startup.memory(redis))
+        metrics.set_redis_persistence(await startup.persistence(redis))
     except CounterUnavailable as exc:
         metrics.count_backend_error(exc)  # the gauges keep their last value
-    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+    return metrics.exposition()

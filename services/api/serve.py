@@ -1,4 +1,5 @@
-"""Running the api as a process: metrics across workers, the start-up wait, a graceful stop.
+"""Running the api as a process: metrics across workers and their listener, the start-up
+wait, a graceful stop.
 
 This module must not import prometheus_client (directly or through services.metrics) at
 import time: the metrics directory has to be in the environment, and emptied, before any
@@ -89,10 +90,26 @@ def run(settings: Settings, host: str, port: int, workers: int) -> int:
 
     cleanup = prepare_metrics_dir(workers)
     # Only now: these import prometheus_client, which reads the environment set just above.
+    from services.api import ops_listener
     from services.api.app import server_options
     from services.counter.errors import UnsafeRedis
 
+    listener: ops_listener.OpsListener | None = None
     try:
+        if settings.api_metrics_port:
+            # Up first, so the readiness checks say what the start-up wait waits for.
+            try:
+                sock = ops_listener.bind(settings)
+            except OSError as exc:
+                log.error(
+                    "refusing to start: the metrics listener cannot listen on %s:%d: %s",
+                    settings.api_metrics_host,
+                    settings.api_metrics_port,
+                    exc,
+                )
+                return 2
+            listener = ops_listener.OpsListener(settings, sock)
+            listener.start()
         try:
             asyncio.run(wait_for_redis(settings))
         except UnsafeRedis as exc:
@@ -110,5 +127,7 @@ def run(settings: Settings, host: str, port: int, workers: int) -> int:
             **server_options(settings),  # type: ignore[arg-type]
         )
     finally:
+        if listener is not None:
+            listener.stop()
         cleanup()
     return 0

@@ -27,6 +27,9 @@ DATABASE_URL_ENV = "VIEWCOUNTER_DATABASE_URL"
 ADMIN_TOKEN_ENV = "VIEWCOUNTER_ADMIN_TOKEN"
 METRICS_PORT_ENV = "VIEWCOUNTER_METRICS_PORT"
 DEFAULT_METRICS_PORT = 9101
+API_METRICS_PORT_ENV = "VIEWCOUNTER_API_METRICS_PORT"
+API_METRICS_HOST_ENV = "VIEWCOUNTER_API_METRICS_HOST"
+DEFAULT_API_METRICS_PORT = 9102
 DATABASE_NAME = "viewcounter"
 CHILD_GRACE_S = 30.0
 POLL_INTERVAL_S = 0.2
@@ -185,6 +188,13 @@ def _print_banner(
 ) -> None:
     base = f"http://{host}:{port}"
     metrics_port = env.get(METRICS_PORT_ENV, str(DEFAULT_METRICS_PORT))
+    api_metrics_port = env.get(API_METRICS_PORT_ENV, str(DEFAULT_API_METRICS_PORT))
+    api_metrics_host = env.get(API_METRICS_HOST_ENV, "127.0.0.1")
+    api_metrics = (
+        "(off: VIEWCOUNTER_API_METRICS_PORT=0)"
+        if api_metrics_port == "0"
+        else f"http://{api_metrics_host}:{api_metrics_port}/metrics (and /readyz checks)"
+    )
     hit = (
         # curl's own agent is on the crawler list: it would be answered `reason: "bot"`.
         f"curl -A 'Mozilla/5.0' -X POST {base}/v1/sites/{demo_site}/hits "
@@ -195,7 +205,7 @@ def _print_banner(
         "viewcounter is up",
         f"  api:              {base}",
         f"  record a view:    {hit}",
-        f"  api metrics:      {base}/metrics",
+        f"  api metrics:      {api_metrics}",
         f"  demo page:        {demo_url or '(no examples/ directory here)'}",
         f"  flusher metrics:  http://127.0.0.1:{metrics_port}/metrics",
         f"  redis:            {env[REDIS_URL_ENV]}",

@@ -35,6 +35,7 @@ from tests.support.stack import (
     make_settings,
     register_site,
     running_api,
+    running_ops,
 )
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
@@ -50,7 +51,7 @@ REFUSED_TO_SEE = 50  # refused hits seen before the checks made while the disk i
 
 
 async def _metric(client: httpx.AsyncClient, name: str) -> float:
-    """The value of an unlabelled metric in the api's /metrics."""
+    """The value of an unlabelled metric in the api's /metrics (its metrics listener)."""
     text = (await client.get("/metrics")).text
     for line in text.splitlines():
         if line.startswith(f"{name} "):
@@ -69,22 +70,22 @@ async def test_redis_aof_disk_full_refuses_hits_until_freed_then_counts_exactly(
         server.start()
         try:
             settings = make_settings(server.url, database_url, flush_interval=0.1)
-            async with running_api(settings) as client:
+            async with running_api(settings) as client, running_ops(settings) as ops:
                 await register_site(client)
                 load = chaos.Load(client, SITE, pages=20, seed=21)
                 flusher_log = tmp_path / "flusher.log"
                 with chaos.sampled_with_flusher(settings, [load], flusher_log) as (sampler, fl):
                     async with load.flowing(clients=4):
                         await load.more_acked(300)
-                        assert await _metric(client, "viewcounter_redis_persistence_ok") == 1
+                        assert await _metric(ops, "viewcounter_redis_persistence_ok") == 1
                         filler = await asyncio.to_thread(disks.fill, redis_fs)
                         seen = load.refused
                         await chaos.until(
                             lambda: load.refused >= seen + REFUSED_TO_SEE, "hits refused"
                         )
-                        ready = await client.get("/readyz")
+                        ready = await ops.get("/readyz")
                         one = await client.post(f"/v1/sites/{SITE}/hits", json={"page": "x"})
-                        ok_gauge = await _metric(client, "viewcounter_redis_persistence_ok")
+                        ok_gauge = await _metric(ops, "viewcounter_redis_persistence_ok")
                         # Nothing refused was applied: the live total stands still while
                         # more hits are refused.
                         counts = f"/v1/sites/{SITE}/counts"
@@ -97,8 +98,8 @@ async def test_redis_aof_disk_full_refuses_hits_until_freed_then_counts_exactly(
                         acked_while_full = load.acked_total - acked_before
                         await asyncio.to_thread(disks.free, filler)
                         await load.more_acked(300)  # counting resumes by itself
-                        ready_again = await client.get("/readyz")
-                        ok_again = await _metric(client, "viewcounter_redis_persistence_ok")
+                        ready_again = await ops.get("/readyz")
+                        ok_again = await _metric(ops, "viewcounter_redis_persistence_ok")
                     assert await chaos.stop_gracefully(fl) == 0
         finally:
             server.kill()

@@ -84,6 +84,7 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         # A killed flusher's units are free again this soon (the default is 15 s).
         VIEWCOUNTER_FLUSH_LEASE="1",
         VIEWCOUNTER_METRICS_PORT=str(free_port()),
+        VIEWCOUNTER_API_METRICS_PORT=str(free_port()),
         VIEWCOUNTER_STARTUP_TIMEOUT="20",
         VIEWCOUNTER_LOG_LEVEL="warning",
     )

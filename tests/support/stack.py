@@ -18,6 +18,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from services.api.app import create_app, server_options
+from services.api.ops_listener import create_ops_app
 from services.cli.localpostgres import PostgresProcess
 from services.cli.localservers import free_port
 from services.clients import Clients
@@ -154,6 +155,14 @@ async def running_api(
         finally:
             server.should_exit = True
             await task
+
+
+@asynccontextmanager
+async def running_ops(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The api's metrics listener app (/metrics, /readyz with its checks) on a free port of
+    this process, as `viewcounter api` runs it beside the public port, and a client for it."""
+    async with running_api(settings, app=create_ops_app(settings)) as client:
+        yield client
 
 
 async def register_site(client: httpx.AsyncClient, site: str = SITE, tz: str = SITE_TZ) -> None:

@@ -61,6 +61,8 @@ def test_only_the_urls_are_required_and_everything_else_has_the_documented_defau
     assert settings.rate_limit == 600
     assert settings.trusted_proxies == []
     assert settings.metrics_port == 9101
+    # The api's metrics listener: private by default.
+    assert (settings.api_metrics_host, settings.api_metrics_port) == ("127.0.0.1", 9102)
     assert settings.max_body_bytes == 16 * 1024
 
 

@@ -65,6 +65,28 @@ def test_compose_monitoring_profile_uses_the_deploy_files() -> None:
         assert "/readyz" in " ".join(services[name]["healthcheck"]["test"])
 
 
+@pytest.mark.parametrize("compose_file", ["docker-compose.yml", "docker-compose.cluster.yml"])
+def test_the_api_metrics_listener_is_reachable_by_prometheus_and_never_published(
+    compose_file: str,
+) -> None:
+    api = yaml.safe_load((REPO / compose_file).read_text())["services"]["api"]
+    settings = Settings(
+        redis_url="redis://x",
+        database_url="postgresql://x",
+        **{
+            k.removeprefix("VIEWCOUNTER_").lower(): str(v)
+            for k, v in api["environment"].items()
+            if k.startswith("VIEWCOUNTER_") and "URL" not in k and "TOKEN" not in k
+        },
+    )
+    assert (settings.api_metrics_host, settings.api_metrics_port) == ("0.0.0.0", 9102)
+    assert [str(p).split(":")[-1] for p in api["ports"]] == ["8000"]
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    targets = jobs["viewcounter-api"]["static_configs"][0]["targets"]
+    assert targets == [f"api:{settings.api_metrics_port}"]
+
+
 def test_the_clustered_compose_file_runs_every_node_safely() -> None:
     compose = yaml.safe_load(
         (REPO / "docker-compose.cluster.yml").read_text()
