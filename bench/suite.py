@@ -422,7 +422,7 @@ def _redis_benchmark_command(b: Bench, site: str, requests: int) -> list[str] | 
         seen_token="s__rand_int__",
         dedupe_window_s=1800,
         client_token="-",
-        minute=int(time.time() // 60),
+        time_s=int(time.time()),
         rate_limit=0,
         page_rule=PageRule.any_page(),
         visitor_token="v__rand_int__",

@@ -88,19 +88,46 @@ async def test_dedupe_marks_and_the_salt_expire_and_hold_no_ip(
     settings = make_settings(redis_url, database_url, dedupe_window=600)
     async with api_with_site(settings) as client:
         await hit(client, "a")
-    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    redis = aioredis.Redis.from_url(redis_url)
     try:
-        marks = [k async for k in redis.scan_iter(match=keys.seen_key(SITE, "*"))]
+        marks = [k async for k in redis.scan_iter(match=f"{keys.tag(SITE)}:seen:*")]
         ttls = [await redis.ttl(k) for k in marks]
-        values = [await redis.get(k) for k in marks]
+        fields = [await redis.hgetall(k) for k in marks]
+        encodings = [await redis.object("encoding", k) for k in marks]
         salts = [k async for k in redis.scan_iter(match=keys.salt_key("*"))]
         salt_ttl = await redis.ttl(salts[0])
     finally:
         await redis.aclose()
-    assert len(marks) == 1
-    assert 0 < ttls[0] <= 600
-    assert "127.0.0.1" not in marks[0] and values == ["1"]
+    assert len(marks) == 1 and marks[0].startswith(f"{keys.tag(SITE)}:seen:600:".encode())
+    # The hash of the mark's generation lives until the next generation is over.
+    assert 600 < ttls[0] <= 2 * 600 + 1
+    # One field: an 8-byte fingerprint -> the second of the generation it was counted in.
+    ((mark, second),) = fields[0].items()
+    assert len(mark) == keys.SEEN_FIELD_BYTES and 0 <= int(second) < 600
+    assert b"127.0.0.1" not in marks[0] + mark
+    assert encodings == [b"listpack"]
     assert len(salts) == 1 and 0 < salt_ttl <= 2 * 86400  # the salt expires too
+
+
+@pytest.mark.parametrize("offset", [0, 1, 599, 1799])
+async def test_a_repeat_is_a_duplicate_until_exactly_the_window_has_passed(
+    redis_url: str, database_url: str, offset: int
+) -> None:
+    """By the api's clock: a repeat W - 1 s after the counted view is a duplicate, one W
+    after is counted, wherever the view falls in its generation (keys.seen_generation)."""
+    window = 1800
+    # A fixed morning (UTC): the day's salt, hence the visitor's token, stays the same.
+    clock = stack.FakeClock(datetime(2026, 6, 1, 8, tzinfo=UTC).timestamp() + offset)
+    settings = make_settings(redis_url, database_url, dedupe_window=window)
+    async with running_api(settings, clock=clock) as client:
+        await register_site(client)
+        seen = [(await hit(client, "a"))["counted"]]
+        for step in (window - 1, 1, window - 1, 1):
+            clock.advance(step)
+            seen.append((await hit(client, "a"))["counted"])
+        counts = await live(client, "a")
+    assert seen == [True, False, True, False, True]
+    assert views(counts)["pages"] == {"a": 3}
 
 
 def hits_metric(outcome: str) -> float:

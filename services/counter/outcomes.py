@@ -110,14 +110,19 @@ class HitRequest:
     site: str
     page: str
     day: str
-    seen_token: str
+    seen_token: str  # visitors.seen_token (hex), "-" when the window is 0
     dedupe_window_s: int
     client_token: str
-    minute: int
+    time_s: int  # unix second the hit was taken, by the api's clock
     rate_limit: int
     page_rule: PageRule
     visitor_token: str
     title: str = ""  # a title to learn for the page (validated); "": none
+
+    @property
+    def minute(self) -> int:
+        """The clock minute of the hit (unix time // 60): its rate counter, online sketch."""
+        return self.time_s // 60
 
 
 @dataclass(frozen=True, slots=True)

@@ -205,7 +205,7 @@ class LiveCounts:
             seen_token=visitors.seen_token(salt, visitor_token, page) if window else "-",
             dedupe_window_s=window,
             client_token=visitors.client_token(salt, site, ip) if rate_limit else "-",
-            minute=int(now // 60),
+            time_s=int(now),
             rate_limit=rate_limit,
             page_rule=page_rule,
             visitor_token=visitor_token,
