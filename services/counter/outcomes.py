@@ -63,6 +63,20 @@ def hit_results(answer: Sequence[Any]) -> list[HitResult] | None:
     ]
 
 
+def hit_tally(answer: Sequence[Any]) -> dict[Outcome, int] | None:
+    """How many hits of a hits.lua answer had each outcome: of its results, or of the record
+    a call sent again found ({2, n_1, ..., n_5}); None when the unit was not loaded."""
+    if answer[0] == 0:
+        return None
+    if answer[0] == 2:
+        return {_BY_CODE[i]: int(n) for i, n in enumerate(answer[1:]) if n}
+    tally: dict[Outcome, int] = {}
+    for i in range(1, len(answer), 3):
+        outcome = decode(answer[i])
+        tally[outcome] = tally.get(outcome, 0) + 1
+    return tally
+
+
 @dataclass(frozen=True, slots=True)
 class PageRule:
     """Which pages of a site a hit may count on: any page, at most n distinct pages, or

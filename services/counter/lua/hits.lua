@@ -16,8 +16,10 @@
 --   KEYS[b+5] the page's bucket          ({vc:UNIT}:pages:N, page digest -> live total)
 --   KEYS[b+6] the visitors online in the hit's clock minute ({vc:UNIT}:on:MIN, HyperLogLog)
 --   KEYS[b+7] its dedupe marks of the generation before ({vc:UNIT}:seen:W:G-1:SHARD)
--- ARGV[1] seconds to keep this call's answer under KEYS[10] (0: not idempotent): a call
---         sent again with the same record answers what the first one did, counting nothing
+-- ARGV[1] seconds to keep this call's record under KEYS[10] (0: not idempotent): a call
+--         sent again with the same record answers the tallies of what the first one did
+--         (below), counting nothing. The record is those tallies (a few bytes a call), not
+--         the per-hit answer: a retry needs no more.
 -- ARGV[2] seconds an online sketch lives after its first visitor (the online window + 2 min)
 -- ARGV  then per hit, 11 values: pending shard index (0-based), page id, local day,
 --       dedupe window in seconds (0: off), hits allowed per client per minute (0: off),
@@ -31,7 +33,8 @@
 -- Returns {1, outcome_1, page_views_1, unit_views_1, ...} in hit order, where outcome is
 -- 1 counted, 2 duplicate (same visitor and page inside the window), 3 rate limited,
 -- 4 page limit (a new page on a unit that has its maximum of pages), 5 unknown page (a new
--- page on a site that counts only its registered pages); or {0}
+-- page on a site that counts only its registered pages); or {2, n_1, ..., n_5}, a call
+-- recorded under KEYS[10] before: how many of its hits had each outcome 1..5; or {0}
 -- when the unit's live totals are not loaded (unknown site, or Redis lost its data): then
 -- nothing was written, and the caller loads the totals from Postgres first so that counts
 -- shown never go backwards.
@@ -149,6 +152,10 @@ for _, key in ipairs(online_keys) do
   end
 end
 if idempotent_for > 0 then
-  redis.call('SET', KEYS[10], cjson.encode(out), 'EX', idempotent_for)
+  local tally = {2, 0, 0, 0, 0, 0}
+  for i = 2, #out, 3 do
+    tally[1 + out[i]] = tally[1 + out[i]] + 1
+  end
+  redis.call('SET', KEYS[10], cjson.encode(tally), 'EX', idempotent_for)
 end
 return out
