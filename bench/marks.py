@@ -145,3 +145,60 @@ def idempotency_bytes(
     if answer["outcomes"]["counted"] != views:
         raise SystemExit(f"idem: {answer}")
     return {"views": views, "records": records, "bytes": after - before}
+
+
+def old_layout_bytes_per_mark(url: str, count: int, window_s: int = 1800) -> float:
+    """used_memory growth per mark of the layout before this one (a key per mark, SET NX EX),
+    for the comparison; on an empty server."""
+    client = redis_sync.Redis.from_url(url)
+    try:
+        before = int(client.info("memory")["used_memory"])
+        for start in range(0, count, FILL_PIPELINE):
+            pipe = client.pipeline(transaction=False)
+            for _ in range(start, min(count, start + FILL_PIPELINE)):
+                pipe.set(f"{keys.tag('m')}:seen:{secrets.token_hex(12)}", 1, nx=True, ex=window_s)
+            pipe.execute()
+        return (int(client.info("memory")["used_memory"]) - before) / count
+    finally:
+        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.marks SERVER_BINARY N...`: bytes per mark of the old layout and of
+    hits.lua's, N marks each, on a fresh server of that binary per measurement."""
+    import argparse
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from services.cli.localredis import RedisProcess
+    from services.cli.localservers import REDIS_SERVER_ENV
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("server", help="a redis-server or valkey-server binary")
+    parser.add_argument("counts", nargs="+", type=int)
+    ns = parser.parse_args(argv)
+    os.environ[REDIS_SERVER_ENV] = ns.server
+    for count in ns.counts:
+        for layout in ("old", "new"):
+            with tempfile.TemporaryDirectory(prefix="vc-marks-") as tmp:
+                server = RedisProcess(Path(tmp), appendonly=False)
+                server.start()
+                try:
+                    if layout == "old":
+                        per_mark = old_layout_bytes_per_mark(server.url, count)
+                        print(f"{count} marks, a key each: {per_mark:.1f} B a mark")
+                    else:
+                        client = redis_sync.Redis.from_url(server.url)
+                        client.hset(
+                            keys.site_key("m"), mapping={keys.SITE_GEN: "x", keys.SITE_VIEWS: 0}
+                        )
+                        client.close()
+                        print(f"{count} marks, hits.lua: {bytes_per_mark(server.url, 'm', count)}")
+                finally:
+                    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
