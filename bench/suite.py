@@ -434,7 +434,7 @@ def _redis_benchmark_command(b: Bench, site: str, requests: int) -> list[str] | 
         site=site,
         page="news/article-__rand_int__",
         day=time.strftime("%Y-%m-%d"),
-        seen_token="s__rand_int__",
+        seen_token="00" * 12,  # its mark field is made random below
         dedupe_window_s=1800,
         client_token="-",
         time_s=int(time.time()),
@@ -444,6 +444,8 @@ def _redis_benchmark_command(b: Bench, site: str, requests: int) -> list[str] | 
     )
     script, numkeys, key_args = calls.hits_call(site, [request])
     assert script is scripts.HITS
+    # A new visitor each call, as the batch side sends: a random dedupe mark (ARGV 12).
+    key_args[numkeys + 11] = "m__rand_int__"
     port = b.redis.url.rsplit(":", 1)[1].split("/")[0]
     return [
         tool, "-p", port, "-n", str(requests), "-P", "64", "-c", "4", "-r", "1000",
