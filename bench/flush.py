@@ -94,8 +94,8 @@ async def prep(ns: argparse.Namespace) -> None:
                 live.View(page_id(i), visitor=f"reader-{i}")
                 for i in range(start, min(start + PREP_VIEWS_PER_CALL, ns.pages))
             ]
-            outcomes = await counts.hit_batch(ns.site, views, f"prep-{time.time_ns()}")
-            counted += sum(o is Outcome.COUNTED for o in outcomes)
+            outcomes = await counts.hit_batch(ns.site, views)
+            counted += outcomes.get(Outcome.COUNTED, 0)
     finally:
         await opened.aclose()
     if counted != ns.pages:

@@ -32,6 +32,14 @@ machine noise falls on both sides of a ratio):
              new rows (insert) and again into the same rows (update); target >= 0.8. Then
              one batch of --flush-big-pages (1,000,000) for the flusher's peak RSS and, in a
              second run, its tracemalloc peak: bounded by the chunk, not the batch.
+- `marks`    Redis bytes per dedupe mark (200,000 marks written by hits.lua; target <= 40)
+             and the hit rate with 1,000,000 live dedupe marks over the hit rate on a fresh
+             Redis, rounds alternating (target >= 0.9); bench/marks.py.
+- `idem`     Redis bytes kept per batch view for idempotency: one 10,000-view batch with an
+             Idempotency-Key (target <= 1) and one without.
+- `pages`    hit rate against the number of distinct pages hit (100 ... 1,000,000), a fresh
+             Redis each run, rounds rotating; the ratio row is 1,000,000 pages over 100.
+             Writes the plot bench/results/hit-pages.png.
 - `soak`     the api's RSS (VmRSS, every 10 s) over --soak-minutes (10) of paced hits at half
              the closed-loop hit rate, 100,000 pages, a new visitor each hit, a flusher
              running: the last minute's median over the first minute's; target <= 1.1.
@@ -82,8 +90,13 @@ PACED_LATENCY_MS = 2.0
 T = TypeVar("T")
 FIGURES = (
     "hit", "latency", "workers", "counts", "stats", "top", "batch", "batch-key", "memory",
-    "flusher", "soak",
+    "marks", "idem", "pages", "flusher", "soak",
 )  # fmt: skip
+MARKS_SITE = "marks"
+MARKS_BYTES_COUNT = 200_000
+LIVE_MARKS = 1_000_000
+PAGE_COUNTS = (100, 1_000, 10_000, 100_000, 1_000_000)
+PAGES_PLOT_FILE = RESULTS_DIR / "hit-pages.png"
 MEMORY_SITE = "mem"
 MEMORY_PAGES = 20_000
 FLUSH_SITE = "fb"
@@ -127,6 +140,7 @@ class Bench:
     tmp: Path
     hit_rps: float = 0.0  # the 1-worker hit rate, once the `hit` figure measured it
     soak_samples: list[tuple[float, int, int]] = field(default_factory=list)
+    pages_curve: list[tuple[int, float, float]] = field(default_factory=list)
     flush_template: str = ""
     rows: list[Row] = field(default_factory=list)
 
@@ -431,16 +445,18 @@ def _redis_benchmark_command(b: Bench, site: str, requests: int) -> list[str] | 
         site=site,
         page="news/article-__rand_int__",
         day=time.strftime("%Y-%m-%d"),
-        seen_token="s__rand_int__",
+        seen_token="00" * 12,  # its mark field is made random below
         dedupe_window_s=1800,
         client_token="-",
-        minute=int(time.time() // 60),
+        time_s=int(time.time()),
         rate_limit=0,
         page_rule=PageRule.any_page(),
         visitor_token="v__rand_int__",
     )
     script, numkeys, key_args = calls.hits_call(site, [request])
     assert script is scripts.HITS
+    # A new visitor each call, as the batch side sends: a random dedupe mark (ARGV 12).
+    key_args[numkeys + 11] = "m__rand_int__"
     port = b.redis.url.rsplit(":", 1)[1].split("/")[0]
     return [
         tool, "-p", port, "-n", str(requests), "-P", "64", "-c", "4", "-r", "1000",
@@ -587,6 +603,180 @@ def fig_memory(b: Bench) -> None:
             f" {(after - before) / pages:.0f} B per page",
         )
     )
+
+
+def _flushall(b: Bench) -> None:
+    import redis as redis_sync
+
+    client = redis_sync.Redis.from_url(b.redis.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+
+
+def fig_marks(b: Bench) -> None:
+    """Bytes per dedupe mark; hit rate with LIVE_MARKS live marks over a fresh Redis."""
+    from bench import marks
+
+    run.cli(b.env, "sites", "add", MARKS_SITE)
+    args = _run_args(b.args, "--endpoints", run.HIT)
+    rates: dict[str, list[float]] = {"fresh": [], "marks": []}
+    p99: dict[str, list[float]] = {"fresh": [], "marks": []}
+    with run.api_server(b.env, args.app, 1, b.tmp / "api-marks.log") as (port, pid):
+        _flushall(b)
+        run._get(port, f"/v1/sites/{MARKS_SITE}/counts")  # loads the site into Redis
+        size = marks.bytes_per_mark(b.redis.url, MARKS_SITE, MARKS_BYTES_COUNT)
+        print(f"  {size}", flush=True)
+        for n, state in _rotating(["fresh", "marks"], b.args.rounds):
+            _flushall(b)
+            if state == "marks":
+                started = time.monotonic()
+                dbsize = marks.fill_marks(b.redis.url, args.site, LIVE_MARKS)
+                print(
+                    f"  {LIVE_MARKS} live marks written in {time.monotonic() - started:.1f} s"
+                    f" ({dbsize} keys)",
+                    flush=True,
+                )
+            run.run_load(args, b.kind, port, pid, run.HIT, 2, phase="warm-up")
+            r = run.run_load(args, b.kind, port, pid, run.HIT, b.args.duration, round_no=n)
+            _show(state, r)
+            rates[state].append(r.rps)
+            p99[state].append(r.p99_ms)
+    per_mark = size["used_memory_per_mark"]
+    b.rows.append(
+        Row(
+            "9. Redis bytes per dedupe mark",
+            f"{per_mark:.1f} B",
+            "40 B",
+            per_mark,
+            40.0,
+            "<= 40 B",
+            per_mark <= 40,
+            None,
+            None,
+            f"{size['marks']} marks written by hits.lua (a new visitor each, window 1800 s) on"
+            f" {size['server']}: used_memory grew {per_mark:.1f} B a mark, MEMORY USAGE of the"
+            f" marks' hashes {size['memory_usage_per_mark']:.1f} B a mark; {size['hashes']}"
+            f" hashes, encodings {size['encodings']}",
+        )
+    )
+    fresh, loaded = statistics.median(rates["fresh"]), statistics.median(rates["marks"])
+    b.rows.append(
+        Row(
+            "9. hit with 1M live dedupe marks / fresh Redis",
+            f"hit {loaded:.0f}/s with {LIVE_MARKS:,} marks",
+            f"hit {fresh:.0f}/s fresh",
+            loaded,
+            fresh,
+            ">= 0.9",
+            loaded / fresh >= 0.9,
+            None,
+            statistics.median(p99["marks"]),
+            f"p99 fresh {statistics.median(p99['fresh']):.1f} ms; marks written into the"
+            " current generation's hashes of the site as hits.lua lays them out (bench/marks.py)",
+            [a / c for a, c in zip(rates["marks"], rates["fresh"], strict=True)],
+        )
+    )
+
+
+def fig_idem(b: Bench) -> None:
+    """Redis bytes kept per batch view for idempotency, with and without a key."""
+    from bench import marks
+
+    env = dict(b.env, VIEWCOUNTER_INGEST_TOKEN=INGEST_TOKEN, VIEWCOUNTER_ADMIN_RATE_LIMIT="0")
+    args = _run_args(b.args)
+    with run.api_server(env, args.app, 1, b.tmp / "api-idem.log") as (port, _pid):
+        keyed = marks.idempotency_bytes(
+            b.redis.url, port, args.site, INGEST_TOKEN, BATCH_VIEWS, f"bench-{time.time_ns()}"
+        )
+        bare = marks.idempotency_bytes(
+            b.redis.url, port, args.site, INGEST_TOKEN, BATCH_VIEWS, None
+        )
+    print(f"  with a key {keyed}; without {bare}", flush=True)
+    per_view = keyed["bytes"] / keyed["views"]
+    b.rows.append(
+        Row(
+            "10. Redis bytes per batch view kept for idempotency",
+            f"{per_view:.2f} B with a key",
+            "1 B",
+            per_view,
+            1.0,
+            "<= 1 B",
+            per_view <= 1,
+            None,
+            None,
+            f"one {BATCH_VIEWS:,}-view batch: with an Idempotency-Key {keyed['records']}"
+            f" records, {keyed['bytes']} B (MEMORY USAGE) kept for VIEWCOUNTER_IDEMPOTENCY_TTL;"
+            f" without a key {bare['bytes']} B ({bare['bytes'] / bare['views']:.2f} B a view)"
+            " left once answered",
+        )
+    )
+
+
+def fig_pages(b: Bench) -> None:
+    """Hit rate against distinct pages; a fresh Redis before each run."""
+    rates: dict[int, list[float]] = {n: [] for n in PAGE_COUNTS}
+    p99: dict[int, list[float]] = {n: [] for n in PAGE_COUNTS}
+    args = _run_args(b.args, "--endpoints", run.HIT)
+    with run.api_server(b.env, args.app, 1, b.tmp / "api-pages.log") as (port, pid):
+        for n, pages in _rotating(list(PAGE_COUNTS), b.args.rounds):
+            _flushall(b)
+            args.pages = pages
+            run.run_load(args, b.kind, port, pid, run.HIT, 2, phase="warm-up")
+            r = run.run_load(args, b.kind, port, pid, run.HIT, b.args.duration, round_no=n)
+            _show(f"{pages} pages", r)
+            rates[pages].append(r.rps)
+            p99[pages].append(r.p99_ms)
+    medians = {n: statistics.median(v) for n, v in rates.items()}
+    b.pages_curve = [(n, medians[n], statistics.median(p99[n])) for n in PAGE_COUNTS]
+    low, high = PAGE_COUNTS[0], PAGE_COUNTS[-1]
+    b.rows.append(
+        Row(
+            f"11. hit with {high:,} distinct pages / {low}",
+            f"hit {medians[high]:.0f}/s",
+            f"hit {medians[low]:.0f}/s",
+            medians[high],
+            medians[low],
+            "curve",
+            None,
+            None,
+            statistics.median(p99[high]),
+            "hit/s by distinct pages: "
+            + ", ".join(f"{n:,}: {medians[n]:.0f}" for n in PAGE_COUNTS)
+            + "; a fresh Redis before each run, a new visitor each hit",
+            [a / c for a, c in zip(rates[high], rates[low], strict=True)],
+        )
+    )
+    _plot_pages(b.pages_curve)
+
+
+def _plot_pages(curve: list[tuple[int, float, float]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  matplotlib not installed (pip install -e '.[bench]'); plot skipped")
+        return
+    fig, ax1 = plt.subplots(figsize=(7, 4.2))
+    ax1.plot([c[0] for c in curve], [c[1] for c in curve], "o-", color="tab:blue", label="hits/s")
+    ax1.set_xscale("log")
+    ax1.set_ylim(bottom=0)
+    ax1.set_xlabel("distinct pages hit (a new visitor each hit)")
+    ax1.set_ylabel("hits/s, one worker")
+    ax2 = ax1.twinx()
+    ax2.plot([c[0] for c in curve], [c[2] for c in curve], "s--", color="tab:red", label="p99 ms")
+    ax2.set_ylabel("p99 (ms)")
+    ax2.set_ylim(bottom=0)
+    lines, lines2 = ax1.get_legend_handles_labels(), ax2.get_legend_handles_labels()
+    ax1.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower left", fontsize=8)
+    ax1.set_title("POST /v1/sites/{site}/hits against distinct pages")
+    fig.tight_layout()
+    RESULTS_DIR.mkdir(exist_ok=True)
+    fig.savefig(PAGES_PLOT_FILE, dpi=100)
+    print(f"  plot: {PAGES_PLOT_FILE.relative_to(REPO_ROOT)}")
 
 
 def _flush_step(b: Bench, step: str, *argv: str) -> dict[str, Any]:
@@ -870,6 +1060,15 @@ def write_results(
             *[f"| {p[0]:.0f} | {p[1]:.0f} | {p[2]:.2f} | {p[3]:.2f} |" for p in points],
             "",
         ]
+    if b.pages_curve:
+        text += [
+            "Hit rate against distinct pages (one worker, medians):",
+            "",
+            "| pages | hits/s | p99 ms |",
+            "|---|---|---|",
+            *[f"| {n:,} | {rate:.0f} | {p99:.2f} |" for n, rate, p99 in b.pages_curve],
+            "",
+        ]
     if b.soak_samples:
         text += [
             "api and flusher RSS during the soak (MiB):",
@@ -921,6 +1120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch": fig_batch,
         "batch-key": fig_batch_key,
         "memory": fig_memory,
+        "marks": fig_marks,
+        "idem": fig_idem,
+        "pages": fig_pages,
         "flusher": fig_flusher,
         "soak": fig_soak,
     }
@@ -943,7 +1145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "latency" in figures:
                 print("\n== latency at paced loads")
                 points = [tuple(p) for p in fig_latency(b)]
-            for name in ("workers", "batch", "batch-key", "memory", "flusher", "soak"):
+            for name in (
+                "workers", "batch", "batch-key", "memory", "marks", "idem", "pages", "flusher",
+                "soak",
+            ):  # fmt: skip
                 if name in figures:
                     print(f"\n== {name}")
                     steps[name](b)

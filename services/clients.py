@@ -38,6 +38,8 @@ class Role:
     redis_connections: int | None = None  # None: VIEWCOUNTER_REDIS_MAX_CONNECTIONS
     redis_timeout_s: float | None = None  # None: VIEWCOUNTER_REDIS_TIMEOUT
     redis_timeout_floor_s: float = 0.0  # the timeout is never below this
+    # Reads reports (VIEWCOUNTER_REPORTS_DATABASE_URL, a replica say) rather than writes.
+    reads_reports: bool = False
 
 
 # The api: Redis as configured (the hit path's connections); min_size 0 in Postgres, so the
@@ -49,10 +51,12 @@ API_OPS = Role("api metrics", postgres_max_size=1, redis_connections=4)
 API_STARTUP = Role("api start-up", postgres_max_size=1, redis_connections=2, redis_timeout_s=2.0)
 # The flusher's Redis timeout stays above its WAITAOF wait (worker.FSYNC_WAIT_MS, 2 s).
 FLUSHER = Role("flusher", postgres_max_size=4, redis_connections=8, redis_timeout_floor_s=3.0)
+# The api's reads of reports when they have their own database (connect_reports).
+API_REPORTS = Role("api reports", postgres_max_size=4, reads_reports=True)
 # Commands: one site at a time; an import applies large chunks, so it waits longer.
 COMMAND = Role("command", postgres_max_size=2, redis_connections=4, redis_timeout_s=5.0)
 IMPORT = Role("import", postgres_max_size=2, redis_connections=4, redis_timeout_s=10.0)
-REPORT = Role("report", postgres_max_size=2)  # Postgres only
+REPORT = Role("report", postgres_max_size=2, reads_reports=True)  # Postgres only
 
 
 def redis_timeout_s(settings: Settings, role: Role) -> float:
@@ -71,12 +75,21 @@ def connect_redis(settings: Settings, role: Role) -> client.Client:
 
 
 async def connect_postgres(settings: Settings, role: Role) -> db_pool.Pool:
-    """The Postgres pool of `role` (statement timeouts from VIEWCOUNTER_STATEMENT_TIMEOUT)."""
+    """The Postgres pool of `role` (statement timeouts from VIEWCOUNTER_STATEMENT_TIMEOUT):
+    on the reports database for a role that reads reports, else on the main one."""
     return await db_pool.connect_pool(
-        settings.database_url,
+        settings.reports_url if role.reads_reports else settings.database_url,
         statement_timeout_s=settings.statement_timeout,
         max_size=role.postgres_max_size,
     )
+
+
+async def connect_reports(settings: Settings) -> db_pool.Pool | None:
+    """The api's own pool for reports and the dashboard's data when they read another
+    database than the main one (VIEWCOUNTER_REPORTS_DATABASE_URL); None: the main pool."""
+    if settings.reports_url == settings.database_url:
+        return None
+    return await connect_postgres(settings, API_REPORTS)
 
 
 @dataclass(frozen=True)
@@ -94,14 +107,14 @@ class Repositories:
     audit: db_audit.AuditLog
 
     @classmethod
-    def on(cls, pool: db_pool.Pool) -> Repositories:
-        """Every repository on `pool`."""
+    def on(cls, pool: db_pool.Pool, reports_pool: db_pool.Pool | None = None) -> Repositories:
+        """Every repository on `pool`; reports on `reports_pool` when given."""
         return cls(
             pool,
             db_sites.Sites(pool),
             db_ledger.Ledger(pool),
             db_baselines.Baselines(pool),
-            db_reports.Reports(pool),
+            db_reports.Reports(pool if reports_pool is None else reports_pool),
             db_titles.Titles(pool),
             db_top.TopPages(pool),
             db_keys.Keys(pool),
@@ -120,16 +133,18 @@ class Clients:
         units: int = 1,
         online_window_s: int = ONLINE_WINDOW_S,
         redis_timeout_s: float = DEFAULT_TIMEOUT_S,
+        reports_pool: db_pool.Pool | None = None,
     ) -> None:
         self.redis = redis
         self.pool = pool
+        self.reports_pool = reports_pool
         self.units = Units(redis, units)
         self.hits = HitStore(redis, self.units, online_window_s, redis_timeout_s)
         self.flush = FlushStore(redis, self.units)
         self.baselines = BaselineStore(redis, self.units)
         self.pending = PendingViews(redis, self.units)
         self.key_generation = KeyGeneration(redis)
-        self._db = None if pool is None else Repositories.on(pool)
+        self._db = None if pool is None else Repositories.on(pool, reports_pool)
 
     @property
     def db(self) -> Repositories:
@@ -146,17 +161,27 @@ class Clients:
             await self.flush.close()
             await self.redis.aclose()
         finally:
-            if self.pool is not None:
-                await self.pool.close()
+            try:
+                if self.pool is not None:
+                    await self.pool.close()
+            finally:
+                if self.reports_pool is not None:
+                    await self.reports_pool.close()
 
 
 async def connect(settings: Settings, role: Role) -> Clients:
-    """The Redis client and Postgres pool of `role`, with the stores on them."""
+    """The Redis client and Postgres pool of `role`, with the stores on them; the api also
+    opens its reports pool (connect_reports)."""
     redis = connect_redis(settings, role)
+    pool = reports_pool = None
     try:
         pool = await connect_postgres(settings, role)
+        if role is API:
+            reports_pool = await connect_reports(settings)
     except BaseException:
         await redis.aclose()
+        if pool is not None:
+            await pool.close()
         raise
     return Clients(
         redis,
@@ -164,4 +189,5 @@ async def connect(settings: Settings, role: Role) -> Clients:
         units=settings.shards,
         online_window_s=settings.online_window,
         redis_timeout_s=redis_timeout_s(settings, role),
+        reports_pool=reports_pool,
     )

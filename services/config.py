@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # more would only cost). Changing it needs a drained Redis (docs/scaling.md).
     shards: int = Field(default=0, ge=0, le=1024)
     database_url: str = Field(min_length=1)
+    # Where reports and the dashboard read (a Postgres replica, say); None: database_url.
+    reports_database_url: str | None = None
     admin_token: SecretStr | None = None
     # Bearer token for POST /v1/sites/{site}/hits/batch (the admin token works there too).
     ingest_token: SecretStr | None = None
@@ -52,6 +54,9 @@ class Settings(BaseSettings):
     flush_lease: float = Field(default=15.0, gt=0, le=3600)
     dedupe_window: int = Field(default=1800, ge=0, le=7 * 86400)
     rate_limit: int = Field(default=600, ge=0)
+    # Seconds a batch sent with an Idempotency-Key is remembered: sent again within it, it
+    # counts nothing again (docs/http-api.md).
+    idempotency_ttl: int = Field(default=86400, ge=60, le=7 * 86400)
     # Admin requests per client IP per clock minute (answered 429 beyond it); 0: no limit.
     admin_rate_limit: int = Field(default=120, ge=0)
     # Distinct page ids a site may have; a hit for a new page beyond it is not counted, so a
@@ -136,12 +141,20 @@ class Settings(BaseSettings):
             object.__setattr__(self, "shards", CLUSTER_SHARDS if clustered else 1)
         return self
 
-    @field_validator("database_url")
+    @field_validator("database_url", "reports_database_url")
     @classmethod
-    def _postgres_scheme(cls, value: str) -> str:
-        if not value.startswith(("postgresql://", "postgres://")):
+    def _postgres_scheme(cls, value: str | None) -> str | None:
+        if value == "":
+            return None  # an empty variable: the main database
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql://")
         return value
+
+    @property
+    def reports_url(self) -> str:
+        """The Postgres URL reports and the dashboard read: reports_database_url, else the
+        main database."""
+        return self.reports_database_url or self.database_url
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import httpx
+import redis.asyncio as aioredis
 
 from services.clients import Clients
 from services.config import Settings
 from services.counter import client as counter_client
+from services.counter import keys
+from services.counter.outcomes import Outcome
 from services.counting.live import LiveCounts, View
 from services.db import pool as db_pool
 from services.db import sites as db_sites
@@ -108,8 +111,9 @@ async def test_a_batch_cut_short_and_sent_again_counts_each_view_once(
     finally:
         await pool.close()
         await stores.aclose()
-    assert cut_short == ["counted"] * 256
-    assert retried == ["counted"] * 600
+    assert cut_short == {Outcome.COUNTED: 256}
+    # The first call answers its recorded tally; the two others count.
+    assert retried == {Outcome.COUNTED: 600}
     assert await counts(api) == 600
 
 
@@ -174,3 +178,55 @@ async def test_the_batch_route_needs_the_ingest_or_admin_token_and_is_rate_limit
     async with stack.running_api(no_tokens) as client:
         disabled = await client.post(URL, json=body, headers=INGEST)
     assert disabled.status_code == 403
+
+
+async def idempotency_records(redis_url: str) -> dict[bytes, tuple[int, int]]:
+    """Every idempotency record in Redis: key -> (MEMORY USAGE bytes, TTL s)."""
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        found = [k async for k in redis.scan_iter(match=keys.idempotency_key("*", "*"))]
+        return {
+            k: (int(await redis.memory_usage(k, samples=0) or 0), await redis.ttl(k))
+            for k in found
+        }
+    finally:
+        await redis.aclose()
+
+
+async def test_a_batch_keeps_a_retry_record_of_a_few_bytes_only_when_sent_with_a_key(
+    redis_url: str, database_url: str
+) -> None:
+    settings = ingest_settings(redis_url, database_url, idempotency_ttl=7200)
+    many = [{"page": f"/p{i % 300}", "visitor": f"r{i}"} for i in range(10_000)]
+    async with stack.api_with_site(settings) as client:
+        without = await client.post(URL, json={"hits": many}, headers=INGEST)
+        after_without = await idempotency_records(redis_url)
+        keyed = {**INGEST, "idempotency-key": "collector-1/0001"}
+        with_key = await client.post(URL, json={"hits": many}, headers=keyed)
+        after_with = await idempotency_records(redis_url)
+        again = await client.post(URL, json={"hits": many}, headers=keyed)
+        total = await counts(client)
+    assert [r.status_code for r in (without, with_key, again)] == [200, 200, 200]
+    assert after_without == {}  # our own retry's records are gone once the batch is answered
+    # One record per call of 256 views and one of the body's hash, all for the set time.
+    assert len(after_with) == -(-10_000 // 256) + 1
+    assert {ttl for _, ttl in after_with.values()} <= set(range(7200 - 60, 7201))
+    kept = sum(size for size, _ in after_with.values())
+    print(f"idempotency records of a 10,000-view batch: {kept} B, {kept / 10_000:.2f} B a view")
+    assert kept <= 10_000  # at most 1 B per view
+    assert again.json() == {**with_key.json(), "replayed": True}
+    assert with_key.json()["outcomes"]["counted"] == 10_000
+    assert total == 20_000  # the batch without a key and the keyed one, once
+
+
+async def test_the_reused_key_message_names_the_configured_time(
+    redis_url: str, database_url: str
+) -> None:
+    settings = ingest_settings(redis_url, database_url, idempotency_ttl=5400)
+    headers = {**INGEST, "idempotency-key": "k-1"}
+    async with stack.api_with_site(settings) as client:
+        await client.post(URL, json={"hits": views(2)}, headers=headers)
+        other = await client.post(URL, json={"hits": views(3)}, headers=headers)
+    assert other.json()["error"]["message"] == (
+        "this Idempotency-Key was used for another batch in the last 90 minutes"
+    )

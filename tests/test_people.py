@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+import redis
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
+from services.cli.localredis import RedisProcess
+from services.cli.localservers import REDIS_SERVER_ENV
 from services.clients import Clients
 from services.counter import client as counter_client
 from services.counter import keys, startup
@@ -83,24 +88,99 @@ async def test_the_sites_visitor_id_decides_who_is_a_repeat(
 
 
 async def test_dedupe_marks_and_the_salt_expire_and_hold_no_ip(
-    redis_url: str, database_url: str
+    any_redis_url: str, database_url: str
 ) -> None:
-    settings = make_settings(redis_url, database_url, dedupe_window=600)
+    settings = make_settings(any_redis_url, database_url, dedupe_window=600)
     async with api_with_site(settings) as client:
         await hit(client, "a")
-    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    redis = aioredis.Redis.from_url(any_redis_url)
     try:
-        marks = [k async for k in redis.scan_iter(match=keys.seen_key(SITE, "*"))]
+        marks = [k async for k in redis.scan_iter(match=f"{keys.tag(SITE)}:seen:*")]
         ttls = [await redis.ttl(k) for k in marks]
-        values = [await redis.get(k) for k in marks]
+        fields = [await redis.hgetall(k) for k in marks]
+        encodings = [await redis.object("encoding", k) for k in marks]
         salts = [k async for k in redis.scan_iter(match=keys.salt_key("*"))]
         salt_ttl = await redis.ttl(salts[0])
     finally:
         await redis.aclose()
-    assert len(marks) == 1
-    assert 0 < ttls[0] <= 600
-    assert "127.0.0.1" not in marks[0] and values == ["1"]
+    assert len(marks) == 1 and marks[0].startswith(f"{keys.tag(SITE)}:seen:600:".encode())
+    # The hash of the mark's generation lives until the next generation is over.
+    assert 600 < ttls[0] <= 2 * 600 + 1
+    # One field: an 8-byte fingerprint -> the second of the generation it was counted in.
+    ((mark, second),) = fields[0].items()
+    assert len(mark) == keys.SEEN_FIELD_BYTES and 0 <= int(second) < 600
+    assert b"127.0.0.1" not in marks[0] + mark
+    assert encodings == [b"listpack"]
     assert len(salts) == 1 and 0 < salt_ttl <= 2 * 86400  # the salt expires too
+
+
+# Debian's Redis (7.0 on bookworm): the dedupe marks need nothing newer (no hash-field
+# expiry); .ci/run installs it, so under CI its absence fails the test.
+DEBIAN_REDIS = "/usr/bin/redis-server"
+
+
+@pytest.fixture(scope="module")
+def debian_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    if not os.access(DEBIAN_REDIS, os.X_OK):
+        reason = f"no {DEBIAN_REDIS}: `apt-get install redis-server` (Debian's Redis 7.0)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must install it", pytrace=False)
+        pytest.skip(reason)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(REDIS_SERVER_ENV, DEBIAN_REDIS)
+        server = RedisProcess(tmp_path_factory.mktemp("debian-redis"), appendonly=False)
+        server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["bundled", "debian"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """An empty keyspace on the bundled Valkey (the session's server), then on Debian's
+    Redis 7.0."""
+    fixture = "redis_server" if request.param == "bundled" else "debian_redis"
+    server: RedisProcess = request.getfixturevalue(fixture)
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.flushall()
+        client.script_flush()
+    finally:
+        client.close()
+    return server.url
+
+
+async def test_the_debian_server_is_redis_not_the_bundled_valkey(
+    debian_redis: RedisProcess,
+) -> None:
+    client = aioredis.Redis.from_url(debian_redis.url)
+    try:
+        info = await client.info("server")
+    finally:
+        await client.aclose()
+    print(f"Debian's redis-server: Redis {info['redis_version']}")  # 7.0.15 on bookworm
+    assert "valkey_version" not in info and "server_name" not in info
+
+
+@pytest.mark.parametrize("offset", [0, 1, 599, 1799])
+async def test_a_repeat_is_a_duplicate_until_exactly_the_window_has_passed(
+    any_redis_url: str, database_url: str, offset: int
+) -> None:
+    """By the api's clock: a repeat W - 1 s after the counted view is a duplicate, one W
+    after is counted, wherever the view falls in its generation (keys.seen_generation); on
+    the bundled Valkey and on Debian's Redis 7.0."""
+    window = 1800
+    # A fixed morning (UTC): the day's salt, hence the visitor's token, stays the same.
+    clock = stack.FakeClock(datetime(2026, 6, 1, 8, tzinfo=UTC).timestamp() + offset)
+    settings = make_settings(any_redis_url, database_url, dedupe_window=window)
+    async with running_api(settings, clock=clock) as client:
+        await register_site(client)
+        seen = [(await hit(client, "a"))["counted"]]
+        for step in (window - 1, 1, window - 1, 1):
+            clock.advance(step)
+            seen.append((await hit(client, "a"))["counted"])
+        counts = await live(client, "a")
+    assert seen == [True, False, True, False, True]
+    assert views(counts)["pages"] == {"a": 3}
 
 
 def hits_metric(outcome: str) -> float:

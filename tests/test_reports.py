@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
+from services.cli.localpostgres import PostgresProcess
 from services.config import Settings
 from services.db import reports as db_reports
 from tests.support import stack
@@ -351,3 +352,51 @@ async def test_report_queries_read_only_the_days_asked_for_on_a_year_of_100k_pag
     assert blocks * 20 < table_pages, (blocks, table_pages)  # a week: under 5 % of a year
     page_daily = [n for n in nodes["page_daily"] if n.get("Relation Name") == "page_views_daily"]
     assert [n["Index Name"] for n in page_daily] == ["page_views_daily_pkey"]
+
+
+async def test_reports_and_the_cli_read_the_reports_database_when_one_is_set(
+    report_settings: Settings, pg_server: PostgresProcess
+) -> None:
+    """VIEWCOUNTER_REPORTS_DATABASE_URL: a copy of the database taken before three more
+    views of /c were flushed stands for a replica that lags; reports (api and CLI) answer
+    from it, the live counts from Redis, and without the setting reports read the main one."""
+    await record_known_hits(report_settings)
+    conn = await asyncpg.connect(report_settings.database_url)
+    try:
+        main_name = await conn.fetchval("SELECT current_database()")
+    finally:
+        await conn.close()
+    replica_url = await stack.create_database(pg_server, f"{main_name}_replica", main_name)
+    clock = [at("2025-03-07 12:00:00")]
+    async with live_counts(report_settings, clock) as live, flusher_for(report_settings) as f:
+        for n in range(3):
+            result = await live.hit(HCM, "/c", visitor=f"r{n}", ip="10.0.0.2", user_agent="x")
+            assert result.outcome == "counted"
+        await f.flush_once()
+    rng = {"from": "2025-03-05", "to": "2025-03-09"}
+
+    def ranking(body: Any) -> list[tuple[str, int]]:
+        return [(p["page"], p["views"]) for p in body["pages"]]
+
+    on_replica = report_settings.model_copy(update={"reports_database_url": replica_url})
+    async with running_api(on_replica) as api:
+        replica_top = await get(api, f"/v1/sites/{HCM}/reports/top", **rng)
+        replica_totals = await get(api, f"/v1/sites/{HCM}/reports/totals")
+    async with running_api(report_settings) as api:
+        main_top = await get(api, f"/v1/sites/{HCM}/reports/top", **rng)
+    env = {
+        **os.environ,
+        "VIEWCOUNTER_REDIS_URL": report_settings.redis_url,
+        "VIEWCOUNTER_DATABASE_URL": report_settings.database_url,
+    }
+    cli_args = ("top", "--site", HCM, "--from", rng["from"], "--to", rng["to"], "--format", "csv")
+    cli_replica = await run_cli(
+        "report", *cli_args, env={**env, "VIEWCOUNTER_REPORTS_DATABASE_URL": replica_url}
+    )
+    cli_main = await run_cli("report", *cli_args, env=env)
+    assert ranking(replica_top) == [("/b", 3), ("/a", 2), ("/c", 1), ("/late", 1)]
+    assert ranking(main_top) == [("/c", 4), ("/b", 3), ("/a", 2), ("/late", 1)]
+    # The Postgres parts from the replica; the live total from Redis, with the three views.
+    assert (replica_totals["views"], replica_totals["live_views"]) == (9, 12)
+    assert cli_replica[1] == "rank,page,views\r\n1,/b,3\r\n2,/a,2\r\n3,/c,1\r\n4,/late,1\r\n"
+    assert cli_main[1] == "rank,page,views\r\n1,/c,4\r\n2,/b,3\r\n3,/a,2\r\n4,/late,1\r\n"

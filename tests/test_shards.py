@@ -187,6 +187,32 @@ async def test_a_retried_batch_over_several_units_counts_once(
     assert live["pages"] == dict.fromkeys(PAGES, 20)
 
 
+async def test_a_batch_without_a_key_that_meets_an_unloaded_unit_counts_each_view_once(
+    redis_url: str, database_url: str
+) -> None:
+    """Our own retry: the calls of the loaded units ran, one unit was not loaded; after the
+    load every call is sent again and those that ran answer their record, counting nothing.
+    The records are deleted once the batch is answered."""
+    settings = sharded(redis_url, database_url)
+    batch = {"hits": [{"page": p, "visitor": f"v{i}"} for i, p in enumerate(PAGES * 20)]}
+    headers = {"authorization": f"Bearer {INGEST_TOKEN}"}
+    async with api_with_site(settings) as client:
+        lost = unit(PAGES[1])
+        assert lost != SITE and await drop_unit(redis_url, lost) > 0
+        response = await client.post(f"/v1/sites/{SITE}/hits/batch", json=batch, headers=headers)
+        live = await counts(client, PAGES)
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        records = [k async for k in redis.scan_iter(match=keys.idempotency_key("*", "*"))]
+    finally:
+        await redis.aclose()
+    assert response.status_code == 200, response.text
+    assert response.json()["outcomes"]["counted"] == 480
+    assert live["site_views"] == 480
+    assert live["pages"] == dict.fromkeys(PAGES, 20)
+    assert records == []
+
+
 async def test_a_page_bound_is_shared_out_among_the_units(
     redis_url: str, database_url: str
 ) -> None:

@@ -91,6 +91,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fa
                 dedupe_window_s=settings.dedupe_window,
                 rate_limit_per_min=settings.rate_limit,
                 max_pages_per_site=settings.max_pages_per_site,
+                idempotency_keep_s=settings.idempotency_ttl,
                 clock=clock,
             )
             keyring = KeyRing(opened.db.keys, opened.key_generation, clock=clock)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-import secrets
 
 import orjson
 from starlette.requests import Request
@@ -26,7 +25,7 @@ from services.api.json_body import json_object
 from services.counter import ids
 from services.counter.outcomes import Outcome
 from services.counter.visitors import USER_AGENT_MAX_CHARS
-from services.counting.live import IDEMPOTENCY_KEEP_S, LiveCounts, View
+from services.counting.live import LiveCounts, View
 
 BATCH_PATH = re.compile(r"^/v1/sites/[^/]+/hits/batch$")
 MAX_HITS = 10_000
@@ -125,22 +124,20 @@ async def post_batch(request: Request) -> Response:
     key = request.headers.get("idempotency-key")
     # One wait for Redis for the whole request (its calls one after the other), as a hit has.
     with live.redis_deadline():
-        replayed, outcomes = await _count(live, site, views, raw, key)
-    tally = {outcome.value: 0 for outcome in Outcome}
-    for outcome in outcomes:
-        tally[outcome.value] += 1
+        replayed, counted = await _count(live, site, views, raw, key)
+    tally = {outcome.value: counted.get(outcome, 0) for outcome in Outcome}
     body = {"site": site, "hits": len(views), "outcomes": tally, "replayed": replayed}
     return Response(orjson.dumps(body), media_type="application/json")
 
 
 async def _count(
     live: LiveCounts, site: str, views: list[View], raw: bytes, key: str | None
-) -> tuple[bool, list[Outcome]]:
-    """Whether the batch was sent before (same Idempotency-Key and body), and its outcomes."""
+) -> tuple[bool, dict[Outcome, int]]:
+    """Whether the batch was sent before (same Idempotency-Key and body), and how many views
+    had each outcome."""
     replayed = False
-    if key is None:
-        token = secrets.token_hex(16)  # still idempotent for our own retry after a reload
-    else:
+    token = None  # no key: no retry record beyond this request
+    if key is not None:
         if not IDEMPOTENCY_KEY_RE.fullmatch(key):
             raise ApiError(
                 422,
@@ -150,16 +147,26 @@ async def _count(
             )
         token = hashlib.sha256(key.encode()).hexdigest()[:32]
         body_hash = hashlib.sha256(raw).hexdigest()
-        first = await live.claim_idempotency(site, token, body_hash, IDEMPOTENCY_KEEP_S)
+        first = await live.claim_idempotency(site, token, body_hash)
         if first is not None and first != body_hash:
             raise ApiError(
                 422,
                 "idempotency_key_reused",
-                "this Idempotency-Key was used for another batch in the last 24 hours",
+                "this Idempotency-Key was used for another batch in the last "
+                + _duration(live.idempotency_keep_s),
                 "idempotency-key",
             )
         replayed = first is not None
     return replayed, await live.hit_batch(site, views, token)
+
+
+def _duration(seconds: int) -> str:
+    """`seconds` as people say it: "24 hours", "90 minutes", "100 seconds"."""
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}" + ("s" if n != 1 else "")
+    return f"{seconds} seconds"
 
 
 routes: list[BaseRoute] = [Route("/v1/sites/{site}/hits/batch", post_batch, methods=["POST"])]

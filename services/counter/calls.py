@@ -59,14 +59,23 @@ def hits_call(
         if r.minute != minute:  # a call's hits nearly always share their minute
             minute, online_key = r.minute, keys.online_key(unit, r.minute)
         bucket, field = keys.page_entry(unit, r.page)
+        if r.dedupe_window_s:
+            generation, at = keys.seen_generation(r.time_s, r.dedupe_window_s)
+            marks, marks_before, mark = keys.seen_entry(
+                unit, r.seen_token, r.dedupe_window_s, generation
+            )
+        else:  # no dedupe: the script touches neither key
+            marks = marks_before = keys.seen_off_key(unit)
+            mark, at = b"", 0
         key_list.extend(
             (
-                keys.seen_key(unit, r.seen_token),
+                marks,
                 keys.rate_key(unit, r.client_token, r.minute),
                 keys.site_visitors_key(unit, r.day),
                 keys.page_visitors_key(unit, r.day, r.page),
                 bucket,
                 online_key,
+                marks_before,
             )
         )
         args.extend(
@@ -80,6 +89,8 @@ def hits_call(
                 r.visitor_token,
                 field,
                 r.title,
+                mark,
+                at,
             )
         )
     return (scripts.HITS, len(key_list), [*key_list, *args])

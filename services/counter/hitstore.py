@@ -14,7 +14,7 @@ from services.counter import calls, client, keys, scripts
 from services.counter.client import Client
 from services.counter.errors import CounterUnavailable
 from services.counter.groupcommit import MAX_HITS_PER_CALL, CountsBatcher, CountsRequest, HitBatcher
-from services.counter.outcomes import Counts, HitRequest, HitResult, hit_results
+from services.counter.outcomes import Counts, HitRequest, HitResult, Outcome, hit_tally
 from services.counter.scripts import Call
 from services.counter.siteconfig import SiteConfig
 from services.counter.stats import StatsStore, add_day_parts
@@ -77,42 +77,53 @@ class HitStore:
         return HitResult(result.outcome, result.page_views, site_views)
 
     async def hit_batch(
-        self, requests: Sequence[HitRequest], idempotency_token: str, keep_s: int
-    ) -> list[HitResult] | None:
-        """Take many page views of one site, MAX_HITS_PER_CALL per script call (per unit),
-        each call idempotent under `idempotency_token` and its position: sent again (a retry
-        after a failure part-way), the calls that ran answer what they did and count nothing.
-        None when the site (a unit of it) is not loaded. The site views answered are those
-        of the page's unit."""
+        self,
+        requests: Sequence[HitRequest],
+        idempotency_token: str,
+        keep_s: int,
+        *,
+        forget: bool = False,
+    ) -> dict[Outcome, int] | None:
+        """Take many page views of one site, MAX_HITS_PER_CALL per script call (per unit);
+        how many had each outcome. Each call leaves a record of its tallies under
+        `idempotency_token` and its position for `keep_s`: sent again (a retry after a
+        failure part-way), the calls that ran answer their tallies and count nothing. With
+        `forget`, the records are deleted once every call answered (no retry will come).
+        None when the site (a unit of it) is not loaded: the records of the calls that ran
+        stay, for the retry."""
         groups: dict[str, list[int]] = {}
         for position, request in enumerate(requests):
             groups.setdefault(self._units.holding(request.site, request.page), []).append(position)
         call_list: list[Call] = []
-        positions: list[list[int]] = []
+        records: list[str] = []
         for index, (unit, members) in enumerate(groups.items()):
             # The same body always gives the same calls, so a retry finds their records.
             prefix = idempotency_token if self._count == 1 else f"{idempotency_token}:u{index}"
             for n, i in enumerate(range(0, len(members), MAX_HITS_PER_CALL)):
                 chunk = members[i : i + MAX_HITS_PER_CALL]
+                token = f"{prefix}:{n}"
+                records.append(keys.idempotency_key(unit, token))
                 call_list.append(
                     calls.hits_call(
                         unit,
                         [requests[p] for p in chunk],
                         self._count,
-                        f"{prefix}:{n}",
+                        token,
                         keep_s,
                         self._online_window_s,
                     )
                 )
-                positions.append(chunk)
-        answers: dict[int, HitResult] = {}
-        answered = await scripts.run(self._redis, call_list, self._timeout_s)
-        for chunk, answer in zip(positions, answered, strict=True):
-            results = hit_results(answer)
-            if results is None:
+        tally: dict[Outcome, int] = {}
+        for answer in await scripts.run(self._redis, call_list, self._timeout_s):
+            counted = hit_tally(answer)
+            if counted is None:
                 return None  # the calls that ran answer the same when sent again
-            answers.update(zip(chunk, results, strict=True))
-        return [answers[position] for position in range(len(requests))]
+            for outcome, n in counted.items():
+                tally[outcome] = tally.get(outcome, 0) + n
+        if forget:
+            # One key at a time: the records of a split site live on several nodes.
+            await self._pipeline(lambda pipe: [pipe.unlink(record) for record in records])
+        return tally
 
     async def counts(self, site: str, day: str, pages: Sequence[str]) -> Counts | None:
         """Live totals of `site` and `pages`, and their distinct visitors on local `day`;
@@ -268,7 +279,8 @@ class HitStore:
     async def claim_idempotency(
         self, site: str, token: str, body_hash: str, keep_s: int
     ) -> str | None:
-        """SET-if-absent the body hash of an idempotent batch; the earlier hash, or None."""
+        """SET-if-absent the body hash of an idempotent batch (kept `keep_s`); the earlier
+        hash, or None."""
         key = keys.idempotency_key(site, f"{token}:body")
         created, stored = await self._pipeline(
             lambda pipe: pipe.set(key, body_hash, nx=True, ex=keep_s).get(key)

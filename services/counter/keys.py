@@ -202,9 +202,47 @@ def split_pending_field(field: str) -> tuple[str, str]:
     return field[:DAY_CHARS], field[DAY_CHARS:]
 
 
-def seen_key(unit: str, token: str) -> str:
-    """Marks one visitor+page as counted for the dedupe window (expires with it)."""
-    return f"{tag(unit)}:seen:{token}"
+# Dedupe marks. A mark is a field of a small hash, not a key of its own: the hash of unit U,
+# dedupe window W (seconds), *generation* G (the process clock's unix seconds // W) and shard
+# S (from the mark's token) holds one field per (visitor, page) counted in that generation: a
+# SEEN_FIELD_BYTES fingerprint -> the second of the generation it was counted in (0..W-1).
+# A hit looks in its own generation and the one before (their hashes are its two keys), so a
+# repeat is refused exactly while less than W seconds passed since the counted view; each
+# hash expires when its next generation ends (2W after it began). Fields of 8 bytes and small
+# integer values keep each hash a compact listpack (about 13 B a mark) while it holds at most
+# 128 marks (Redis' default hash-max-listpack-entries): SEEN_SHARDS hashes per unit and
+# generation keep up to ~1.6 million marks per unit and window so; past that, more units
+# (VIEWCOUNTER_SHARDS). Measured in bench/suite.py `marks`.
+SEEN_SHARDS = 16384
+SEEN_FIELD_BYTES = 8
+
+
+def seen_generation(time_s: int, window_s: int) -> tuple[int, int]:
+    """(generation, second within it) of unix second `time_s` for a dedupe window of
+    `window_s` seconds (> 0)."""
+    return divmod(time_s, window_s)
+
+
+def seen_entry(
+    unit: str, token: str, window_s: int, generation: int
+) -> tuple[str, str, bytes]:
+    """(hash of `generation`, hash of the generation before, field) of the dedupe mark of
+    `token` (a visitors.seen_token, hex) in `unit` for a window of `window_s` seconds: the
+    shard comes from the token's first 4 bytes, the field is its next SEEN_FIELD_BYTES (two
+    visitor+page pairs share a mark only if both agree: about once in 2^78 pairs)."""
+    raw = bytes.fromhex(token)
+    shard = int.from_bytes(raw[:4], "big") % SEEN_SHARDS
+    head = f"{tag(unit)}:seen:{window_s}:"
+    return (
+        f"{head}{generation}:{shard}",
+        f"{head}{generation - 1}:{shard}",
+        raw[4 : 4 + SEEN_FIELD_BYTES],
+    )
+
+
+def seen_off_key(unit: str) -> str:
+    """Stands for a hit's dedupe hashes when its site has no dedupe window (never written)."""
+    return f"{tag(unit)}:seen:off"
 
 
 def rate_key(unit: str, token: str, minute: int) -> str:

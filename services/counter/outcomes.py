@@ -63,6 +63,20 @@ def hit_results(answer: Sequence[Any]) -> list[HitResult] | None:
     ]
 
 
+def hit_tally(answer: Sequence[Any]) -> dict[Outcome, int] | None:
+    """How many hits of a hits.lua answer had each outcome: of its results, or of the record
+    a call sent again found ({2, n_1, ..., n_5}); None when the unit was not loaded."""
+    if answer[0] == 0:
+        return None
+    if answer[0] == 2:
+        return {_BY_CODE[i]: int(n) for i, n in enumerate(answer[1:]) if n}
+    tally: dict[Outcome, int] = {}
+    for i in range(1, len(answer), 3):
+        outcome = decode(answer[i])
+        tally[outcome] = tally.get(outcome, 0) + 1
+    return tally
+
+
 @dataclass(frozen=True, slots=True)
 class PageRule:
     """Which pages of a site a hit may count on: any page, at most n distinct pages, or
@@ -110,14 +124,19 @@ class HitRequest:
     site: str
     page: str
     day: str
-    seen_token: str
+    seen_token: str  # visitors.seen_token (hex), "-" when the window is 0
     dedupe_window_s: int
     client_token: str
-    minute: int
+    time_s: int  # unix second the hit was taken, by the api's clock
     rate_limit: int
     page_rule: PageRule
     visitor_token: str
     title: str = ""  # a title to learn for the page (validated); "": none
+
+    @property
+    def minute(self) -> int:
+        """The clock minute of the hit (unix time // 60): its rate counter, online sketch."""
+        return self.time_s // 60
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ data, without ever showing a count lower than one shown before.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -51,8 +52,13 @@ def zone(name: str) -> ZoneInfo:
         raise InvalidTimezone(f"unknown time zone {name!r}") from None
 
 
-# A batch's answer stays in Redis this long: a retry within it counts nothing twice.
+# How long a batch sent with an Idempotency-Key is remembered by default
+# (VIEWCOUNTER_IDEMPOTENCY_TTL): sent again within it, it counts nothing twice.
 IDEMPOTENCY_KEEP_S = 86400
+# A batch sent without a key is recorded only for our own retry inside its request (after a
+# site load, hit_batch sends every call again): records deleted when the request is answered,
+# and expiring after this long if the process dies first.
+OWN_RETRY_KEEP_S = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +90,11 @@ class LiveCounts:
         dedupe_window_s: int = 0,
         rate_limit_per_min: int = 0,
         max_pages_per_site: int = 0,
+        idempotency_keep_s: int = IDEMPOTENCY_KEEP_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self.idempotency_keep_s = idempotency_keep_s
         self._sites_db = sites
         self._dedupe_window_s = dedupe_window_s
         self._rate_limit = rate_limit_per_min
@@ -141,46 +149,50 @@ class LiveCounts:
         excepted: the wait starts again after it)."""
         return self._store.deadline()
 
-    async def claim_idempotency(
-        self, site: str, token: str, body_hash: str, keep_s: int
-    ) -> str | None:
-        """Record that the batch `token` carries `body_hash`; the hash recorded before, or None
-        when this is the first time."""
-        return await self._store.claim_idempotency(site, token, body_hash, keep_s)
+    async def claim_idempotency(self, site: str, token: str, body_hash: str) -> str | None:
+        """Record that the batch `token` carries `body_hash` (for idempotency_keep_s); the
+        hash recorded before, or None when this is the first time."""
+        return await self._store.claim_idempotency(
+            site, token, body_hash, self.idempotency_keep_s
+        )
 
     async def hit_batch(
-        self, site: str, views: Sequence[View], idempotency_token: str
-    ) -> list[Outcome]:
+        self, site: str, views: Sequence[View], idempotency_token: str | None = None
+    ) -> dict[Outcome, int]:
         """Take many page views of `site` sent by a trusted collector (no rate limit: the
-        views come from many clients); the outcome of each, in order (a known bot's view is
-        not counted). Idempotent under `idempotency_token` for IDEMPOTENCY_KEEP_S: sent
-        again, nothing counts twice."""
-        outcomes: dict[int, Outcome] = {}
+        views come from many clients); how many had each outcome (a known bot's view is not
+        counted). With `idempotency_token`, idempotent under it for idempotency_keep_s: sent
+        again, nothing counts twice and the same tallies are answered. Without, only our own
+        retry after a site load is protected (OWN_RETRY_KEEP_S, records deleted after)."""
+        tally: dict[Outcome, int] = {}
         requests: list[HitRequest] = []
-        positions: list[int] = []
-        for i, view in enumerate(views):
+        for view in views:
+            request = None
             if bots.is_bot(view.user_agent):
-                outcomes[i] = Outcome.BOT
-                continue
-            request = await self._request(
-                site, view.page, view.visitor, view.ip, view.user_agent, rate_limit=0
-            )
+                outcome = Outcome.BOT
+            else:
+                request = await self._request(
+                    site, view.page, view.visitor, view.ip, view.user_agent, rate_limit=0
+                )
+                outcome = Outcome.UNKNOWN_PAGE
             if request is None:
-                outcomes[i] = Outcome.UNKNOWN_PAGE
+                tally[outcome] = tally.get(outcome, 0) + 1
             else:
                 requests.append(request)
-                positions.append(i)
         if requests:
+            own = idempotency_token is None
+            token = secrets.token_hex(16) if idempotency_token is None else idempotency_token
+            keep_s = OWN_RETRY_KEEP_S if own else self.idempotency_keep_s
 
-            def attempt() -> Awaitable[list[HitResult] | None]:
-                return self._store.hit_batch(requests, idempotency_token, IDEMPOTENCY_KEEP_S)
+            def attempt() -> Awaitable[dict[Outcome, int] | None]:
+                return self._store.hit_batch(requests, token, keep_s, forget=own)
 
-            results = await attempt()
-            if results is None:
-                results = await self._after_load(site, attempt)
-            for i, result in zip(positions, results, strict=True):
-                outcomes[i] = result.outcome
-        return [outcomes[i] for i in range(len(views))]
+            counted = await attempt()
+            if counted is None:
+                counted = await self._after_load(site, attempt)
+            for outcome, n in counted.items():
+                tally[outcome] = tally.get(outcome, 0) + n
+        return tally
 
     async def _request(
         self,
@@ -212,7 +224,7 @@ class LiveCounts:
             seen_token=visitors.seen_token(salt, visitor_token, page) if window else "-",
             dedupe_window_s=window,
             client_token=visitors.client_token(salt, site, ip) if rate_limit else "-",
-            minute=int(now // 60),
+            time_s=int(now),
             rate_limit=rate_limit,
             page_rule=page_rule,
             visitor_token=visitor_token,

@@ -147,6 +147,32 @@ def test_database_url_must_be_postgres(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().database_url == "postgres://x/y"
 
 
+def test_reports_read_the_main_database_unless_a_reports_url_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().reports_url == DATABASE
+    monkeypatch.setenv("VIEWCOUNTER_REPORTS_DATABASE_URL", "")
+    assert load_settings().reports_url == DATABASE
+    replica = "postgresql://reader@replica:5432/vc"
+    monkeypatch.setenv("VIEWCOUNTER_REPORTS_DATABASE_URL", replica)
+    assert (load_settings().reports_url, load_settings().database_url) == (replica, DATABASE)
+    assert config_error_lines(monkeypatch, REPORTS_DATABASE_URL="mysql://x/y") == [
+        "VIEWCOUNTER_REPORTS_DATABASE_URL: must start with postgresql://"
+    ]
+
+
+def test_the_idempotency_time_is_a_day_by_default_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().idempotency_ttl == 86400
+    monkeypatch.setenv("VIEWCOUNTER_IDEMPOTENCY_TTL", "3600")
+    assert load_settings().idempotency_ttl == 3600
+    for bad in ("59", str(7 * 86400 + 1), "a day"):
+        assert config_error_lines(monkeypatch, IDEMPOTENCY_TTL=bad)[0].startswith(
+            "VIEWCOUNTER_IDEMPOTENCY_TTL: "
+        )
+
+
 @pytest.mark.parametrize("token", ["changeme", "CHANGEME", "secret", "password", "short-but-real"])
 def test_placeholder_or_short_admin_token_is_refused_without_echoing_it(
     monkeypatch: pytest.MonkeyPatch, token: str

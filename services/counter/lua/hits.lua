@@ -8,27 +8,33 @@
 -- KEYS[10]     this call's idempotency record ({vc:UNIT}:idem:...), used when ARGV[1] > 0
 -- KEYS[11]     the unit's days hash ({vc:UNIT}:days), local day -> views counted that day
 -- KEYS[12]     titles learned from hits, not yet in Postgres ({vc:UNIT}:pend:titles, page -> title)
--- then for hit j (1-based), at b = 12 + 6(j-1):
---   KEYS[b+1] its dedupe mark            ({vc:UNIT}:seen:TOKEN)
+-- then for hit j (1-based), at b = 12 + 7(j-1):
+--   KEYS[b+1] its dedupe marks of this generation ({vc:UNIT}:seen:W:G:SHARD, keys.py)
 --   KEYS[b+2] its client's rate counter  ({vc:UNIT}:rate:TOKEN:MIN)
 --   KEYS[b+3] the unit's visitors of the day  ({vc:UNIT}:uv:DAY, HyperLogLog)
 --   KEYS[b+4] the page's visitors of the day  ({vc:UNIT}:uvp:DAY:PAGE, HyperLogLog)
 --   KEYS[b+5] the page's bucket          ({vc:UNIT}:pages:N, page digest -> live total)
 --   KEYS[b+6] the visitors online in the hit's clock minute ({vc:UNIT}:on:MIN, HyperLogLog)
--- ARGV[1] seconds to keep this call's answer under KEYS[10] (0: not idempotent): a call
---         sent again with the same record answers what the first one did, counting nothing
+--   KEYS[b+7] its dedupe marks of the generation before ({vc:UNIT}:seen:W:G-1:SHARD)
+-- ARGV[1] seconds to keep this call's record under KEYS[10] (0: not idempotent): a call
+--         sent again with the same record answers the tallies of what the first one did
+--         (below), counting nothing. The record is those tallies (a few bytes a call), not
+--         the per-hit answer: a retry needs no more.
 -- ARGV[2] seconds an online sketch lives after its first visitor (the online window + 2 min)
--- ARGV  then per hit, 9 values: pending shard index (0-based), page id, local day,
+-- ARGV  then per hit, 11 values: pending shard index (0-based), page id, local day,
 --       dedupe window in seconds (0: off), hits allowed per client per minute (0: off),
 --       page rule (0: any page; n > 0: at most n distinct pages in the unit; -1: only pages
 --       the unit has already), visitor token (what the visitor sketches count), the page's
 --       field in its bucket (a digest of the page id), the page's title to learn ("": none;
 --       kept for a counted or duplicate hit only: never a rate-limited one's, nor one of a
---       page the site does not count)
+--       page the site does not count), the visitor+page's dedupe mark (a fingerprint: the
+--       field in KEYS[b+1] and KEYS[b+7]), the second of its generation the hit came in
+--       (0 .. window-1; a generation is `window` seconds, keys.seen_generation)
 -- Returns {1, outcome_1, page_views_1, unit_views_1, ...} in hit order, where outcome is
 -- 1 counted, 2 duplicate (same visitor and page inside the window), 3 rate limited,
 -- 4 page limit (a new page on a unit that has its maximum of pages), 5 unknown page (a new
--- page on a site that counts only its registered pages); or {0}
+-- page on a site that counts only its registered pages); or {2, n_1, ..., n_5}, a call
+-- recorded under KEYS[10] before: how many of its hits had each outcome 1..5; or {0}
 -- when the unit's live totals are not loaded (unknown site, or Redis lost its data): then
 -- nothing was written, and the caller loads the totals from Postgres first so that counts
 -- shown never go backwards.
@@ -37,6 +43,11 @@
 -- its pending delta, so the days hash is always Postgres' daily views plus what is pending.
 -- Keys that expire are only dedupe marks, rate counters and visitor sketches: never anything
 -- unflushed (the flusher reads a sketch's estimate when it moves that day's views).
+-- Dedupe is exact to the second: a mark of this generation was counted less than a window
+-- ago; one of the generation before at second s was counted `window + at - s` seconds ago,
+-- a repeat while at < s. A counted hit writes its mark with its second into this
+-- generation's hash, which expires once the next generation is over (2 windows after this
+-- one began, plus a second): no mark is needed after that.
 if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
   return {0}
 end
@@ -51,9 +62,9 @@ local out = {1}
 local visitors_ttl = 259200
 -- Gathered per call and written once each at the end: a call's hits share a day and a minute.
 local days, online, online_keys = {}, {}, {}
-for j = 1, (#ARGV - 2) / 9 do
-  local a = 2 + (j - 1) * 9
-  local b = 12 + (j - 1) * 6
+for j = 1, (#ARGV - 2) / 11 do
+  local a = 2 + (j - 1) * 11
+  local b = 12 + (j - 1) * 7
   local page = ARGV[a + 2]
   local field = ARGV[a + 8]
   local window = tonumber(ARGV[a + 4])
@@ -80,9 +91,19 @@ for j = 1, (#ARGV - 2) / 9 do
       end
     end
   end
-  if outcome == 1 and window > 0
-      and not redis.call('SET', KEYS[b + 1], '1', 'NX', 'EX', window) then
-    outcome = 2
+  if outcome == 1 and window > 0 then
+    local mark, at = ARGV[a + 10], tonumber(ARGV[a + 11])
+    if redis.call('HEXISTS', KEYS[b + 1], mark) == 1 then
+      outcome = 2
+    else
+      local before = redis.call('HGET', KEYS[b + 7], mark)
+      if before and at < tonumber(before) then
+        outcome = 2
+      else
+        redis.call('HSET', KEYS[b + 1], mark, at)
+        redis.call('EXPIRE', KEYS[b + 1], 2 * window - at + 1, 'NX')
+      end
+    end
   end
   local on_key = KEYS[b + 6]
   local tokens = online[on_key]
@@ -131,6 +152,10 @@ for _, key in ipairs(online_keys) do
   end
 end
 if idempotent_for > 0 then
-  redis.call('SET', KEYS[10], cjson.encode(out), 'EX', idempotent_for)
+  local tally = {2, 0, 0, 0, 0, 0}
+  for i = 2, #out, 3 do
+    tally[1 + out[i]] = tally[1 + out[i]] + 1
+  end
+  redis.call('SET', KEYS[10], cjson.encode(tally), 'EX', idempotent_for)
 end
 return out
