@@ -98,8 +98,10 @@ async def test_hits_reads_and_flushes_are_exact_across_nodes(
             ).json()
             for site in SITES
         }
-    # One batch per unit with hits, each on its unit's node.
-    assert report.batches == len({unit(site, p) for site in SITES for p in sent[site]})
+    # Every unit with hits, in one batch per node (its units are all on that node).
+    hit_units = {unit(site, p) for site in SITES for p in sent[site]}
+    assert report.units == len(hit_units)
+    assert report.batches == len(set((await nodes_of(cluster, sorted(hit_units))).values()))
     for site in SITES:
         # Each reader counts "a" once (the repeat is a duplicate), "b" once, one p-page once.
         assert sent[site]["a"] == 5 and sent[site]["b"] == 5

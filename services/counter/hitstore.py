@@ -93,6 +93,7 @@ class HitStore:
                         f"{prefix}:{n}",
                         keep_s,
                         self._online_window_s,
+                        self._units.per_slot,
                     )
                 )
                 positions.append(chunk)

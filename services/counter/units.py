@@ -49,6 +49,10 @@ class Units:
             raise ValueError(f"units must be 1..{keys.MAX_UNITS}")
         self._redis = redis
         self.count = count
+        # On a Cluster, work is indexed per Cluster slot (keys.py); the tags are found once.
+        self.per_slot = isinstance(redis, RedisCluster)
+        if self.per_slot:
+            keys.work_key(0)
         self._totals: dict[str, SiteTotal] = {}
         self._reading: dict[str, asyncio.Task[SiteTotal]] = {}
         self._visitors: dict[tuple[str, str], tuple[float, int]] = {}

@@ -15,6 +15,8 @@
 --   KEYS[b+4] the page's visitors of the day  ({vc:UNIT}:uvp:DAY:PAGE, HyperLogLog)
 --   KEYS[b+5] the page's bucket          ({vc:UNIT}:pages:N, page digest -> live total)
 --   KEYS[b+6] the visitors online in the hit's clock minute ({vc:UNIT}:on:MIN, HyperLogLog)
+-- KEYS[#KEYS]  the work index of the unit's slot ({vc~w:N}:work, unit -> first-dirty ms): last,
+--              after the hits' keys
 -- ARGV[1] seconds to keep this call's answer under KEYS[10] (0: not idempotent): a call
 --         sent again with the same record answers what the first one did, counting nothing
 -- ARGV[2] seconds an online sketch lives after its first visitor (the online window + 2 min)
@@ -129,6 +131,14 @@ for _, key in ipairs(online_keys) do
   if redis.call('PFADD', key, unpack(online[key])) == 1 then
     redis.call('EXPIRE', key, online_ttl, 'NX')
   end
+end
+-- Work index: the unit now has pending deltas (or learned titles) for the flusher, recorded
+-- in this same atomic call; NX keeps the first-dirty time until the flusher's snapshot takes
+-- the unit out. The member is the unit id, read from its hash's name ({vc:UNIT}:site).
+if next(days) ~= nil or redis.call('EXISTS', KEYS[12]) == 1 then
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[#KEYS], 'NX', now[1] * 1000 + math.floor(now[2] / 1000),
+    string.sub(KEYS[1], 5, -7))
 end
 if idempotent_for > 0 then
   redis.call('SET', KEYS[10], cjson.encode(out), 'EX', idempotent_for)
