@@ -98,9 +98,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fa
                 reports=opened.db.reports,
                 live=live,
                 titles=opened.db.titles,
-                top=MostRead(
-                    live, opened.pending, opened.db.top, opened.db.titles, clock=clock
-                ),
+                top=MostRead(live, opened.pending, opened.db.top, opened.db.titles, clock=clock),
             )
         finally:
             await opened.aclose()

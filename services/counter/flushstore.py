@@ -23,6 +23,8 @@ from services.counter.units import Units
 log = logging.getLogger("viewcounter.flusher")
 
 SNAPSHOT_SCAN_COUNT = 5000
+SNAPSHOT_READ_GROUP = 500  # snapshots whose first HSCAN page goes in one pipeline
+LEASE_GROUP = 1000  # leases one lease.lua call takes (of one slot, on a Cluster)
 WORK_SCAN_COUNT = 1000  # the upgrade's one SCAN for work an older release left unindexed
 VISITOR_READ_CHUNK = 1000
 TITLE_CHUNK = 1000
@@ -242,8 +244,10 @@ class FlushStore:
     async def take_leases(self, unit_ids: Sequence[str], owner: str, lease_ms: int) -> set[str]:
         """Take or renew the flush lease of each unit; the units whose lease `owner` holds.
         A unit whose node failed to answer is not held (the others are)."""
+        groups = self._slot_groups(unit_ids)
         call_list: list[Call] = [
-            (scripts.LEASE, 1, [keys.lease_key(u), owner, lease_ms]) for u in unit_ids
+            (scripts.LEASE, len(group), [*(keys.lease_key(u) for u in group), owner, lease_ms])
+            for group in groups
         ]
         if not call_list:
             return set()
@@ -254,9 +258,23 @@ class FlushStore:
             raise client.unavailable(failed[0])
         return {
             unit
-            for unit, result in zip(unit_ids, results, strict=True)
-            if not isinstance(result, Exception) and result[0] == 1
+            for group, result in zip(groups, results, strict=True)
+            if not isinstance(result, Exception)
+            for unit, held in zip(group, result, strict=True)
+            if held == 1
         }
+
+    def _slot_groups(self, unit_ids: Sequence[str]) -> list[list[str]]:
+        """`unit_ids` in groups that one script call may take: LEASE_GROUP at most, all of
+        one Cluster slot on a Cluster."""
+        by_slot: dict[int, list[str]] = {}
+        for unit in unit_ids:
+            by_slot.setdefault(keys.work_slot(unit, self._units.per_slot), []).append(unit)
+        return [
+            units[i : i + LEASE_GROUP]
+            for units in by_slot.values()
+            for i in range(0, len(units), LEASE_GROUP)
+        ]
 
     async def release_leases(self, unit_ids: Sequence[str], owner: str) -> None:
         """Give up the flush leases `owner` holds among `unit_ids` (those whose node does not
@@ -265,7 +283,11 @@ class FlushStore:
             return
         with client.translated():
             await scripts.run_scripts(
-                self._redis, [(scripts.RELEASE, 1, [keys.lease_key(u), owner]) for u in unit_ids]
+                self._redis,
+                [
+                    (scripts.RELEASE, len(group), [*(keys.lease_key(u) for u in group), owner])
+                    for group in self._slot_groups(unit_ids)
+                ],
             )
 
     async def snapshot(
@@ -341,13 +363,27 @@ class FlushStore:
             return results, False
         return results, None if None in confirmations else True
 
-    async def read_snapshot(self, ref: SnapshotRef) -> AsyncIterator[SnapshotRow]:
-        """The rows of a frozen snapshot, read in chunks (HSCAN)."""
-        site = ref.site
-        with client.translated():
-            async for field, value in self._redis.hscan_iter(ref.name, count=SNAPSHOT_SCAN_COUNT):
-                day, page = keys.split_pending_field(field)
-                yield site, page, day, int(value)
+    async def read_snapshots(
+        self, refs: Sequence[SnapshotRef]
+    ) -> AsyncIterator[tuple[SnapshotRef, list[SnapshotRow]]]:
+        """The rows of frozen snapshots, a page (HSCAN) at a time: the first page of up to
+        SNAPSHOT_READ_GROUP snapshots in one pipeline (a small snapshot is one page: many
+        small units cost one round trip, not one each), then the rest of a large one."""
+        for start in range(0, len(refs), SNAPSHOT_READ_GROUP):
+            group = refs[start : start + SNAPSHOT_READ_GROUP]
+            with client.translated():
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for ref in group:
+                        pipe.hscan(ref.name, 0, count=SNAPSHOT_SCAN_COUNT)
+                    pages = await pipe.execute()
+            for ref, (cursor, fields) in zip(group, pages, strict=True):
+                yield ref, _rows(ref, cast(dict[str, str], fields))
+                while int(cursor) != 0:
+                    with client.translated():
+                        cursor, fields = await self._redis.hscan(
+                            ref.name, cursor, count=SNAPSHOT_SCAN_COUNT
+                        )
+                    yield ref, _rows(ref, cast(dict[str, str], fields))
 
     async def rehome(self, ref: SnapshotRef, batch_id: str) -> SnapshotRef | None:
         """Move a snapshot to another batch id; its new reference, or None when it is gone."""
@@ -460,3 +496,13 @@ def _node_name(redis: Client) -> str:
     if "path" in kwargs:
         return str(kwargs["path"])
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+
+def _rows(ref: SnapshotRef, fields: Mapping[str, str]) -> list[SnapshotRow]:
+    """A snapshot's (site, page, day, hits) rows from a page of its fields."""
+    site = ref.site
+    rows: list[SnapshotRow] = []
+    for field, value in fields.items():
+        day, page = keys.split_pending_field(field)
+        rows.append((site, page, day, int(value)))
+    return rows

@@ -111,9 +111,7 @@ class LiveCounts:
         where the site learns titles, from a counted or duplicate hit; ignored elsewhere."""
         if bots.is_bot(user_agent):
             return self._uncounted(Outcome.BOT, await self.counts(site, [page]), page)
-        request = await self._request(
-            site, page, visitor, ip, user_agent, self._rate_limit, title
-        )
+        request = await self._request(site, page, visitor, ip, user_agent, self._rate_limit, title)
         if request is None:
             return self._uncounted(Outcome.UNKNOWN_PAGE, await self.counts(site, [page]), page)
         result = await self._store.hit(request)

@@ -35,8 +35,8 @@ async def read_chunks(
     try:
         rows: list[tuple[str, str, str]] = []
         hits: list[int] = []
-        for ref in refs:
-            async for site, page, day, n in store.read_snapshot(ref):
+        async for ref, page_rows in store.read_snapshots(refs):
+            for site, page, day, n in page_rows:
                 rows.append((site, page, day))
                 hits.append(n)
                 if tally is not None:

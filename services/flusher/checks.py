@@ -10,9 +10,7 @@ from services.counter.flushstore import FlushStore
 class RedisBatchChecks:
     """The ledger's BatchChecks, answered by the flusher's store for one batch."""
 
-    def __init__(
-        self, store: FlushStore, generations: Mapping[str, str | None]
-    ) -> None:
+    def __init__(self, store: FlushStore, generations: Mapping[str, str | None]) -> None:
         self._store = store
         self._expected = dict(generations)  # each unit's load generation when it was frozen
         self.stale: set[str] = set()  # the units found with another generation
