@@ -177,3 +177,25 @@ async def test_ten_thousand_sites_are_flushed_exactly_once_in_few_batches(
         stored = await totals(settings.database_url, site)
         assert_consistent(stored)
         assert stored.site_views == 3
+
+
+async def test_the_watch_reads_the_age_of_the_oldest_unflushed_unit_from_redis(
+    api: httpx.AsyncClient, site: str, settings: Settings, flusher: Flusher
+) -> None:
+    store = flusher._store
+    (node,) = (await store.oldest_work()).keys()
+    assert await store.oldest_work() == {node: 0.0}  # nothing pending
+    await send_hits(api, site, ["a"], Counter())
+    first = (await store.oldest_work())[node]
+    await asyncio.sleep(0.3)
+    await send_hits(api, site, ["b"], Counter())  # a later hit keeps the first-dirty time
+    later = (await store.oldest_work())[node]
+    assert first is not None and later is not None and later >= first + 0.3
+    # Frozen but not yet in Postgres (a flusher died after its snapshot): still unflushed.
+    dead = flusher_stores(settings)
+    await dead.flush.snapshot({site: batch_id("deadbeef", 1, 0.0)}, None)
+    await dead.aclose()
+    frozen = (await store.oldest_work())[node]
+    assert frozen is not None and frozen >= later
+    await flusher.flush_once()
+    assert await store.oldest_work() == {node: 0.0}

@@ -154,6 +154,12 @@ def node_flushed(node: str, started_at: float) -> None:
     _node_flushed[node] = max(_node_flushed.get(node, _started), started_at)
 
 
+def node_lags(now: float | None = None) -> dict[str, float]:
+    """Per node, seconds since the start of the last pass that flushed all its held units."""
+    now = time.time() if now is None else now
+    return {node: max(0.0, now - since) for node, since in _node_flushed.items()}
+
+
 def unflushed_ages(ages: dict[str, float | None]) -> None:
     """The age of the oldest unflushed unit per node, as just read from Redis (None: the
     node did not answer: its sample is dropped until it does)."""
@@ -174,6 +180,6 @@ def exposition() -> bytes:
     """The flusher's metrics in Prometheus text format, the lag computed now."""
     now = time.time()
     FLUSH_LAG.set(flush_lag_s(now))
-    for node, since in _node_flushed.items():
-        NODE_LAG.labels(node).set(max(0.0, now - since))
+    for node, lag in node_lags(now).items():
+        NODE_LAG.labels(node).set(lag)
     return metrics.exposition(REGISTRY)

@@ -153,8 +153,11 @@ class Flusher:
         report = FlushReport()
         pass_started = self._clock()  # metrics: the flush lag counts from here
         if not self._indexed:
-            await self._store.index_unindexed()  # the upgrade from SCAN: once per Redis
-            self._indexed = True
+            try:
+                await self._store.index_unindexed()  # the upgrade from SCAN: once per Redis
+                self._indexed = True
+            except CounterUnavailable as exc:  # a node is down: the next pass tries again
+                log.warning("older work not indexed yet: %s", exc, extra={"error": str(exc)})
         work = await self._store.find_work()
         failed: dict[str, BaseException | str] = dict(work.failed)
         if not work.nodes:
