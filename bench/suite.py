@@ -693,16 +693,21 @@ def fig_idle(b: Bench) -> None:
           f" one SCAN of the keyspace {scan}", flush=True)  # fmt: skip
     b.rows.append(
         Row(
-            "15. Redis CPU of idle flush passes, 1M dedupe marks / none",
-            f"{marks['redis_cpu_s'] * 1000:.0f} ms ({marks['wall_s']:.2f} s wall)",
-            f"{none['redis_cpu_s'] * 1000:.0f} ms ({none['wall_s']:.2f} s wall)",
-            marks["redis_cpu_s"],
-            none["redis_cpu_s"],
+            "15. Redis CPU of idle flush passes, 1M dedupe marks / none (net)",
+            f"{marks['net_s'] * 1000:.0f} ms ({marks['wall_s']:.2f} s wall)",
+            f"{none['net_s'] * 1000:.0f} ms ({none['wall_s']:.2f} s wall)",
+            marks["net_s"],
+            none["net_s"],
             "<= 1.5",
-            marks["redis_cpu_s"] <= 1.5 * none["redis_cpu_s"],
+            marks["net_s"] <= 1.5 * none["net_s"],
             None,
             None,
             f"{r['passes']} idle passes each side, Redis INFO cpu (sys + user) before/after,"
+            f" net of Redis' own background CPU over a sleep as long (raw: with marks"
+            f" {marks['redis_cpu_s'] * 1000:.0f} ms, background"
+            f" {marks['background_s'] * 1000:.0f} ms; none {none['redis_cpu_s'] * 1000:.0f}"
+            f" ms, background {none['background_s'] * 1000:.0f} ms; raw ratio"
+            f" {marks['redis_cpu_s'] / max(none['redis_cpu_s'], 1e-9):.2f});"
             f" {r['dbsize']} keys with the marks; for scale, one SCAN of that keyspace (what"
             f" every pass cost before the work index): Redis CPU"
             f" {scan['redis_cpu_s'] * 1000:.0f} ms, {scan['wall_s']:.2f} s wall",
@@ -946,7 +951,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--flush-big-pages", type=int, default=1_000_000, help="flusher: the memory run; 0: none"
     )
     parser.add_argument("--soak-minutes", type=float, default=10.0, help="soak: minutes of load")
-    parser.add_argument("--idle-passes", type=int, default=200, help="idle: passes each side")
+    parser.add_argument("--idle-passes", type=int, default=1000, help="idle: passes each side")
     parser.add_argument(
         "--curve-max-pages", type=int, default=1_000_000, help="curves: dirty pages up to"
     )

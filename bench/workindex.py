@@ -12,8 +12,12 @@ prints one line `WORKJSON {...}`:
   first pass (the once-per-Redis upgrade SCAN), then --passes idle passes are timed with
   Redis' `INFO cpu` (used_cpu_sys + used_cpu_user) read before and after: first with no dedupe
   marks, then again after --marks live dedupe marks (`{vc:SITE}:seen:TOKEN`, the keys hits.lua
-  writes today, 1 h TTL) were written. For scale, one SCAN of the whole keyspace (what a pass
-  cost before the work index) is timed the same way.
+  writes today, 1 h TTL) were written and Redis settled (its AOF rewrite done, then 3 s for
+  its incremental rehashing). Redis' own background work (serverCron: active expiry,
+  rehashing) grows with the keyspace whether or not a flusher runs, so each side also reads
+  Redis' CPU over a sleep as long as its passes took, and reports both: raw, and net of that
+  background. For scale, one SCAN of the whole keyspace (what a pass cost before the work
+  index) is timed the same way.
 - `sites`: FLUSHALL; N sites inserted in Postgres and loaded into Redis (HitStore.load, as a
   first hit does), 3 views each through LiveCounts.hit_batch (two pages), then one timed
   `flush_once()`.
@@ -112,6 +116,16 @@ async def _load(ns: argparse.Namespace, sites: Sequence[str]) -> None:
         await opened.aclose()
 
 
+async def _settle(redis: aioredis.Redis) -> None:
+    """Wait for the AOF rewrite the writes triggered, then for the rehashing after it."""
+    while True:
+        info = await redis.info("persistence")
+        if not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]):
+            break
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(3)
+
+
 async def idle(ns: argparse.Namespace) -> None:
     """Redis CPU of idle passes, without and with ns.marks live dedupe marks."""
     await _fresh(ns, [SITE])
@@ -129,13 +143,22 @@ async def idle(ns: argparse.Namespace) -> None:
                     await redis.eval(MARKS_LUA, 0, keys.seen_key(SITE, "bench-"), first, last)
                 results["marks_written_s"] = round(time.perf_counter() - started, 1)
                 results["dbsize"] = await redis.dbsize()
+                await _settle(redis)
             cpu_before, wall = await _cpu(redis), time.perf_counter()
             for _ in range(ns.passes):
                 report = await flusher.flush_once()
                 assert report.batches == 0
             wall = time.perf_counter() - wall
             cpu = await _cpu(redis) - cpu_before
-            results[side] = {"redis_cpu_s": round(cpu, 4), "wall_s": round(wall, 3)}
+            cpu_before = await _cpu(redis)
+            await asyncio.sleep(wall)
+            background = await _cpu(redis) - cpu_before
+            results[side] = {
+                "redis_cpu_s": round(cpu, 4),
+                "background_s": round(background, 4),
+                "net_s": round(max(cpu - background, 0.0), 4),
+                "wall_s": round(wall, 3),
+            }
         # For scale: the SCAN a pass ran before the work index, once.
         cpu_before, wall = await _cpu(redis), time.perf_counter()
         found = 0
@@ -221,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--redis", required=True)
     parser.add_argument("--database", required=True)
     parser.add_argument("--marks", type=int, default=1_000_000)
-    parser.add_argument("--passes", type=int, default=200)
+    parser.add_argument("--passes", type=int, default=1000)
     parser.add_argument("--sites", type=int, default=1000)
     parser.add_argument("--pages", type=int, default=1000)
     ns = parser.parse_args(argv)
