@@ -152,12 +152,7 @@ class Flusher:
         """
         report = FlushReport()
         pass_started = self._clock()  # metrics: the flush lag counts from here
-        if not self._indexed:
-            try:
-                await self._store.index_unindexed()  # the upgrade from SCAN: once per Redis
-                self._indexed = True
-            except CounterUnavailable as exc:  # a node is down: the next pass tries again
-                log.warning("older work not indexed yet: %s", exc, extra={"error": str(exc)})
+        await self._index_older_work()
         work = await self._store.find_work()
         failed: dict[str, BaseException | str] = dict(work.failed)
         if not work.nodes:
@@ -200,12 +195,22 @@ class Flusher:
         for node in work.nodes:
             if node not in failed:
                 flusher_metrics.node_flushed(node, pass_started)
-        if failed and not set(work.nodes) - set(failed):
-            raise CounterUnavailable(f"flush failed on every Redis node: {failed}")
+        _raise_if_every_node_failed(work.nodes, failed)
         self.last_success = self._clock()
         self.consecutive_failures = 0
         flusher_metrics.pass_succeeded(pass_started, self.last_success)
         return report
+
+    async def _index_older_work(self) -> None:
+        """The upgrade from SCAN: an older release's work put into the index, once per Redis
+        (the store checks), tried by the first pass of each process until it succeeds."""
+        if self._indexed:
+            return
+        try:
+            await self._store.index_unindexed()
+            self._indexed = True
+        except CounterUnavailable as exc:  # a node is down: the next pass tries again
+            log.warning("older work not indexed yet: %s", exc, extra={"error": str(exc)})
 
     async def _finish_leftovers(
         self,
@@ -480,6 +485,17 @@ class Flusher:
         FLUSH_FAILURES.inc()
         flusher_metrics.CONSECUTIVE_FAILURES.set(self.consecutive_failures)
         flusher_metrics.pass_failed(exc, time.perf_counter() - began)
+
+
+def _raise_if_every_node_failed(nodes: Sequence[str], failed: Mapping[str, object]) -> None:
+    """Fail the pass when no node's part of it succeeded: with one Redis, as its own error
+    (FlushDeferred, CounterUnavailable), as before nodes were told apart."""
+    if not failed or set(nodes) - set(failed):
+        return
+    errors = [e for e in failed.values() if isinstance(e, BaseException)]
+    if len(failed) == 1 and errors:
+        raise errors[0]
+    raise CounterUnavailable(f"flush failed on every Redis node: {dict(failed)}")
 
 
 def _by_name(ref: SnapshotRef) -> str:
