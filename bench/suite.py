@@ -702,7 +702,8 @@ def fig_idle(b: Bench) -> None:
             marks["net_s"] <= 1.5 * none["net_s"],
             None,
             None,
-            f"{r['passes']} idle passes each side, Redis INFO cpu (sys + user) before/after,"
+            f"2 x {r['passes']} idle passes each side (order none, marks, marks, none; net per"
+            f" run: none {none['runs']}, marks {marks['runs']} s), Redis INFO cpu before/after,"
             f" net of Redis' own background CPU over a sleep as long (raw: with marks"
             f" {marks['redis_cpu_s'] * 1000:.0f} ms, background"
             f" {marks['background_s'] * 1000:.0f} ms; none {none['redis_cpu_s'] * 1000:.0f}"

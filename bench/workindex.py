@@ -12,7 +12,8 @@ prints one line `WORKJSON {...}`:
   first pass (the once-per-Redis upgrade SCAN), then --passes idle passes are timed with
   Redis' `INFO cpu` (used_cpu_sys + used_cpu_user) read before and after: first with no dedupe
   marks, then again after --marks live dedupe marks (`{vc:SITE}:seen:TOKEN`, the keys hits.lua
-  writes today, 1 h TTL) were written and Redis settled (its AOF rewrite done, then 3 s for
+  writes today, 1 h TTL) were written and Redis settled; in the order none, marks, marks,
+  none (FLUSHALL between), each side's two runs summed (its AOF rewrite done, then 3 s for
   its incremental rehashing). Redis' own background work (serverCron: active expiry,
   rehashing) grows with the keyspace whether or not a flusher runs, so each side also reads
   Redis' CPU over a sleep as long as its passes took, and reports both: raw, and net of that
@@ -126,40 +127,59 @@ async def _settle(redis: aioredis.Redis) -> None:
     await asyncio.sleep(3)
 
 
+async def _write_marks(redis: aioredis.Redis, marks: int) -> None:
+    for first in range(0, marks, MARKS_PER_CALL):
+        last = min(first + MARKS_PER_CALL, marks) - 1
+        await redis.eval(MARKS_LUA, 0, keys.seen_key(SITE, "bench-"), first, last)
+
+
+async def _idle_passes(redis: aioredis.Redis, flusher: Flusher, passes: int) -> dict[str, float]:
+    await _settle(redis)
+    cpu_before, wall = await _cpu(redis), time.perf_counter()
+    for _ in range(passes):
+        report = await flusher.flush_once()
+        assert report.batches == 0
+    wall = time.perf_counter() - wall
+    cpu = await _cpu(redis) - cpu_before
+    cpu_before = await _cpu(redis)
+    await asyncio.sleep(wall)
+    background = await _cpu(redis) - cpu_before
+    return {
+        "redis_cpu_s": cpu,
+        "background_s": background,
+        "net_s": max(cpu - background, 0.0),
+        "wall_s": wall,
+    }
+
+
 async def idle(ns: argparse.Namespace) -> None:
-    """Redis CPU of idle passes, without and with ns.marks live dedupe marks."""
+    """Redis CPU of idle passes, without and with ns.marks live dedupe marks, in the order
+    none, marks, marks, none (so a load that drifts during the run falls on both sides)."""
     await _fresh(ns, [SITE])
     await _load(ns, [SITE])
     redis = aioredis.Redis.from_url(ns.redis)
     opened, flusher = await _flusher(ns)
     results: dict[str, Any] = {"passes": ns.passes, "marks": ns.marks}
+    runs: dict[str, list[dict[str, float]]] = {"none": [], "marks": []}
     try:
         await flusher.flush_once()  # the first pass of a process: the upgrade check
-        for side in ("none", "marks"):
-            if side == "marks":
-                started = time.perf_counter()
-                for first in range(0, ns.marks, MARKS_PER_CALL):
-                    last = min(first + MARKS_PER_CALL, ns.marks) - 1
-                    await redis.eval(MARKS_LUA, 0, keys.seen_key(SITE, "bench-"), first, last)
-                results["marks_written_s"] = round(time.perf_counter() - started, 1)
+        has_marks = False
+        for side in ("none", "marks", "marks", "none"):
+            if side == "marks" and not has_marks:
+                await _write_marks(redis, ns.marks)
+                has_marks = True
                 results["dbsize"] = await redis.dbsize()
-                await _settle(redis)
-            cpu_before, wall = await _cpu(redis), time.perf_counter()
-            for _ in range(ns.passes):
-                report = await flusher.flush_once()
-                assert report.batches == 0
-            wall = time.perf_counter() - wall
-            cpu = await _cpu(redis) - cpu_before
-            cpu_before = await _cpu(redis)
-            await asyncio.sleep(wall)
-            background = await _cpu(redis) - cpu_before
-            results[side] = {
-                "redis_cpu_s": round(cpu, 4),
-                "background_s": round(background, 4),
-                "net_s": round(max(cpu - background, 0.0), 4),
-                "wall_s": round(wall, 3),
-            }
-        # For scale: the SCAN a pass ran before the work index, once.
+            elif side == "none" and has_marks:
+                await redis.flushall()
+                await _load(ns, [SITE])
+                has_marks = False
+            runs[side].append(await _idle_passes(redis, flusher, ns.passes))
+        for side, measured in runs.items():
+            results[side] = {k: round(sum(m[k] for m in measured), 4) for k in measured[0]}
+            results[side]["runs"] = [round(m["net_s"], 4) for m in measured]
+        # For scale: the SCAN a pass ran before the work index, once (over the marks).
+        await _write_marks(redis, ns.marks)
+        await _settle(redis)
         cpu_before, wall = await _cpu(redis), time.perf_counter()
         found = 0
         async for _ in redis.scan_iter(match=keys.WORK_KEYS_PATTERN, count=1000):
