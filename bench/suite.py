@@ -40,6 +40,13 @@ machine noise falls on both sides of a ratio):
 - `pages`    hit rate against the number of distinct pages hit (100 ... 1,000,000), a fresh
              Redis each run, rounds rotating; the ratio row is 1,000,000 pages over 100.
              Writes the plot bench/results/hit-pages.png.
+- `idle`     Redis CPU (INFO cpu, sys + user) of --idle-passes idle flush passes with
+             1,000,000 live dedupe marks over the same with none (bench/workindex.py);
+             target <= 1.5. Also one SCAN of that keyspace, what a pass cost before the work
+             index, for scale.
+- `curves`   flush pass time against the number of sites with work (1 .. 10,000, a few hits
+             each) and against dirty pages of one site (1,000 .. --curve-max-pages); the
+             10,000 sites' pass over VIEWCOUNTER_FLUSH_INTERVAL's default 5 s, target <= 1.
 - `soak`     the api's RSS (VmRSS, every 10 s) over --soak-minutes (10) of paced hits at half
              the closed-loop hit rate, 100,000 pages, a new visitor each hit, a flusher
              running: the last minute's median over the first minute's; target <= 1.1.
@@ -90,13 +97,15 @@ PACED_LATENCY_MS = 2.0
 T = TypeVar("T")
 FIGURES = (
     "hit", "latency", "workers", "counts", "stats", "top", "batch", "batch-key", "memory",
-    "marks", "idem", "pages", "flusher", "soak",
+    "marks", "idem", "pages", "flusher", "soak", "idle", "curves",
 )  # fmt: skip
 MARKS_SITE = "marks"
 MARKS_BYTES_COUNT = 200_000
 LIVE_MARKS = 1_000_000
 PAGE_COUNTS = (100, 1_000, 10_000, 100_000, 1_000_000)
 PAGES_PLOT_FILE = RESULTS_DIR / "hit-pages.png"
+CURVE_SITES = (1, 100, 1_000, 10_000)
+CURVE_PAGES = (1_000, 10_000, 100_000, 1_000_000)
 MEMORY_SITE = "mem"
 MEMORY_PAGES = 20_000
 FLUSH_SITE = "fb"
@@ -143,6 +152,7 @@ class Bench:
     pages_curve: list[tuple[int, float, float]] = field(default_factory=list)
     flush_template: str = ""
     rows: list[Row] = field(default_factory=list)
+    curves: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
 
 
 def _run_args(ns: argparse.Namespace, *extra: str) -> argparse.Namespace:
@@ -912,6 +922,91 @@ def fig_flusher(b: Bench) -> None:
     )
 
 
+def _work_step(b: Bench, step: str, database: str, *argv: str) -> dict[str, Any]:
+    """One step of bench/workindex.py in its own process; its WORKJSON result."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.workindex", step, "--redis", b.redis.url,
+         "--database", database, *argv],
+        cwd=REPO_ROOT,
+        env=b.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    found = re.search(r"^WORKJSON (\{.*\})$", done.stdout, re.MULTILINE)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"bench.workindex {step} failed:\n{done.stdout}{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(found.group(1))
+    return result
+
+
+def fig_idle(b: Bench) -> None:
+    """Redis CPU of idle passes with 1,000,000 live dedupe marks over none."""
+    database = _flush_database(b, "work_idle")
+    r = _work_step(b, "idle", database, "--passes", str(b.args.idle_passes))
+    none, marks, scan = r["none"], r["marks"], r["scan_once"]
+    print(f"  {r['passes']} idle passes: {none} with no marks, {marks} with {r['marks']} marks;"
+          f" one SCAN of the keyspace {scan}", flush=True)  # fmt: skip
+    b.rows.append(
+        Row(
+            "15. Redis CPU of idle flush passes, 1M dedupe marks / none (net)",
+            f"{marks['net_s'] * 1000:.0f} ms ({marks['wall_s']:.2f} s wall)",
+            f"{none['net_s'] * 1000:.0f} ms ({none['wall_s']:.2f} s wall)",
+            marks["net_s"],
+            none["net_s"],
+            "<= 1.5",
+            marks["net_s"] <= 1.5 * none["net_s"],
+            None,
+            None,
+            f"2 x {r['passes']} idle passes each side (order none, marks, marks, none; net per"
+            f" run: none {none['runs']}, marks {marks['runs']} s), Redis INFO cpu before/after,"
+            f" net of Redis' own background CPU over a sleep as long (raw: with marks"
+            f" {marks['redis_cpu_s'] * 1000:.0f} ms, background"
+            f" {marks['background_s'] * 1000:.0f} ms; none {none['redis_cpu_s'] * 1000:.0f}"
+            f" ms, background {none['background_s'] * 1000:.0f} ms; raw ratio"
+            f" {marks['redis_cpu_s'] / max(none['redis_cpu_s'], 1e-9):.2f});"
+            f" {r['dbsize']} keys with the marks; for scale, one SCAN of that keyspace (what"
+            f" every pass cost before the work index): Redis CPU"
+            f" {scan['redis_cpu_s'] * 1000:.0f} ms, {scan['wall_s']:.2f} s wall",
+        )
+    )
+
+
+def fig_curves(b: Bench) -> None:
+    """Flush pass time against sites with work and against dirty pages."""
+    by_sites: list[tuple[int, float, int]] = []
+    for n in CURVE_SITES:
+        r = _work_step(b, "sites", _flush_database(b, f"work_sites_{n}"), "--sites", str(n))
+        if (r["units"], r["hits"]) != (n, 3 * n):
+            raise SystemExit(f"curves: expected {n} sites flushed with {3 * n} hits: {r}")
+        by_sites.append((n, r["seconds"], r["batches"]))
+        print(f"  {n} sites: {r['seconds']:.2f} s, {r['batches']} batches", flush=True)
+    by_pages: list[tuple[int, float]] = []
+    for n in (p for p in CURVE_PAGES if p <= b.args.curve_max_pages):
+        r = _work_step(b, "pages", _flush_database(b, f"work_pages_{n}"), "--pages", str(n))
+        by_pages.append((n, r["seconds"]))
+        print(f"  {n} dirty pages: {r['seconds']:.2f} s", flush=True)
+    b.curves = {"sites": by_sites, "pages": by_pages}
+    many, seconds, batches = by_sites[-1]
+    b.rows.append(
+        Row(
+            f"15. flush pass of {many:,} sites with a few hits / flush interval",
+            f"{seconds:.2f} s ({batches} batches)",
+            "VIEWCOUNTER_FLUSH_INTERVAL 5 s",
+            seconds,
+            5.0,
+            "<= 1",
+            seconds <= 5.0,
+            None,
+            None,
+            "sites: "
+            + ", ".join(f"{n}: {s:.2f} s" for n, s, _ in by_sites)
+            + "; dirty pages of one site: "
+            + ", ".join(f"{n}: {s:.2f} s" for n, s in by_pages),
+        )
+    )
+
+
 def _rss_kib(pid: int) -> int:
     """Resident set size of a process (VmRSS), KiB; 0 once it is gone."""
     try:
@@ -1069,6 +1164,21 @@ def write_results(
             *[f"| {n:,} | {rate:.0f} | {p99:.2f} |" for n, rate, p99 in b.pages_curve],
             "",
         ]
+    if b.curves:
+        text += [
+            "Flush pass time against sites with work (a few hits each):",
+            "",
+            "| sites | seconds | batches |",
+            "|---|---|---|",
+            *[f"| {n} | {s:.2f} | {k} |" for n, s, k in b.curves["sites"]],
+            "",
+            "Flush pass time against dirty pages (one site, one batch):",
+            "",
+            "| dirty pages | seconds | rows/s |",
+            "|---|---|---|",
+            *[f"| {n} | {s:.2f} | {n / s:.0f} |" for n, s in b.curves["pages"]],
+            "",
+        ]
     if b.soak_samples:
         text += [
             "api and flusher RSS during the soak (MiB):",
@@ -1110,6 +1220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--batch-key-views", type=int, default=100, help="batch-key: views per request"
     )
     parser.add_argument("--soak-minutes", type=float, default=10.0, help="soak: minutes of load")
+    parser.add_argument("--idle-passes", type=int, default=1000, help="idle: passes each side")
+    parser.add_argument(
+        "--curve-max-pages", type=int, default=1_000_000, help="curves: dirty pages up to"
+    )
     ns = parser.parse_args(argv)
     figures = FIGURES if "all" in ns.figures else tuple(dict.fromkeys(ns.figures))
     started, load_before = time.strftime("%Y-%m-%d %H:%M:%S %Z"), _loadavg()
@@ -1125,6 +1239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pages": fig_pages,
         "flusher": fig_flusher,
         "soak": fig_soak,
+        "idle": fig_idle,
+        "curves": fig_curves,
     }
     points: list[tuple[float, ...]] = []
     with tempfile.TemporaryDirectory(prefix="vc-suite-") as tmp_name:
@@ -1147,7 +1263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 points = [tuple(p) for p in fig_latency(b)]
             for name in (
                 "workers", "batch", "batch-key", "memory", "marks", "idem", "pages", "flusher",
-                "soak",
+                "soak", "idle", "curves",
             ):  # fmt: skip
                 if name in figures:
                     print(f"\n== {name}")

@@ -83,7 +83,7 @@ async def probe(redis: Client, pool: db_pool.Pool) -> Readiness:
 
 
 async def failure_of(check: Awaitable[None]) -> str:
-    """"ok" when `check` passes, else its error (a Redis error is counted)."""
+    """ "ok" when `check` passes, else its error (a Redis error is counted)."""
     try:
         await check
     except (CounterUnavailable, UnsafeRedis, LayoutMismatch) as exc:

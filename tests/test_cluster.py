@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from services.cli.localredis import RedisCluster
@@ -19,6 +21,7 @@ from services.config import CLUSTER_SHARDS
 from services.counter import keys
 from services.counter.calls import unit_of
 from services.counter.errors import CounterUnavailable
+from services.flusher import metrics as flusher_metrics
 from tests.support import chaos
 from tests.support.checks import assert_consistent, totals
 from tests.support.stack import ADMIN, flusher_for, make_settings, running_api
@@ -98,8 +101,10 @@ async def test_hits_reads_and_flushes_are_exact_across_nodes(
             ).json()
             for site in SITES
         }
-    # One batch per unit with hits, each on its unit's node.
-    assert report.batches == len({unit(site, p) for site in SITES for p in sent[site]})
+    # Every unit with hits, in one batch per node (its units are all on that node).
+    hit_units = {unit(site, p) for site in SITES for p in sent[site]}
+    assert report.units == len(hit_units)
+    assert report.batches == len(set((await nodes_of(cluster, sorted(hit_units))).values()))
     for site in SITES:
         # Each reader counts "a" once (the repeat is a duplicate), "b" once, one p-page once.
         assert sent[site]["a"] == 5 and sent[site]["b"] == 5
@@ -201,6 +206,94 @@ async def test_a_node_killed_and_restarted_under_load_loses_and_doubles_nothing(
     assert after_outage > during
 
 
+@contextlib.asynccontextmanager
+async def others_serve_while_a_node_is_down(cluster: RedisCluster) -> AsyncIterator[None]:
+    """`cluster-require-full-coverage no` on every node (docs/scaling.md): without replicas,
+    a master marked failed would otherwise stop the whole Cluster from serving."""
+    clients = [aioredis.Redis(port=node.port) for node in cluster.nodes]
+    try:
+        for client in clients:
+            await client.config_set("cluster-require-full-coverage", "no")
+        yield
+    finally:
+        for client in clients:
+            with contextlib.suppress(redis_errors.RedisError, OSError):
+                await client.config_set("cluster-require-full-coverage", "yes")
+            await client.aclose()
+
+
+@pytest.mark.chaos
+async def test_a_node_down_delays_only_its_own_units_and_the_others_reach_postgres(
+    cluster: RedisCluster, cluster_url: str, database_url: str
+) -> None:
+    pages = [f"p{n}" for n in range(8)]
+    placement = await nodes_of(cluster, [unit(s, p) for s in SITES for p in pages])
+    victim = cluster.nodes[1]
+    victim_name = f"127.0.0.1:{victim.port}"
+    on_victim = {u for u, node in placement.items() if node == victim_name}
+    assert on_victim and len(on_victim) < len(placement)
+    settings = make_settings(cluster_url, database_url, redis_timeout=1.0)
+    acked: Counter[tuple[str, str]] = Counter()
+    unknown: Counter[tuple[str, str]] = Counter()
+
+    async def send(client: httpx.AsyncClient) -> None:
+        for site in SITES:
+            for page in pages:
+                try:
+                    response = await client.post(f"/v1/sites/{site}/hits", json={"page": page})
+                except httpx.HTTPError:
+                    unknown[(site, page)] += 1
+                    continue
+                if response.status_code == 200:
+                    acked[(site, page)] += 1
+                else:
+                    assert response.status_code == 503, response.text
+                    unknown[(site, page)] += 1
+
+    async def stored() -> Counter[tuple[str, str]]:
+        found: Counter[tuple[str, str]] = Counter()
+        for site in SITES:
+            t = await totals(database_url, site)
+            assert_consistent(t)
+            found.update({(site, p): n for p, n in t.pages.items()})
+        return found
+
+    async with (
+        others_serve_while_a_node_is_down(cluster),
+        running_api(settings) as client,
+        flusher_for(settings) as flusher,
+    ):
+        await register(client)
+        await flusher.flush_once()
+        await send(client)  # every node up
+        await asyncio.to_thread(victim.kill)
+        await send(client)  # the victim's pages answer 503; the others count
+        during = await flusher.flush_once()  # not a failed pass: the others' units move
+        while_down = await stored()
+        lags = flusher_metrics.node_lags()
+        await asyncio.to_thread(victim.start)
+        for _ in range(100):  # connections to the restarted node fail once each
+            with contextlib.suppress(CounterUnavailable):
+                await flusher.flush_once()
+                if not [k async for k in _work_keys(cluster)]:
+                    break
+            await asyncio.sleep(0.1)
+        after = await stored()
+    elsewhere = {key: n for key, n in acked.items() if unit(*key) not in on_victim}
+    # While the victim was down, every acknowledged hit of the other nodes' units was in
+    # Postgres, and none of the victim's.
+    assert during.hits == sum(elsewhere.values()) > 0
+    assert {key: n for key, n in while_down.items() if unit(*key) not in on_victim} == elsewhere
+    assert not [key for key in while_down if unit(*key) in on_victim]
+    # Its lag grew alone: its last complete pass is older than the others'.
+    others = [f"127.0.0.1:{node.port}" for node in cluster.nodes if node is not victim]
+    assert lags[victim_name] > max(lags[node] for node in others)
+    # Back up: exact totals (a hit refused while its node was down was not applied).
+    for key in set(acked) | set(after):
+        assert acked[key] <= after[key] <= acked[key] + unknown[key], key
+    assert sum(after.values()) == sum(acked.values())
+
+
 async def _work_keys(cluster: RedisCluster) -> AsyncIterator[str]:
     client = ClusterClient.from_url(cluster.url, decode_responses=True)
     try:
@@ -208,5 +301,3 @@ async def _work_keys(cluster: RedisCluster) -> AsyncIterator[str]:
             yield key
     finally:
         await client.aclose()
-
-

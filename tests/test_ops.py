@@ -298,6 +298,11 @@ def test_flusher_metrics_match_the_ledger(traffic: Traffic) -> None:
     assert value(flusher, "viewcounter_flush_last_success_timestamp_seconds") > 0
     assert value(flusher, "viewcounter_flush_interval_seconds") == 0.2
     assert value(flusher, "viewcounter_flush_duration_seconds_count", result="ok") >= 1
+    # The independent watch, read from Redis at the scrape: one node, nothing left unflushed.
+    oldest = [v for (n, _), v in flusher.items() if n == "viewcounter_oldest_unflushed_seconds"]
+    assert oldest == [0.0]
+    node_lag = [v for (n, _), v in flusher.items() if n == "viewcounter_flush_node_lag_seconds"]
+    assert len(node_lag) == 1
     # The api's series are not the flusher's, and the other way round.
     assert not any(name.startswith("viewcounter_hits") for name, _ in flusher)
     assert not any(name.startswith("viewcounter_flush") for name, _ in samples(traffic.api_metrics))
@@ -344,6 +349,7 @@ def test_every_alert_and_dashboard_metric_is_scraped(traffic: Traffic) -> None:
         "ViewcounterRedisMemoryNearBound",
         "ViewcounterFlusherDown",
         "ViewcounterFlushFailing",
+        "ViewcounterUnflushedWorkOld",
     } <= names
 
 

@@ -94,7 +94,8 @@ async def test_hits_reads_and_flushes_of_a_split_site_are_exact(
     assert live["pages"] == after_flush["pages"] == {p: sent[p] for p in PAGES}
     # Six readers over all units: the union of the units' sketches, not their sum.
     assert live["site_visitors"] == 6
-    assert report.batches == len({unit(p) for p in sent})
+    # Every unit with hits, all in one batch (one Redis: one node, UNITS_PER_BATCH a batch).
+    assert (report.units, report.batches) == (len({unit(p) for p in sent}), 1)
     stored = await totals(database_url, SITE)
     assert_consistent(stored)
     assert stored.site_views == 60
@@ -253,11 +254,11 @@ async def test_flushers_alive_share_the_units(redis_url: str, database_url: str)
         await hits_everywhere()
         even = [await first.flush_once(), await second.flush_once()]
     assert all(share.values())  # both have a share, and together every unit
-    assert alone.batches == UNITS
-    assert joined.batches == 0
-    assert shrunk.batches == len(share["flusher-1"])
-    assert took.batches == len(share["flusher-2"])
-    assert [r.batches for r in even] == [len(share["flusher-1"]), len(share["flusher-2"])]
+    assert alone.units == UNITS
+    assert joined.units == 0
+    assert shrunk.units == len(share["flusher-1"])
+    assert took.units == len(share["flusher-2"])
+    assert [r.units for r in even] == [len(share["flusher-1"]), len(share["flusher-2"])]
     stored = await totals(database_url, SITE)
     assert_consistent(stored)
     assert stored.site_views == 3 * len(PAGES)

@@ -382,8 +382,8 @@ async def test_a_learned_title_newer_than_the_one_moved_stays_for_the_next_pass(
 
 
 async def _title_units(store: Any) -> AsyncIterator[str]:
-    _, _, units = await store.find_work()
-    for unit in units:
+    work = await store.find_work()  # units with pending deltas or learned titles
+    for unit in work.units:
         yield unit
 
 

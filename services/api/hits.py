@@ -52,9 +52,7 @@ async def take(
 ) -> tuple[Outcome, int, int]:
     """(outcome, page views, site views) of one page view from client `ip` with `user_agent`
     (`title`: the page's title, validated, learned where the site learns titles)."""
-    result = await live.hit(
-        site, page, visitor=visitor, ip=ip, user_agent=user_agent, title=title
-    )
+    result = await live.hit(site, page, visitor=visitor, ip=ip, user_agent=user_agent, title=title)
     metrics.count_hit(site, result.outcome)
     return result.outcome, result.page_views, result.site_views
 

@@ -22,9 +22,7 @@ from services.counter.errors import CounterUnavailable
 from services.counting.live import LiveCounts, UnknownSite
 from services.db import errors as db_errors
 
-PUBLIC_PATH = re.compile(
-    r"/v1/sites/([^/]+)/(?:hits|hit\.gif|counts|stats|top|badge\.svg|stream)"
-)
+PUBLIC_PATH = re.compile(r"/v1/sites/([^/]+)/(?:hits|hit\.gif|counts|stats|top|badge\.svg|stream)")
 ALLOW_METHODS = "GET, POST"
 ALLOW_HEADERS = "content-type"
 PREFLIGHT_MAX_AGE_S = "86400"

@@ -1,6 +1,5 @@
 """A throwaway or local Postgres (pgserver's binaries), run as an unprivileged user under root."""
 
-
 from __future__ import annotations
 
 import contextlib

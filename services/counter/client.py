@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import hiredis
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -209,6 +209,19 @@ class NodeClients:
         node = self._cluster.get_node_from_key(key)
         if node is None:
             raise CounterUnavailable(f"no Redis Cluster node holds {key}'s slot")
+        return self._client(node)
+
+    async def primaries(self) -> list[tuple[str, Redis, list[int]]]:
+        """(name, client, the Cluster slots it serves) of each primary, as the Cluster
+        client's slot map has them."""
+        await self._cluster.initialize()  # (once; later calls return at once)
+        slots: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for slot, nodes in sorted(self._cluster.nodes_manager.slots_cache.items()):
+            if nodes:
+                slots.setdefault(nodes[0].name, (nodes[0], []))[1].append(slot)
+        return [(name, self._client(node), held) for name, (node, held) in sorted(slots.items())]
+
+    def _client(self, node: ClusterNode) -> Redis:
         client = self._clients.get(node.name)
         if client is None:
             # The node's own connection options (auth, TLS, timeouts), as a plain client takes them.

@@ -1,23 +1,31 @@
-"""What the flusher calls in Redis: find work, leases, snapshots (typed references, never
-key strings), reading and dropping them, visitor estimates and load generations."""
+"""What the flusher calls in Redis: find work (through the work index, per node), leases,
+snapshots (typed references, never key strings), reading and dropping them, visitor
+estimates and load generations."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from services.counter import calls, client, keys, scripts
 from services.counter.client import Client
+from services.counter.errors import CounterUnavailable
 from services.counter.scripts import Call
 from services.counter.stats import add_day_parts
 from services.counter.units import Units
 
+log = logging.getLogger("viewcounter.flusher")
+
 SNAPSHOT_SCAN_COUNT = 5000
-WORK_SCAN_COUNT = 1000
+SNAPSHOT_READ_GROUP = 500  # snapshots whose first HSCAN page goes in one pipeline
+LEASE_GROUP = 1000  # leases one lease.lua call takes (of one slot, on a Cluster)
+WORK_SCAN_COUNT = 1000  # the upgrade's one SCAN for work an older release left unindexed
 VISITOR_READ_CHUNK = 1000
 TITLE_CHUNK = 1000
 
@@ -58,11 +66,26 @@ class SnapshotRef:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Pending shards of one unit frozen under a batch id, and the generation they belong to."""
+    """Pending shards of one unit frozen under a batch id, the generation they belong to, and
+    whether learned titles of the unit wait to be moved."""
 
     unit: str
     generation: str | None
     refs: list[SnapshotRef]
+    titles: bool = False
+
+
+@dataclass
+class Work:
+    """What the work index holds, read node by node: units with pending deltas or learned
+    titles (unit -> its node), snapshots in flight grouped by batch id, and the nodes whose
+    index could not be read (node -> why)."""
+
+    units: dict[str, str]
+    batches: dict[str, list[SnapshotRef]]
+    nodes: list[str]
+    failed: dict[str, str]
+    homes: dict[str, str]  # every unit found (with work or a snapshot) -> its node
 
 
 class FlushStore:
@@ -73,34 +96,113 @@ class FlushStore:
         self._redis = redis
         self._units = units
         self._nodes = client.NodeClients(redis) if isinstance(redis, RedisCluster) else None
+        self._name = _node_name(redis)  # a single Redis' name in metrics and logs
 
     async def close(self) -> None:
         """Close the Cluster node clients this store opened."""
         if self._nodes is not None:
             await self._nodes.close()
 
-    async def find_work(self) -> tuple[set[str], dict[str, list[SnapshotRef]], set[str]]:
-        """Units with pending deltas, snapshots left in Redis grouped by batch id, and units
-        with titles learned from hits (all found by one SCAN)."""
-        units: set[str] = set()
-        batches: dict[str, list[SnapshotRef]] = {}
-        title_units: set[str] = set()
+    async def _index_nodes(self) -> list[tuple[str, Client, list[int]]]:
+        """(node name, its client, the index slots it holds) of each Redis to read."""
+        if self._nodes is None:
+            return [(self._name, self._redis, [0])]
+        return [(name, node, slots) for name, node, slots in await self._nodes.primaries()]
+
+    @staticmethod
+    def _index_call(index_slots: Sequence[int], mode: str) -> Call:
+        key_list = [k for s in index_slots for k in (keys.work_key(s), keys.snaps_key(s))]
+        return (scripts.WORK, 0, [mode, *key_list])  # keys as ARGV: see work.lua
+
+    async def _read_index(self, mode: str) -> list[tuple[str, Any]]:
+        """Each node's answer of work.lua (`mode`), or the error reading it: a node that is
+        down or slow costs only its own answer."""
+        nodes = await self._index_nodes()
+
+        async def read(redis: Client, index_slots: list[int]) -> Any:
+            results, _ = await scripts.run_scripts(redis, [self._index_call(index_slots, mode)])
+            return client.raise_failed(results)[0]
+
+        answers = await asyncio.gather(
+            *(read(redis, slots) for _, redis, slots in nodes), return_exceptions=True
+        )
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(
+                answer, (*client.CLIENT_ERRORS, CounterUnavailable)
+            ):
+                raise answer  # cancellation, or a bug: not a Redis failure
+        return [(name, answer) for (name, _, _), answer in zip(nodes, answers, strict=True)]
+
+    async def find_work(self) -> Work:
+        """The work index of every node: units with pending deltas or learned titles, and
+        snapshots in flight (left by a crashed or concurrent flusher). Costs one script call
+        per node and the entries it returns, whatever else Redis holds (never a SCAN)."""
+        work = Work({}, {}, [], {}, {})
         with client.translated():
+            answers = await self._read_index("list")
+        for node, answer in answers:
+            if isinstance(answer, BaseException):
+                work.failed[node] = f"{type(answer).__name__}: {answer}"
+                continue
+            work.nodes.append(node)
+            _, units, snaps = answer
+            for i in range(0, len(units), 2):
+                work.units[str(units[i])] = work.homes[str(units[i])] = node
+            for i in range(0, len(snaps), 2):
+                ref = SnapshotRef.parse(str(snaps[i]))
+                if ref is not None:
+                    work.batches.setdefault(ref.batch_id, []).append(ref)
+                    work.homes[ref.unit] = node
+        return work
+
+    async def oldest_work(self) -> dict[str, float | None]:
+        """Per node, the age in seconds (by Redis' clock) of its oldest unflushed unit: the
+        earliest first-dirty time in its work and snapshots indexes (0 when both are empty;
+        None when the node could not be read). Read from Redis alone, not from any
+        flusher's bookkeeping."""
+        ages: dict[str, float | None] = {}
+        with client.translated():
+            answers = await self._read_index("oldest")
+        for node, answer in answers:
+            if isinstance(answer, BaseException):
+                ages[node] = None
+                continue
+            now_ms, oldest = answer[0], answer[1] if len(answer) > 1 else None
+            ages[node] = 0.0 if not oldest else max(0.0, (int(now_ms) - int(oldest)) / 1000)
+        return ages
+
+    async def index_unindexed(self) -> int:
+        """Once per Redis: put work an older release left (pending shards, learned titles
+        and snapshots, which it found by SCAN) into the work index, by one SCAN of the
+        keyspace (every primary); then record that it was done. How many entries were added
+        (0 when it was done already)."""
+        with client.translated():
+            if await self._redis.exists(keys.WORK_INDEXED_KEY):
+                return 0
+            found: dict[str, list[str]] = {}
             async for key in self._redis.scan_iter(
                 match=keys.WORK_KEYS_PATTERN, count=WORK_SCAN_COUNT
             ):
-                pending_unit = keys.parse_pending_key(key)
-                if pending_unit is not None:
-                    units.add(pending_unit)
+                unit = keys.parse_pending_key(key) or keys.parse_titles_key(key)
+                if unit is not None:
+                    found.setdefault(unit, [])
                     continue
                 ref = SnapshotRef.parse(key)
                 if ref is not None:
-                    batches.setdefault(ref.batch_id, []).append(ref)
-                    continue
-                titles_unit = keys.parse_titles_key(key)
-                if titles_unit is not None:
-                    title_units.add(titles_unit)
-        return units, batches, title_units
+                    found.setdefault(ref.unit, []).append(key)
+        call_list: list[Call] = []
+        for unit, snap_keys in sorted(found.items()):
+            work_key, snaps_key = keys.unit_work_keys(unit, self._units.per_slot)
+            key_list = [work_key, snaps_key, keys.titles_key(unit)]
+            key_list += [keys.pending_key(unit, shard) for shard in range(keys.PENDING_SHARDS)]
+            key_list += snap_keys
+            call_list.append((scripts.REINDEX, len(key_list), [*key_list, unit]))
+        added = sum(int(n) for n in await scripts.run(self._redis, call_list))
+        with client.translated():
+            await self._redis.set(keys.WORK_INDEXED_KEY, 1)
+        if added:
+            log.info("work of an older release indexed", extra={"entries": added})
+        return added
 
     @staticmethod
     def site_of(unit: str) -> str:
@@ -140,18 +242,53 @@ class FlushStore:
         return [str(o) for o in alive]
 
     async def take_leases(self, unit_ids: Sequence[str], owner: str, lease_ms: int) -> set[str]:
-        """Take or renew the flush lease of each unit; the units whose lease `owner` holds."""
+        """Take or renew the flush lease of each unit; the units whose lease `owner` holds.
+        A unit whose node failed to answer is not held (the others are)."""
+        groups = self._slot_groups(unit_ids)
         call_list: list[Call] = [
-            (scripts.LEASE, 1, [keys.lease_key(u), owner, lease_ms]) for u in unit_ids
+            (scripts.LEASE, len(group), [*(keys.lease_key(u) for u in group), owner, lease_ms])
+            for group in groups
         ]
-        results = await scripts.run(self._redis, call_list)
-        return {unit for unit, result in zip(unit_ids, results, strict=True) if result[0] == 1}
+        if not call_list:
+            return set()
+        with client.translated():
+            results, _ = await scripts.run_scripts(self._redis, call_list)
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed and len(failed) == len(results):
+            raise client.unavailable(failed[0])
+        return {
+            unit
+            for group, result in zip(groups, results, strict=True)
+            if not isinstance(result, Exception)
+            for unit, held in zip(group, result, strict=True)
+            if held == 1
+        }
+
+    def _slot_groups(self, unit_ids: Sequence[str]) -> list[list[str]]:
+        """`unit_ids` in groups that one script call may take: LEASE_GROUP at most, all of
+        one Cluster slot on a Cluster."""
+        by_slot: dict[int, list[str]] = {}
+        for unit in unit_ids:
+            by_slot.setdefault(keys.work_slot(unit, self._units.per_slot), []).append(unit)
+        return [
+            units[i : i + LEASE_GROUP]
+            for units in by_slot.values()
+            for i in range(0, len(units), LEASE_GROUP)
+        ]
 
     async def release_leases(self, unit_ids: Sequence[str], owner: str) -> None:
-        """Give up the flush leases `owner` holds among `unit_ids`."""
-        await scripts.run(
-            self._redis, [(scripts.RELEASE, 1, [keys.lease_key(u), owner]) for u in unit_ids]
-        )
+        """Give up the flush leases `owner` holds among `unit_ids` (those whose node does not
+        answer run out by themselves)."""
+        if not unit_ids:
+            return
+        with client.translated():
+            await scripts.run_scripts(
+                self._redis,
+                [
+                    (scripts.RELEASE, len(group), [*(keys.lease_key(u) for u in group), owner])
+                    for group in self._slot_groups(unit_ids)
+                ],
+            )
 
     async def snapshot(
         self, batches: Mapping[str, str], fsync_timeout_ms: int | None
@@ -170,10 +307,14 @@ class FlushStore:
             unit_targets = [
                 SnapshotRef(unit, shard, batch_id) for shard in range(keys.PENDING_SHARDS)
             ]
-            argv = [keys.site_key(unit)]
+            argv = [
+                keys.site_key(unit),
+                *keys.unit_work_keys(unit, self._units.per_slot),
+                keys.titles_key(unit),
+            ]
             for shard, target in enumerate(unit_targets):
                 argv.extend((keys.pending_key(unit, shard), target.name))
-            call_list.append((scripts.SNAPSHOT, len(argv), argv))
+            call_list.append((scripts.SNAPSHOT, len(argv), [*argv, unit]))
             targets.append(unit_targets)
         with client.translated():
             if self._nodes is not None and fsync_timeout_ms is not None:
@@ -186,7 +327,12 @@ class FlushStore:
                 )
         client.raise_failed(results)
         snapshots = [
-            Snapshot(unit=unit, generation=result[0], refs=[unit_targets[i] for i in result[1:]])
+            Snapshot(
+                unit=unit,
+                generation=result[0],
+                refs=[unit_targets[i] for i in result[2:]],
+                titles=result[1] == 1,
+            )
             for unit, unit_targets, result in zip(unit_ids, targets, results, strict=True)
         ]
         return snapshots, fsynced
@@ -217,35 +363,63 @@ class FlushStore:
             return results, False
         return results, None if None in confirmations else True
 
-    async def read_snapshot(self, ref: SnapshotRef) -> AsyncIterator[SnapshotRow]:
-        """The rows of a frozen snapshot, read in chunks (HSCAN)."""
-        site = ref.site
-        with client.translated():
-            async for field, value in self._redis.hscan_iter(ref.name, count=SNAPSHOT_SCAN_COUNT):
-                day, page = keys.split_pending_field(field)
-                yield site, page, day, int(value)
+    async def read_snapshots(
+        self, refs: Sequence[SnapshotRef]
+    ) -> AsyncIterator[tuple[SnapshotRef, list[SnapshotRow]]]:
+        """The rows of frozen snapshots, a page (HSCAN) at a time: the first page of up to
+        SNAPSHOT_READ_GROUP snapshots in one pipeline (a small snapshot is one page: many
+        small units cost one round trip, not one each), then the rest of a large one."""
+        for start in range(0, len(refs), SNAPSHOT_READ_GROUP):
+            group = refs[start : start + SNAPSHOT_READ_GROUP]
+            with client.translated():
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for ref in group:
+                        pipe.hscan(ref.name, 0, count=SNAPSHOT_SCAN_COUNT)
+                    pages = await pipe.execute()
+            for ref, (cursor, fields) in zip(group, pages, strict=True):
+                yield ref, _rows(ref, cast(dict[str, str], fields))
+                while int(cursor) != 0:
+                    with client.translated():
+                        cursor, fields = await self._redis.hscan(
+                            ref.name, cursor, count=SNAPSHOT_SCAN_COUNT
+                        )
+                    yield ref, _rows(ref, cast(dict[str, str], fields))
 
     async def rehome(self, ref: SnapshotRef, batch_id: str) -> SnapshotRef | None:
         """Move a snapshot to another batch id; its new reference, or None when it is gone."""
         moved = ref.in_batch(batch_id)
-        if await scripts.call(self._redis, scripts.REHOME, (ref.name, moved.name), ()):
+        snaps_key = keys.unit_work_keys(ref.unit, self._units.per_slot)[1]
+        if await scripts.call(self._redis, scripts.REHOME, (ref.name, moved.name, snaps_key), ()):
             return moved
         return None
 
     async def delete(self, refs: Sequence[SnapshotRef]) -> None:
-        """Drop snapshots whose batch is committed in Postgres."""
-        if not refs:
-            return
-        with client.translated():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for ref in refs:
-                    pipe.delete(ref.name)  # one key per command: keys may sit in different slots
-                await pipe.execute()
+        """Drop snapshots whose batch is committed in Postgres (or was discarded), with their
+        entries in the snapshots index: one drop.lua call per unit (one slot)."""
+        by_unit: dict[str, list[str]] = {}
+        for ref in refs:
+            by_unit.setdefault(ref.unit, []).append(ref.name)
+        call_list: list[Call] = []
+        for unit, names in by_unit.items():
+            key_list = [keys.unit_work_keys(unit, self._units.per_slot)[1], *names]
+            call_list.append((scripts.DROP, len(key_list), key_list))
+        await scripts.run(self._redis, call_list)
 
     async def generation(self, unit: str) -> str | None:
         """The unit's load generation; it changes only when Redis lost the unit and it was
         refilled."""
         return await self._units.generation(unit)
+
+    async def generations(self, unit_ids: Sequence[str]) -> dict[str, str | None]:
+        """The load generations of many units, in one pipeline (on a Cluster, per node)."""
+        if not unit_ids:
+            return {}
+        with client.translated():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for unit in unit_ids:
+                    pipe.hget(keys.site_key(unit), keys.SITE_GEN)
+                answers = await pipe.execute()
+        return {unit: cast(str | None, gen) for unit, gen in zip(unit_ids, answers, strict=True)}
 
     @property
     def split(self) -> bool:
@@ -312,3 +486,23 @@ class FlushStore:
             await self._units.site_visitors(site, day, cached=False) for site, day in site_days
         ]
         return site_values, values
+
+
+def _node_name(redis: Client) -> str:
+    """A single Redis' name (host:port, or its socket path) for metrics and logs."""
+    if isinstance(redis, RedisCluster):
+        return "cluster"
+    kwargs = redis.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return str(kwargs["path"])
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+
+def _rows(ref: SnapshotRef, fields: Mapping[str, str]) -> list[SnapshotRow]:
+    """A snapshot's (site, page, day, hits) rows from a page of its fields."""
+    site = ref.site
+    rows: list[SnapshotRow] = []
+    for field, value in fields.items():
+        day, page = keys.split_pending_field(field)
+        rows.append((site, page, day, int(value)))
+    return rows

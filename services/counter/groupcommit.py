@@ -267,6 +267,7 @@ class HitBatcher(GroupCommit[HitRequest, HitResult | None]):
                 [item.request for item in chunk],
                 self._units,
                 online_window_s=self._online_window_s,
+                per_slot=self._cluster,  # the work index per Cluster slot
             )
             for unit, chunk in chunks
         ]

@@ -111,6 +111,7 @@ class HitStore:
                         token,
                         keep_s,
                         self._online_window_s,
+                        self._units.per_slot,
                     )
                 )
         tally: dict[Outcome, int] = {}

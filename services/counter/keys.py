@@ -12,6 +12,8 @@ idempotency) live in unit 0.
 
 from __future__ import annotations
 
+import binascii
+import functools
 import hashlib
 import zlib
 
@@ -130,7 +132,8 @@ def snapshot_key(unit: str, shard: int, batch_id: str) -> str:
     return f"{tag(unit)}:snap:{shard}:{batch_id}"
 
 
-# What the flusher scans for: pending shards and snapshots ("pend" and "snap" both fit the
+# What an older release's flusher scanned for, and this one scans for once (the upgrade to
+# the work index, below): pending shards and snapshots ("pend" and "snap" both fit the
 # character classes); parse_pending_key / parse_snapshot_key tell them apart exactly.
 WORK_KEYS_PATTERN = f"{{{PREFIX}:*}}:[ps][en][na][dp]:*"
 
@@ -176,7 +179,7 @@ def parse_snapshot_key(key: str) -> tuple[str, int, str] | None:
 
 def titles_key(unit: str) -> str:
     """Hash page id -> the title last learned from a hit, not yet moved to Postgres. Named
-    like a pending shard (`pend:titles`), so the flusher's one SCAN for work finds it too."""
+    like a pending shard (`pend:titles`), so the upgrade's one SCAN for work finds it too."""
     return f"{tag(unit)}:pend:{TITLES_SHARD}"
 
 
@@ -297,3 +300,60 @@ def idempotency_key(unit: str, token: str) -> str:
 def salt_key(day: str) -> str:
     """The day's random salt for visitor hashes; expires, never copied to Postgres."""
     return f"{PREFIX}:salt:{day}"
+
+
+# --- The work index (docs/architecture.md#the-work-index) -----------------------------------
+# The flusher finds its work through two sorted sets per index slot, never by SCAN:
+# `{T}:work` (unit -> Redis ms when it first had pending deltas or learned titles since its
+# last snapshot), written by hits.lua in the same atomic call as the delta, and `{T}:snaps`
+# (snapshot key -> the same first-dirty ms), written by snapshot.lua with its RENAMEs and
+# cleared by drop.lua with the DEL. On a Redis Cluster there is one index slot per Cluster
+# slot, its tag T chosen to hash to that slot, so a unit's script writes its index on its own
+# slot; on a single Redis all units share index slot 0.
+CLUSTER_SLOTS = 16384
+WORK_TAG_PREFIX = f"{PREFIX}~w:"
+# Set once the work of an older release's layout (found by one SCAN) is in the index.
+WORK_INDEXED_KEY = f"{PREFIX}:workindexed"
+
+
+@functools.cache
+def _work_tags() -> tuple[str, ...]:
+    """For each Cluster slot, a short tag `vc~w:N` that hashes to it (CRC16, as Redis Cluster
+    does): the first N found for each slot, about 170,000 tries (~0.6 s, once a process)."""
+    prefix = WORK_TAG_PREFIX.encode()
+    seed = binascii.crc_hqx(prefix, 0)
+    found = [-1] * CLUSTER_SLOTS
+    left, n = CLUSTER_SLOTS, 0
+    while left:
+        slot = binascii.crc_hqx(b"%d" % n, seed) % CLUSTER_SLOTS
+        if found[slot] < 0:
+            found[slot] = n
+            left -= 1
+        n += 1
+    return tuple(f"{WORK_TAG_PREFIX}{m}" for m in found)
+
+
+def cluster_slot(unit: str) -> int:
+    """The Redis Cluster slot of the unit's keys (CRC16 of its hash tag's content)."""
+    return binascii.crc_hqx(tag(unit)[1:-1].encode(), 0) % CLUSTER_SLOTS
+
+
+def work_slot(unit: str, per_slot: bool) -> int:
+    """The index slot recording the unit's work: its Cluster slot (`per_slot`), else 0."""
+    return cluster_slot(unit) if per_slot else 0
+
+
+def work_key(index_slot: int) -> str:
+    """Sorted set unit -> first-dirty ms of the units of `index_slot` with work."""
+    return f"{{{_work_tags()[index_slot]}}}:work"
+
+
+def snaps_key(index_slot: int) -> str:
+    """Sorted set snapshot key -> first-dirty ms of the snapshots of `index_slot` in flight."""
+    return f"{{{_work_tags()[index_slot]}}}:snaps"
+
+
+def unit_work_keys(unit: str, per_slot: bool) -> tuple[str, str]:
+    """(work index, snapshots index) of the slot that holds `unit`."""
+    index_slot = work_slot(unit, per_slot)
+    return work_key(index_slot), snaps_key(index_slot)

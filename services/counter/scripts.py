@@ -56,6 +56,9 @@ FORGET_TITLES = _load("forget_titles")
 STATS = _load("stats")
 FILL_DAYS = _load("fill_days")
 PRUNE_DAYS = _load("prune_days")
+DROP = _load("drop")
+WORK = _load("work")
+REINDEX = _load("reindex")
 ALL = (
     HITS,
     COUNTS,
@@ -75,6 +78,9 @@ ALL = (
     STATS,
     FILL_DAYS,
     PRUNE_DAYS,
+    DROP,
+    WORK,
+    REINDEX,
 )
 
 # One script call: the script, how many of its arguments are KEYS, then KEYS and ARGV.

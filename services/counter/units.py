@@ -20,6 +20,7 @@ from redis.client import NEVER_DECODE
 
 from services.counter import calls, client, keys, scripts
 from services.counter.client import Client
+from services.counter.errors import CounterUnavailable
 
 log = logging.getLogger("viewcounter.store")
 
@@ -49,6 +50,10 @@ class Units:
             raise ValueError(f"units must be 1..{keys.MAX_UNITS}")
         self._redis = redis
         self.count = count
+        # On a Cluster, work is indexed per Cluster slot (keys.py); the tags are found once.
+        self.per_slot = isinstance(redis, RedisCluster)
+        if self.per_slot:
+            keys.work_key(0)
         self._totals: dict[str, SiteTotal] = {}
         self._reading: dict[str, asyncio.Task[SiteTotal]] = {}
         self._visitors: dict[tuple[str, str], tuple[float, int]] = {}
@@ -173,19 +178,59 @@ class Units:
         if cached and hit is not None and hit[0] > time.monotonic():
             return hit[1]
         unit_ids = self.of(site)
-        with client.translated():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for unit in unit_ids:
-                    # A sketch is binary: read it as bytes, send it back as bytes.
-                    pipe.execute_command(
-                        "GET", keys.site_visitors_key(unit, day), **{NEVER_DECODE: True}
+        # A sketch is binary: read it as bytes, send it back as bytes.
+        get: tuple[Any, ...] = ("GET",)
+        options = {NEVER_DECODE: True}
+        answers: list[Any]
+        if isinstance(self._redis, RedisCluster):
+            # Each unit on its own: a node that is down costs only its units' sketches.
+            answers = []
+            for start in range(0, len(unit_ids), scripts.CLUSTER_CALLS_AT_ONCE):
+                chunk = unit_ids[start : start + scripts.CLUSTER_CALLS_AT_ONCE]
+                answers += await asyncio.gather(
+                    *(
+                        self._redis.execute_command(*get, keys.site_visitors_key(u, day), **options)
+                        for u in chunk
+                    ),
+                    return_exceptions=True,
+                )
+            for answer in answers:
+                if isinstance(answer, BaseException) and not isinstance(
+                    answer, client.CLIENT_ERRORS
+                ):
+                    raise answer  # cancellation, or a bug: not a Redis failure
+        else:
+            with client.translated():
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for unit in unit_ids:
+                        pipe.execute_command(*get, keys.site_visitors_key(unit, day), **options)
+                    answers = await pipe.execute()
+        # A node that is down leaves its units' sketches out (an estimate too low for now:
+        # Postgres keeps the larger of old and new, and a later read has them again).
+        failed = [a for a in answers if isinstance(a, BaseException)]
+        if failed and len(failed) == len(answers):
+            raise client.unavailable(failed[0])
+        sketches = [raw for raw in answers if raw and not isinstance(raw, BaseException)]
+        # Merged in unit 0's slot; when its node is down, in the first answering unit's.
+        answering = [
+            u
+            for u, a in zip(unit_ids, answers, strict=True)
+            if u != site and not (isinstance(a, BaseException))
+        ]
+        for merge_unit in [site, *answering[:1]]:
+            try:
+                count = int(
+                    await scripts.call(
+                        self._redis,
+                        scripts.MERGE_VISITORS,
+                        keys.visitors_merge_keys(merge_unit),
+                        sketches,
                     )
-                sketches = [raw for raw in await pipe.execute() if raw]
-        count = int(
-            await scripts.call(
-                self._redis, scripts.MERGE_VISITORS, keys.visitors_merge_keys(site), sketches
-            )
-        )
+                )
+                break
+            except CounterUnavailable:
+                if merge_unit != site or not answering:
+                    raise
         if len(self._visitors) >= SITE_CACHE_MAX:
             self._visitors.clear()
         self._visitors[(site, day)] = (time.monotonic() + SITE_TOTAL_CACHE_S, count)

@@ -91,4 +91,3 @@ class Stats:
             "this_month": self.this_month,
             "total": self.total,
         }
-

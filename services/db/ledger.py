@@ -140,9 +140,11 @@ async def _write_rows(conn: db_pool.Conn, rows: BatchStream, checks: BatchChecks
     for r in site_days:
         sites[r["site"]] = sites.get(r["site"], 0) + r["hits"]
     rows.hits = sum(sites.values())
-    # Last, and in site order: these row locks are what a concurrent loader waits on.
-    for site, hits in sorted(sites.items()):
-        await conn.execute(Q["add_site_views"], site, hits)
+    # Last, and in site order: these row locks are what a concurrent loader waits on. Two
+    # statements, however many sites (10,000 small sites: not 10,000 round trips).
+    ordered = sorted(sites)
+    await conn.execute(Q["lock_site_views"], ordered)
+    await conn.execute(Q["add_site_views"], ordered, [sites[site] for site in ordered])
 
 
 def _affected(status: str) -> int:

@@ -73,5 +73,13 @@ ON CONFLICT (site, day) DO UPDATE SET
     views = d.views + EXCLUDED.views,
     visitors = GREATEST(d.visitors, EXCLUDED.visitors);
 
+-- name: lock_site_views
+-- The batch's sites' totals rows, locked in site order (concurrent flushers and loaders take
+-- them in one order), by one statement however many sites the batch carries.
+SELECT site FROM site_views WHERE site = ANY($1::text[]) ORDER BY site FOR UPDATE;
+
 -- name: add_site_views
-UPDATE site_views SET views = views + $2, updated_at = now() WHERE site = $1;
+-- (their rows are locked already, by lock_site_views)
+UPDATE site_views AS sv SET views = sv.views + t.hits, updated_at = now()
+FROM unnest($1::text[], $2::bigint[]) AS t (site, hits)
+WHERE sv.site = t.site;

@@ -19,10 +19,15 @@ Estimator = Callable[
 
 
 async def read_chunks(
-    store: FlushStore, refs: Sequence[SnapshotRef], estimate: Estimator, chunk_rows: int
+    store: FlushStore,
+    refs: Sequence[SnapshotRef],
+    estimate: Estimator,
+    chunk_rows: int,
+    tally: dict[str, int] | None = None,
 ) -> AsyncGenerator[list[db_ledger.DailyRow]]:
     """The rows of snapshots, `chunk_rows` at a time (HSCAN), each chunk with its pages'
-    visitor estimates (`estimate`: one pipelined read per chunk)."""
+    visitor estimates (`estimate`: one pipelined read per chunk); `tally` adds up the hits
+    read per unit."""
     # Chunks' estimates are read while the next chunks are scanned (and the one before goes
     # to Postgres), so Redis and this process both keep working: at most
     # ESTIMATES_IN_FLIGHT + 1 chunks are in hand.
@@ -30,10 +35,12 @@ async def read_chunks(
     try:
         rows: list[tuple[str, str, str]] = []
         hits: list[int] = []
-        for ref in refs:
-            async for site, page, day, n in store.read_snapshot(ref):
+        async for ref, page_rows in store.read_snapshots(refs):
+            for site, page, day, n in page_rows:
                 rows.append((site, page, day))
                 hits.append(n)
+                if tally is not None:
+                    tally[ref.unit] = tally.get(ref.unit, 0) + n
                 if len(rows) >= chunk_rows:
                     if len(estimating) >= ESTIMATES_IN_FLIGHT:
                         yield await estimating.popleft()

@@ -19,12 +19,15 @@ from services import clients, health
 from services.config import Settings
 from services.counter import startup
 from services.counter.client import Client
-from services.counter.errors import UnsafeRedis
+from services.counter.errors import CounterUnavailable, UnsafeRedis
+from services.counter.flushstore import FlushStore
 from services.db import pool as db_pool
 from services.flusher import metrics as flusher_metrics
 from services.flusher.worker import Flusher
 
 log = logging.getLogger("viewcounter.flusher")
+
+WATCH_TIMEOUT_S = 2.0  # the work index's read at a scrape waits at most this long
 
 
 class _QuietServer(uvicorn.Server):
@@ -35,9 +38,12 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def health_app(flusher: Flusher, redis: Client, pool: db_pool.Pool) -> Starlette:
+def health_app(
+    flusher: Flusher, redis: Client, pool: db_pool.Pool, store: FlushStore | None = None
+) -> Starlette:
     """/healthz (the process answers), /readyz (Redis, Postgres, schema, and its passes are
-    not failing: see UNREADY_AFTER_FAILED_PASSES), /metrics."""
+    not failing: see UNREADY_AFTER_FAILED_PASSES), /metrics (with `store`, the age of the
+    oldest unflushed unit per node read from Redis at each scrape)."""
 
     async def healthz(request: Request) -> Response:
         body = {
@@ -55,6 +61,14 @@ def health_app(flusher: Flusher, redis: Client, pool: db_pool.Pool) -> Starlette
         return JSONResponse(body, status_code=200 if probe.ready else 503)
 
     async def metrics(request: Request) -> Response:
+        if store is not None:
+            try:
+                # Bounded: a scrape must answer even when a node does not.
+                ages = await asyncio.wait_for(store.oldest_work(), WATCH_TIMEOUT_S)
+            except (CounterUnavailable, TimeoutError) as exc:
+                log.warning("work index not read: %s", exc, extra={"error": str(exc)})
+            else:
+                flusher_metrics.unflushed_ages(ages)
         return Response(flusher_metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
@@ -85,7 +99,7 @@ async def serve(settings: Settings) -> int:
     # Up first, so /healthz answers (and /readyz says why not ready) during the start-up wait.
     server = _QuietServer(
         uvicorn.Config(
-            health_app(flusher, opened.redis, pool),
+            health_app(flusher, opened.redis, pool, opened.flush),
             host="0.0.0.0",
             port=settings.metrics_port,
             log_level="warning",

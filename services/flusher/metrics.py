@@ -16,6 +16,7 @@ may be older).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Final
 
@@ -95,17 +96,37 @@ FLUSH_INTERVAL = Gauge(
 )
 PENDING_SITES = Gauge(
     "viewcounter_pending_sites",
-    "Units of sites (a site has VIEWCOUNTER_SHARDS) whose pending keys held unflushed hits "
-    "at the last scan",
+    "Units of sites (a site has VIEWCOUNTER_SHARDS) in the work index (unflushed hits or "
+    "learned titles) at the last pass",
     registry=REGISTRY,
 )
 SNAPSHOT_KEYS = Gauge(
     "viewcounter_snapshot_keys",
-    "Frozen snapshot keys (batches not yet deleted after COMMIT) found at the last scan",
+    "Frozen snapshot keys (batches not yet deleted after COMMIT) in the snapshots index at "
+    "the last pass",
+    registry=REGISTRY,
+)
+
+NODE_LAG = Gauge(
+    "viewcounter_flush_node_lag_seconds",
+    "Per Redis node (a Cluster primary; a single Redis is one node): seconds since the start "
+    "of the last pass that flushed every unit of the node this flusher holds; it grows only "
+    "for a node that is down or slow while the others' stays low",
+    ["node"],
+    registry=REGISTRY,
+)
+OLDEST_UNFLUSHED = Gauge(
+    "viewcounter_oldest_unflushed_seconds",
+    "Per Redis node, read from Redis itself at scrape time (its work index and Redis' "
+    "clock, not any flusher's bookkeeping): the age of the oldest unit with hits not yet in "
+    "Postgres (0: none); no sample for a node that did not answer",
+    ["node"],
     registry=REGISTRY,
 )
 
 _flushed_through = time.time()  # every hit before this is in Postgres (or, at start, unknown)
+_started = _flushed_through
+_node_flushed: dict[str, float] = {}
 
 
 def pass_succeeded(started_at: float, finished_at: float) -> None:
@@ -123,9 +144,31 @@ def pass_failed(exc: BaseException, duration_s: float) -> None:
 
 
 def found_work(pending_sites: int, snapshot_keys: int) -> None:
-    """What the pass's scan found in Redis."""
+    """What the pass found in the work index."""
     PENDING_SITES.set(pending_sites)
     SNAPSHOT_KEYS.set(snapshot_keys)
+
+
+def node_flushed(node: str, started_at: float) -> None:
+    """A pass that started at `started_at` flushed every held unit of `node`."""
+    _node_flushed[node] = max(_node_flushed.get(node, _started), started_at)
+
+
+def node_lags(now: float | None = None) -> dict[str, float]:
+    """Per node, seconds since the start of the last pass that flushed all its held units."""
+    now = time.time() if now is None else now
+    return {node: max(0.0, now - since) for node, since in _node_flushed.items()}
+
+
+def unflushed_ages(ages: dict[str, float | None]) -> None:
+    """The age of the oldest unflushed unit per node, as just read from Redis (None: the
+    node did not answer: its sample is dropped until it does)."""
+    for node, age in ages.items():
+        if age is None:
+            with contextlib.suppress(KeyError):
+                OLDEST_UNFLUSHED.remove(node)
+        else:
+            OLDEST_UNFLUSHED.labels(node).set(age)
 
 
 def flush_lag_s(now: float | None = None) -> float:
@@ -135,5 +178,8 @@ def flush_lag_s(now: float | None = None) -> float:
 
 def exposition() -> bytes:
     """The flusher's metrics in Prometheus text format, the lag computed now."""
-    FLUSH_LAG.set(flush_lag_s())
+    now = time.time()
+    FLUSH_LAG.set(flush_lag_s(now))
+    for node, lag in node_lags(now).items():
+        NODE_LAG.labels(node).set(lag)
     return metrics.exposition(REGISTRY)

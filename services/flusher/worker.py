@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from services.counter.baselinestore import BaselineStore
 from services.counter.errors import CounterUnavailable
-from services.counter.flushstore import FlushStore, SnapshotRef
+from services.counter.flushstore import FlushStore, SnapshotRef, Work
 from services.counting import baselines
 from services.db import baselines as db_baselines
 from services.db import errors as db_errors
@@ -64,6 +64,9 @@ UNREADY_AFTER_FAILED_PASSES = 3
 DEFAULT_LEASE_S = 15.0
 # Rows read from Redis (and held in memory) at a time while a batch streams into Postgres.
 FLUSH_CHUNK_ROWS = 10_000
+# Units frozen into one batch (one transaction, one ledger row) at most: a few hits of each of
+# 10,000 sites are 10 transactions, not 10,000.
+UNITS_PER_BATCH = 1000
 
 
 class FlushDeferred(Exception):
@@ -75,6 +78,7 @@ class FlushReport:
     """What one pass did."""
 
     batches: int = 0
+    units: int = 0  # units whose deltas those batches carried
     hits: int = 0
     rows: int = 0
     discarded_hits: int = 0
@@ -128,6 +132,8 @@ class Flusher:
         self._warned_no_fsync = False
         self._lease_ms = max(1, int(lease_s * 1000))
         self._leased: set[str] = set()  # units whose lease this flusher took (to release)
+        self._alive: list[str] = []  # the flushers alive at the last heartbeat that answered
+        self._indexed = False  # whether this process made sure older work is indexed
         self.last_success: float | None = None
         self.consecutive_failures = 0  # passes failed in a row (0 after a success)
         self.last_error: str | None = None  # why the last failed pass failed
@@ -137,58 +143,138 @@ class Flusher:
         return batch_id(self.owner, self._seq, self._clock())
 
     async def flush_once(self) -> FlushReport:
-        """One pass: finish leftover batches, then move all pending deltas to Postgres."""
+        """One pass: finish leftover batches, then move all pending deltas to Postgres.
+
+        Work is found through the work index, node by node (on a single Redis, one node); a
+        node that is down or slow fails only its own units' part of the pass, which the next
+        pass retries, while the others' move on. The pass fails (and backs off) only when no
+        node could be worked on, or Postgres failed.
+        """
         report = FlushReport()
         pass_started = self._clock()  # metrics: the flush lag counts from here
-        units, leftovers, title_units = await self._store.find_work()
-        flusher_metrics.found_work(len(units), sum(len(k) for k in leftovers.values()))
-        leftover_units = {batch: {ref.unit for ref in refs} for batch, refs in leftovers.items()}
-        wanted = set(units).union(title_units, *leftover_units.values())
+        await self._index_older_work()
+        work = await self._store.find_work()
+        failed: dict[str, BaseException | str] = dict(work.failed)
+        if not work.nodes:
+            raise CounterUnavailable(f"no Redis node's work index could be read: {failed}")
+        snapshot_count = sum(len(refs) for refs in work.batches.values())
+        flusher_metrics.found_work(len(work.units), snapshot_count)
+        leftover_units = {batch: {ref.unit for ref in refs} for batch, refs in work.batches.items()}
+        wanted = set(work.units).union(*leftover_units.values())
         held = await self._take_share(wanted)
-        for batch, refs in sorted(leftovers.items()):
-            # Ours, or left by a flusher whose lease ran out (dead, or stalled: then the
-            # ledger keeps a late apply of its from counting twice).
-            if leftover_units[batch] <= held:
-                await self._finish(batch, sorted(refs, key=_by_name), None, report)
-                REPLAYED_BATCHES.inc()
-        # One batch (one transaction) per unit: a unit whose Redis data was lost and refilled
-        # meanwhile drops only its own batch, never another's.
+        await self._finish_leftovers(work, held, failed, report)
         # Units with a leftover snapshot not finished: in flight, so no days fill this pass.
-        unfinished = set().union(*(u for u in leftover_units.values() if not u <= held))
-        batches = {unit: self._new_batch_id() for unit in sorted(set(units) & held)}
-        if batches:
-            timeout = FSYNC_WAIT_MS if self._wait_fsync else None
-            snapshots, fsynced = await self._store.snapshot(batches, timeout)
-            if fsynced is False:
-                raise FlushDeferred("Redis did not confirm the snapshot on disk in time")
-            if fsynced is None and self._wait_fsync and not self._warned_no_fsync:
-                self._warned_no_fsync = True
+        unfinished = set().union(*(u - held for u in leftover_units.values()))
+        by_node: dict[str, list[str]] = {}
+        for unit in sorted(set(work.units) & held):
+            by_node.setdefault(work.units[unit], []).append(unit)
+        flushed: set[str] = set()
+        titled: set[str] = set()
+        for node, node_units in sorted(by_node.items()):
+            if node in failed:
+                continue
+            try:
+                flushed_here, titled_here = await self._flush_units(node_units, report)
+            except (CounterUnavailable, FlushDeferred) as exc:
+                failed[node] = exc
                 log.warning(
-                    "redis cannot confirm fsync (AOF off or Redis < 7.2): a Redis crash "
-                    "right after a flush may replay up to one second of hits"
+                    "flush of node %s failed, will retry: %s",
+                    node,
+                    exc,
+                    extra={"node": node, "error": str(exc)},
                 )
-            for snap in snapshots:
-                if snap.refs:
-                    await self._finish(
-                        batches[snap.unit], snap.refs, {snap.unit: snap.generation}, report
-                    )
-        report.titles += await titles.move_learned(self._store, self._titles, title_units & held)
-        await days.keep_days(
-            self._store, self._sites, set(batches) - unfinished, self._clock()
-        )
+                continue
+            flushed |= flushed_here
+            titled |= titled_here
+        try:
+            report.titles += await titles.move_learned(self._store, self._titles, titled)
+        except CounterUnavailable as exc:
+            log.warning("learned titles not moved: %s", exc, extra={"error": str(exc)})
+        await days.keep_days(self._store, self._sites, flushed - unfinished, self._clock())
         await self._settle_baselines()
+        for node in work.nodes:
+            if node not in failed:
+                flusher_metrics.node_flushed(node, pass_started)
+        _raise_if_every_node_failed(work.nodes, failed)
         self.last_success = self._clock()
         self.consecutive_failures = 0
         flusher_metrics.pass_succeeded(pass_started, self.last_success)
         return report
 
+    async def _index_older_work(self) -> None:
+        """The upgrade from SCAN: an older release's work put into the index, once per Redis
+        (the store checks), tried by the first pass of each process until it succeeds."""
+        if self._indexed:
+            return
+        try:
+            await self._store.index_unindexed()
+            self._indexed = True
+        except CounterUnavailable as exc:  # a node is down: the next pass tries again
+            log.warning("older work not indexed yet: %s", exc, extra={"error": str(exc)})
+
+    async def _finish_leftovers(
+        self,
+        work: Work,
+        held: set[str],
+        failed: dict[str, BaseException | str],
+        report: FlushReport,
+    ) -> None:
+        """Finish the batches frozen by an earlier pass (`failed` gets the nodes that could
+        not be worked on)."""
+        for batch, refs in sorted(work.batches.items()):
+            # Ours, or left by a flusher whose lease ran out (dead, or stalled: then the
+            # ledger keeps a late apply of its from counting twice). Of a batch over several
+            # units, the part whose units this flusher holds: the ledger settles the rest.
+            mine = sorted((ref for ref in refs if ref.unit in held), key=_by_name)
+            if not mine:
+                continue
+            try:
+                await self._finish(batch, mine, None, report)
+            except CounterUnavailable as exc:
+                for unit in {ref.unit for ref in mine}:
+                    failed[work.homes[unit]] = exc
+                continue
+            REPLAYED_BATCHES.inc()
+
+    async def _flush_units(
+        self, unit_ids: Sequence[str], report: FlushReport
+    ) -> tuple[set[str], set[str]]:
+        """Freeze and apply the pending deltas of `unit_ids` (all on one node): up to
+        UNITS_PER_BATCH units a batch, one transaction and one ledger row each. The units
+        frozen, and those whose learned titles wait."""
+        # Many units a batch: 10,000 small sites are a few transactions, not 10,000. A unit
+        # whose Redis data was lost and refilled meanwhile still drops only its own deltas
+        # (_apply retries the others under a new batch id).
+        batches: dict[str, str] = {}
+        for start in range(0, len(unit_ids), UNITS_PER_BATCH):
+            batch = self._new_batch_id()
+            batches.update((unit, batch) for unit in unit_ids[start : start + UNITS_PER_BATCH])
+        timeout = FSYNC_WAIT_MS if self._wait_fsync else None
+        snapshots, fsynced = await self._store.snapshot(batches, timeout)
+        if fsynced is False:
+            raise FlushDeferred("Redis did not confirm the snapshot on disk in time")
+        if fsynced is None and self._wait_fsync and not self._warned_no_fsync:
+            self._warned_no_fsync = True
+            log.warning(
+                "redis cannot confirm fsync (AOF off or Redis < 7.2): a Redis crash "
+                "right after a flush may replay up to one second of hits"
+            )
+        frozen: dict[str, tuple[list[SnapshotRef], dict[str, str | None]]] = {}
+        for snap in snapshots:
+            if snap.refs:
+                refs, generations = frozen.setdefault(batches[snap.unit], ([], {}))
+                refs.extend(snap.refs)
+                generations[snap.unit] = snap.generation
+        for batch, (refs, generations) in frozen.items():
+            await self._finish(batch, refs, generations, report)
+        return set(batches), {snap.unit for snap in snapshots if snap.titles}
+
     def passes_check(self) -> str:
-        """"ok", or why not ready: UNREADY_AFTER_FAILED_PASSES or more passes failed in a row."""
+        """ "ok", or why not ready: UNREADY_AFTER_FAILED_PASSES or more passes failed in a row."""
         if self.consecutive_failures < UNREADY_AFTER_FAILED_PASSES:
             return "ok"
         return (
-            f"{self.consecutive_failures} flush passes in a row failed, the last: "
-            f"{self.last_error}"
+            f"{self.consecutive_failures} flush passes in a row failed, the last: {self.last_error}"
         )
 
     async def _take_share(self, wanted: set[str]) -> set[str]:
@@ -196,7 +282,15 @@ class Flusher:
         the leases it holds beyond it (another flusher started): the units are shared out
         among the flushers alive by rendezvous hashing, which every flusher computes alike
         and which moves few units when one comes or goes."""
-        alive = await self._store.flushers_alive(self.owner, self._lease_ms)
+        try:
+            alive = await self._store.flushers_alive(self.owner, self._lease_ms)
+        except CounterUnavailable as exc:
+            # The node holding the heartbeats is down: share out as last seen (the leases
+            # still keep two flushers off one unit; the ledger keeps the counts exact).
+            log.warning("flusher heartbeat failed: %s", exc, extra={"error": str(exc)})
+            alive = list(self._alive)
+        else:
+            self._alive = list(alive)
         if self.owner not in alive:
             alive.append(self.owner)
         mine = {unit for unit in wanted if assigned_flusher(unit, alive) == self.owner}
@@ -216,7 +310,11 @@ class Flusher:
             return
         importer = baselines.Importer(self._baselines, self._baseline_store, default_max_pages=0)
         for site in sites:
-            left = await importer.settle(site)
+            try:
+                left = await importer.settle(site)
+            except CounterUnavailable as exc:  # a node down: they stay queued for the next pass
+                log.warning("queued baseline deltas of %s wait: %s", site, exc)
+                continue
             log.info("queued baseline deltas applied", extra={"site": site, "left": left})
 
     async def _finish(
@@ -227,18 +325,22 @@ class Flusher:
         report: FlushReport,
     ) -> None:
         units = sorted({ref.unit for ref in refs})
+        tally: dict[str, int] = {}  # hits read per unit (what a unit dropped alone had)
         # (FLUSH_CHUNK_ROWS and _with_visitors looked up per batch: tests patch them)
-        chunks = batchrows.read_chunks(self._store, refs, self._with_visitors, FLUSH_CHUNK_ROWS)
+        chunks = batchrows.read_chunks(
+            self._store, refs, self._with_visitors, FLUSH_CHUNK_ROWS, tally
+        )
         async with contextlib.aclosing(chunks):
             # The first chunk is read before the transaction: none at all means the keys are
             # gone, and whoever deleted them had committed their batch. A batch of one chunk is
             # thus read whole before Postgres sees any of it; a larger one streams in.
             first = await anext(chunks, None)
             if first is None:
+                await self._store.delete(refs)  # index entries of keys that are gone, if any
                 return
             async with contextlib.aclosing(batchrows.chained(first, chunks)) as stream:
                 sites = sorted({ref.site for ref in refs})
-                await self._apply(batch, refs, sites, units, generations, stream, report)
+                await self._apply(batch, refs, sites, units, generations, stream, tally, report)
 
     async def _with_visitors(
         self, rows: list[tuple[str, str, str]], hits: list[int]
@@ -259,10 +361,11 @@ class Flusher:
         units: Sequence[str],
         generations: Mapping[str, str | None] | None,
         chunks: AsyncGenerator[list[db_ledger.DailyRow]],
+        tally: Mapping[str, int],
         report: FlushReport,
     ) -> None:
         if generations is None:
-            generations = {unit: await self._store.generation(unit) for unit in units}
+            generations = await self._store.generations(units)
         checks = RedisBatchChecks(self._store, generations)
         rows = db_ledger.BatchStream(sites, chunks)
         # The ledger records the snapshots by name.
@@ -270,18 +373,32 @@ class Flusher:
         try:
             outcome = await self._ledger.apply_batch(batch, names, rows, checks)
         except db_errors.GenerationChanged:
+            # Only the units Redis lost and refilled meanwhile drop their deltas (lost with
+            # Redis: applying them would put Postgres ahead of the live numbers); the others'
+            # go again under a new batch id.
+            stale = checks.stale or set(units)
+            lost = [ref for ref in refs if ref.unit in stale]
+            lost_hits = sum(tally.get(unit, 0) for unit in stale)
             log.error(
-                "batch %s dropped: Redis lost and refilled its units meanwhile",
+                "batch %s: units dropped, Redis lost and refilled them meanwhile",
                 batch,
-                extra={"batch": batch, "hits": rows.hits},
+                extra={"batch": batch, "hits": lost_hits, "units": sorted(stale)},
             )
-            await self._store.delete(refs)
-            report.discarded_hits += rows.hits
-            DISCARDED_HITS.inc(rows.hits)
+            await self._store.delete(lost)
+            report.discarded_hits += lost_hits
+            DISCARDED_HITS.inc(lost_hits)
+            rest = [ref for ref in refs if ref.unit not in stale]
+            if rest:
+                new_batch = self._new_batch_id()
+                moved = [m for ref in rest if (m := await self._store.rehome(ref, new_batch))]
+                kept = {unit: gen for unit, gen in generations.items() if unit not in stale}
+                if moved:
+                    await self._finish(new_batch, moved, kept, report)
             return
         if isinstance(outcome, db_ledger.Applied):
             await self._store.delete(refs)
             report.batches += 1
+            report.units += len(units)
             report.hits += rows.hits
             report.rows += rows.rows
             FLUSHED_BATCHES.inc()
@@ -368,6 +485,17 @@ class Flusher:
         FLUSH_FAILURES.inc()
         flusher_metrics.CONSECUTIVE_FAILURES.set(self.consecutive_failures)
         flusher_metrics.pass_failed(exc, time.perf_counter() - began)
+
+
+def _raise_if_every_node_failed(nodes: Sequence[str], failed: Mapping[str, object]) -> None:
+    """Fail the pass when no node's part of it succeeded: with one Redis, as its own error
+    (FlushDeferred, CounterUnavailable), as before nodes were told apart."""
+    if not failed or set(nodes) - set(failed):
+        return
+    errors = [e for e in failed.values() if isinstance(e, BaseException)]
+    if len(failed) == 1 and errors:
+        raise errors[0]
+    raise CounterUnavailable(f"flush failed on every Redis node: {dict(failed)}")
 
 
 def _by_name(ref: SnapshotRef) -> str:

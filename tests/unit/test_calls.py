@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from redis.crc import key_slot
 
 from services.counter import calls, keys, scripts
 from services.counter.outcomes import HitRequest, PageRule
@@ -26,7 +27,7 @@ def test_one_hit_on_a_site_of_one_unit() -> None:
     script, numkeys, argv = calls.hits_call(SITE, [request("/a", PageRule.at_most(10))])
     bucket, field = keys.page_entry(SITE, "/a")
     assert script is scripts.HITS
-    assert numkeys == 19
+    assert numkeys == 20
     generation, at = divmod(TIME_S, 1800)
     assert argv[:numkeys] == [
         "{vc:quan11}:site",
@@ -41,6 +42,7 @@ def test_one_hit_on_a_site_of_one_unit() -> None:
         bucket,
         "{vc:quan11}:on:29000000",
         f"{{vc:quan11}}:seen:1800:{generation - 1}:1",
+        keys.work_key(0),  # a single Redis: every unit's work in index slot 0
     ]
     # The online sketches outlive the default 300 s window by two minutes.
     assert argv[numkeys:] == [
@@ -68,11 +70,15 @@ def test_several_hits_of_one_unit_of_a_split_site_are_one_idempotent_call() -> N
     ]
     hits = [request(p, PageRule.at_most(10)) for p in pages[:3]]
     _, numkeys, argv = calls.hits_call("quan11~1", hits, units, "tok:u0:0", 86400)
-    assert numkeys == 12 + 7 * 3
+    assert numkeys == 12 + 7 * 3 + 1
     assert argv[0] == "{vc:quan11~1}:site"
     assert argv[9] == "{vc:quan11~1}:idem:tok:u0:0"
     assert argv[10] == "{vc:quan11~1}:days"
-    assert all(key.startswith("{vc:quan11~1}:") for key in argv[:numkeys])  # one Cluster slot
+    assert all(key.startswith("{vc:quan11~1}:") for key in argv[: numkeys - 1])
+    assert argv[numkeys - 1] == keys.work_key(0)
+    # On a Cluster, the work index key is on the unit's own slot: one slot per call.
+    _, n_cluster, on_cluster = calls.hits_call("quan11~1", hits, units, per_slot=True)
+    assert len({key_slot(str(key).encode()) for key in on_cluster[:n_cluster]}) == 1
     args = argv[numkeys:]
     assert args[:2] == [86400, 420]
     for j, page in enumerate(pages[:3]):

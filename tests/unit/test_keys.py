@@ -272,3 +272,17 @@ def test_rate_keys_change_with_the_minute_and_the_client() -> None:
 
 def test_every_pending_field_day_has_the_day_width() -> None:
     assert len(keys.pending_field("2026-01-01", "")) == keys.DAY_CHARS
+
+
+def test_each_cluster_slot_has_work_index_keys_on_that_slot() -> None:
+    from redis.crc import key_slot
+
+    for slot in range(keys.CLUSTER_SLOTS):
+        assert key_slot(keys.work_key(slot).encode()) == slot
+        assert key_slot(keys.snaps_key(slot).encode()) == slot
+    for unit in ("quan11", "quan11~3", "a-site~1023"):
+        work, snaps = keys.unit_work_keys(unit, per_slot=True)
+        assert key_slot(work.encode()) == key_slot(snaps.encode())
+        assert key_slot(work.encode()) == key_slot(keys.site_key(unit).encode())
+    # A single Redis: every unit's work in index slot 0.
+    assert keys.unit_work_keys("quan11~3", per_slot=False) == (keys.work_key(0), keys.snaps_key(0))

@@ -16,6 +16,8 @@
 --   KEYS[b+5] the page's bucket          ({vc:UNIT}:pages:N, page digest -> live total)
 --   KEYS[b+6] the visitors online in the hit's clock minute ({vc:UNIT}:on:MIN, HyperLogLog)
 --   KEYS[b+7] its dedupe marks of the generation before ({vc:UNIT}:seen:W:G-1:SHARD)
+-- KEYS[#KEYS]  the work index of the unit's slot ({vc~w:N}:work, unit -> first-dirty ms): last,
+--              after the hits' keys
 -- ARGV[1] seconds to keep this call's record under KEYS[10] (0: not idempotent): a call
 --         sent again with the same record answers the tallies of what the first one did
 --         (below), counting nothing. The record is those tallies (a few bytes a call), not
@@ -150,6 +152,14 @@ for _, key in ipairs(online_keys) do
   if redis.call('PFADD', key, unpack(online[key])) == 1 then
     redis.call('EXPIRE', key, online_ttl, 'NX')
   end
+end
+-- Work index: the unit now has pending deltas (or learned titles) for the flusher, recorded
+-- in this same atomic call; NX keeps the first-dirty time until the flusher's snapshot takes
+-- the unit out. The member is the unit id, read from its hash's name ({vc:UNIT}:site).
+if next(days) ~= nil or redis.call('EXISTS', KEYS[12]) == 1 then
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[#KEYS], 'NX', now[1] * 1000 + math.floor(now[2] / 1000),
+    string.sub(KEYS[1], 5, -7))
 end
 if idempotent_for > 0 then
   local tally = {2, 0, 0, 0, 0, 0}

@@ -1,7 +1,8 @@
 -- Take or renew flush leases: a site's pending data is flushed by one flusher at a time.
 -- A lease is the flusher's token with a time to live; a flusher that dies simply stops
 -- renewing, and its sites are free once the lease runs out.
--- KEYS  lease keys ({vc:SITE}:lease), all of one site (one Cluster slot)
+-- KEYS  lease keys ({vc:UNIT}:lease): on a Cluster all of one slot; on a single Redis, of
+--       any units
 -- ARGV[1] owner token, ARGV[2] lease in milliseconds
 -- Returns, per key, 1 when the caller holds the lease now, 0 when another flusher does.
 local out = {}
