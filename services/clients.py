@@ -111,12 +111,13 @@ class Clients:
         units: int = 1,
         online_window_s: int = ONLINE_WINDOW_S,
         redis_timeout_s: float = DEFAULT_TIMEOUT_S,
+        wait_replicas: int = 0,
     ) -> None:
         self.redis = redis
         self.pool = pool
         self.units = Units(redis, units)
         self.hits = HitStore(redis, self.units, online_window_s, redis_timeout_s)
-        self.flush = FlushStore(redis, self.units)
+        self.flush = FlushStore(redis, self.units, wait_replicas=wait_replicas)
         self.baselines = BaselineStore(redis, self.units)
         self.pending = PendingViews(redis, self.units)
         self._db = None if pool is None else Repositories.on(pool)
@@ -154,4 +155,5 @@ async def connect(settings: Settings, role: Role) -> Clients:
         units=settings.shards,
         online_window_s=settings.online_window,
         redis_timeout_s=redis_timeout_s(settings, role),
+        wait_replicas=settings.redis_wait_replicas,
     )
