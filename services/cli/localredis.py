@@ -112,6 +112,8 @@ class RedisProcess(ServerProcess):
                     "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", str(self.cluster_node_timeout_ms),
                     "--cluster-port", str(self.cluster_port),
+                    # A master down (and no replica to take over) stops only its own slots.
+                    "--cluster-require-full-coverage", "no",
                 ]
                 if self.cluster
                 else []

@@ -78,6 +78,8 @@ class StatsStore:
         # A split site's last answer: site -> (views by day, online), what a partial answer
         # never goes below.
         self._shown: Recent[str, tuple[dict[str, int], int]] = Recent(KNOWN_MAX)
+        # A split site's units' views by day as last read: unit -> day -> views.
+        self._unit_days: Recent[str, dict[str, int]] = Recent(KNOWN_MAX)
 
     async def read(
         self, site: str, now_s: float, days: Sequence[str], flushed: Flushed | None = None
@@ -114,9 +116,15 @@ class StatsStore:
             return None
         partial = len(answers) < len(unit_ids)
         per_day = dict.fromkeys(days, 0)
-        for answer in answers.values():
-            for day, views_of_day in zip(days, answer[3:], strict=True):
-                per_day[day] += int(views_of_day)
+        for unit in unit_ids:
+            answer = answers.get(unit)
+            if answer is not None:
+                unit_days = dict(zip(days, map(int, answer[3:]), strict=True))
+                self._unit_days.put(unit, unit_days)
+            else:  # its node is away: its days as last read
+                unit_days = self._unit_days.get(unit) or {}
+            for day in days:
+                per_day[day] += unit_days.get(day, 0)
         fresh = {unit: int(answer[1]) for unit, answer in answers.items()}
         site_views, state = await self._units.site_views(site, fresh, wait=False)
         if state.unreachable or partial:
