@@ -114,6 +114,8 @@ class RedisProcess(ServerProcess):
                     "--cluster-port", str(self.cluster_port),
                     # A master down (and no replica to take over) stops only its own slots.
                     "--cluster-require-full-coverage", "no",
+                    # A replica's first sync starts at once (not after 5 s).
+                    "--repl-diskless-sync-delay", "0",
                 ]
                 if self.cluster
                 else []
@@ -249,5 +251,5 @@ def _cluster_ok(client: Any, size: int) -> bool:
 
 
 def _in_sync(client: Any) -> bool:
-    text = _text(client.execute_command("INFO", "replication"))
-    return "role:slave" in text and "master_link_status:up" in text
+    info = client.info("replication")
+    return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
