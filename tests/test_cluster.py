@@ -14,6 +14,7 @@ import httpx
 import pytest
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
+from services.api.public_models import CountsOut, StatsOut
 from services.cli.localredis import RedisCluster
 from services.config import CLUSTER_SHARDS
 from services.counter import keys
@@ -265,6 +266,7 @@ async def test_a_split_site_with_a_node_down_answers_partial_counts_that_never_g
             response = await client.get(f"/v1/sites/{site}/stats")
             assert response.status_code == 200, response.text
             block = response.json()
+            StatsOut.model_validate(block)  # the documented shape, `partial` included
             assert block["partial"] is True and block["total"] == full["site_views"] + 1
             assert block["today"] >= stats["today"] + 1  # never below the last answer
             badge = await client.get(f"/v1/sites/{site}/badge.svg")
@@ -275,6 +277,7 @@ async def test_a_split_site_with_a_node_down_answers_partial_counts_that_never_g
                 response = await fresh.get(f"/v1/sites/{site}/counts", params={"page": pages})
                 assert response.status_code == 200, response.text
                 body = response.json()
+                CountsOut.model_validate(body)
                 assert body["partial"] is True
                 expected = {p: live[p] if p in here else flushed.pages[p] for p in pages}
                 assert body["pages"] == expected

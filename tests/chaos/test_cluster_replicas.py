@@ -26,6 +26,7 @@ from services.counter.calls import unit_of
 from services.counter.errors import CounterUnavailable
 from services.flusher.worker import FlushDeferred, Flusher
 from tests.support import chaos
+from tests.support.checks import totals
 from tests.support.stack import ADMIN, flusher_for, make_settings, running_api
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
@@ -258,3 +259,32 @@ async def test_a_master_paused_for_seconds_loses_and_doubles_nothing(
     result.assert_exact()
     # The other masters' pages kept counting while one master was paused.
     assert during > elsewhere
+
+
+async def test_a_snapshot_waits_for_a_replica_on_its_own_connection(
+    replicated: RedisCluster, settings: Settings, database_url: str
+) -> None:
+    # WAIT counts the replicas that have the writes of its own connection: sent anywhere
+    # else it would answer at once. With every replica paused, no snapshot is confirmed, so
+    # nothing reaches Postgres; resumed, the same snapshot goes through, exactly once.
+    replicas = [n for n in replicated.nodes if role(n) == "slave"]
+    assert len(replicas) == 3
+    async with running_api(settings) as client, flusher_for(settings) as flusher:
+        await register(client)
+        for n in range(30):
+            response = await client.post(f"/v1/sites/{SITES[0]}/hits", json={"page": f"p{n}"})
+            assert response.json()["counted"], response.text
+        for node in replicas:
+            assert node.pid is not None
+            os.kill(node.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(FlushDeferred):
+                await flusher.flush_once()
+            assert await chaos.ledger_count(database_url) == 0
+        finally:
+            for node in replicas:
+                assert node.pid is not None
+                os.kill(node.pid, signal.SIGCONT)
+        await flush_everything(flusher, replicated)
+    stored = await totals(database_url, SITES[0])
+    assert stored.pages == {f"p{n}": 1 for n in range(30)}
