@@ -271,6 +271,9 @@ async def test_a_snapshot_waits_for_a_replica_on_its_own_connection(
     assert len(replicas) == 3
     async with running_api(settings) as client, flusher_for(settings) as flusher:
         await register(client)
+        # The flusher's client learns the cluster's layout now (from any node, one of them
+        # maybe a replica about to be paused).
+        await flush_everything(flusher, replicated)
         for n in range(30):
             response = await client.post(f"/v1/sites/{SITES[0]}/hits", json={"page": f"p{n}"})
             assert response.json()["counted"], response.text
