@@ -134,13 +134,14 @@ class Clients:
         online_window_s: int = ONLINE_WINDOW_S,
         redis_timeout_s: float = DEFAULT_TIMEOUT_S,
         reports_pool: db_pool.Pool | None = None,
+        wait_replicas: int = 0,
     ) -> None:
         self.redis = redis
         self.pool = pool
         self.reports_pool = reports_pool
         self.units = Units(redis, units)
         self.hits = HitStore(redis, self.units, online_window_s, redis_timeout_s)
-        self.flush = FlushStore(redis, self.units)
+        self.flush = FlushStore(redis, self.units, wait_replicas=wait_replicas)
         self.baselines = BaselineStore(redis, self.units)
         self.pending = PendingViews(redis, self.units)
         self.key_generation = KeyGeneration(redis)
@@ -190,4 +191,5 @@ async def connect(settings: Settings, role: Role) -> Clients:
         online_window_s=settings.online_window,
         redis_timeout_s=redis_timeout_s(settings, role),
         reports_pool=reports_pool,
+        wait_replicas=settings.redis_wait_replicas,
     )

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # "everysec" trusts Redis' AOF policy; "always" makes each flush snapshot wait for fsync
     # (WAITAOF) before it is written to Postgres, so a Redis crash cannot replay it.
     snapshot_fsync: Literal["wait", "none"] = "wait"
+    # Replicas (of the node holding it) a flush snapshot must reach (WAITAOF numreplicas /
+    # WAIT) before its batch goes to Postgres, so a failover cannot bring it back; 0: none.
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Server-Sent Events streams (GET /v1/sites/{site}/stream) one api process keeps open.
     stream_max_connections: int = Field(default=500, ge=0, le=100_000)

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
+from services.api.public_models import CountsOut, StatsOut
 from services.cli.localredis import RedisCluster
 from services.config import CLUSTER_SHARDS
 from services.counter import keys
@@ -301,3 +302,105 @@ async def _work_keys(cluster: RedisCluster) -> AsyncIterator[str]:
             yield key
     finally:
         await client.aclose()
+
+
+
+
+async def test_a_split_site_with_a_node_down_answers_partial_counts_that_never_go_back(
+    cluster: RedisCluster, cluster_url: str, database_url: str
+) -> None:
+    site = SITES[0]
+    pages = [f"p{n}" for n in range(24)]
+    placement = await nodes_of(cluster, [unit(site, p) for p in pages])
+    victim = cluster.nodes[1]
+    away = [p for p in pages if placement[unit(site, p)].endswith(f":{victim.port}")]
+    here = [p for p in pages if p not in away]
+    assert away and here
+    settings = make_settings(cluster_url, database_url, redis_timeout=1.0)
+    async with running_api(settings) as client, flusher_for(settings) as flusher:
+        await register(client)
+        for n, page in enumerate(pages):
+            for _ in range(1 + n % 3):
+                response = await client.post(f"/v1/sites/{site}/hits", json={"page": page})
+                assert response.json()["counted"], response.text
+        await flusher.flush_once()
+        flushed = await totals(database_url, site)
+        for page in pages:  # one more each, not flushed
+            await client.post(f"/v1/sites/{site}/hits", json={"page": page})
+        live = {p: n + 1 for p, n in flushed.pages.items()}
+        full = (await client.get(f"/v1/sites/{site}/counts", params={"page": pages})).json()
+        assert "partial" not in full
+        assert full["pages"] == live and full["site_views"] == sum(live.values())
+        stats = (await client.get(f"/v1/sites/{site}/stats")).json()
+        assert "partial" not in stats and stats["total"] == full["site_views"]
+
+        await asyncio.to_thread(victim.stop)
+        try:
+            # The process that read the site before: the node's parts as it last read them.
+            shown: list[int] = []
+            for _ in range(3):
+                response = await client.get(f"/v1/sites/{site}/counts", params={"page": pages})
+                assert response.status_code == 200, response.text
+                body = response.json()
+                assert body["partial"] is True
+                assert body["pages"] == live
+                shown.append(body["site_views"])
+            assert shown == [full["site_views"]] * 3
+            # Pages on the other nodes keep counting; the node's own pages answer 503.
+            gone = await client.post(f"/v1/sites/{site}/hits", json={"page": away[0]})
+            assert gone.status_code == 503, gone.text
+            counted = await client.post(f"/v1/sites/{site}/hits", json={"page": here[0]})
+            assert counted.status_code == 200 and counted.json()["counted"], counted.text
+            assert counted.json()["site_views"] == full["site_views"] + 1
+            live[here[0]] += 1
+            body = (await client.get(f"/v1/sites/{site}/counts", params={"page": pages})).json()
+            assert body["partial"] is True and body["pages"] == live
+            assert body["site_views"] == full["site_views"] + 1
+            response = await client.get(f"/v1/sites/{site}/stats")
+            assert response.status_code == 200, response.text
+            block = response.json()
+            StatsOut.model_validate(block)  # the documented shape, `partial` included
+            assert block["partial"] is True and block["total"] == full["site_views"] + 1
+            assert block["today"] >= stats["today"] + 1  # never below the last answer
+            badge = await client.get(f"/v1/sites/{site}/badge.svg")
+            assert badge.status_code == 200, badge.text
+
+            # A process that never read the site: the node's parts as flushed to Postgres.
+            async with running_api(settings) as fresh:
+                response = await fresh.get(f"/v1/sites/{site}/counts", params={"page": pages})
+                assert response.status_code == 200, response.text
+                body = response.json()
+                CountsOut.model_validate(body)
+                assert body["partial"] is True
+                expected = {p: live[p] if p in here else flushed.pages[p] for p in pages}
+                assert body["pages"] == expected
+                assert body["site_views"] == sum(expected.values())
+                again = (
+                    await fresh.get(f"/v1/sites/{site}/counts", params={"page": pages[:1]})
+                ).json()
+                assert again["site_views"] == body["site_views"]
+        finally:
+            await asyncio.to_thread(victim.start)
+        await _cluster_ok_again(cluster)
+        for _ in range(50):  # connections to the restarted node fail once each
+            response = await client.get(f"/v1/sites/{site}/counts", params={"page": pages})
+            if response.status_code == 200 and "partial" not in response.json():
+                break
+            await asyncio.sleep(0.1)
+        body = response.json()
+        assert "partial" not in body, body
+        assert body["pages"] == live and body["site_views"] == sum(live.values())
+
+
+async def _cluster_ok_again(cluster: RedisCluster) -> None:
+    async def ok() -> bool:
+        client = ClusterClient.from_url(cluster.url, decode_responses=True)
+        try:
+            info = await client.cluster_info()
+            return info.get("cluster_state") == "ok"
+        except Exception:
+            return False
+        finally:
+            await client.aclose()
+
+    await chaos.until(ok, "the cluster to be ok again")

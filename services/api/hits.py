@@ -141,16 +141,17 @@ async def counts_answer(live: LiveCounts, site: str, raw_pages: list[str]) -> by
         raise ApiError(422, "invalid_field", f"at most {MAX_PAGES_PER_READ} pages per call", "page")
     pages = list(dict.fromkeys(ids.page_id(p) for p in raw_pages))
     counts = await live.counts(site, pages)
-    return orjson.dumps(
-        {
-            "site": site,
-            "site_views": counts.site_views,
-            "pages": counts.pages,
-            "day": await live.today(site),
-            "site_visitors": counts.site_visitors,
-            "page_visitors": counts.page_visitors or {},
-        }
-    )
+    body: dict[str, object] = {
+        "site": site,
+        "site_views": counts.site_views,
+        "pages": counts.pages,
+        "day": await live.today(site),
+        "site_visitors": counts.site_visitors,
+        "page_visitors": counts.page_visitors or {},
+    }
+    if counts.partial:
+        body["partial"] = True  # only when true: see http-api.md
+    return orjson.dumps(body)
 
 
 async def get_stats(request: Request) -> Response:

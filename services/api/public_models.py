@@ -47,6 +47,11 @@ class StatsBlock(BaseModel):
     this_week: int = Field(description="Monday to today")
     this_month: int = Field(description="the 1st to today")
     total: int = Field(description="the footer total: `site_views` of counts")
+    partial: Literal[True] | None = Field(
+        None,
+        description="only when true: a Redis Cluster node holding part of the site did not "
+        "answer; its parts are as last known (a lower bound, never below an earlier answer)",
+    )
 
 
 class StatsOut(StatsBlock):
@@ -76,6 +81,12 @@ class CountsOut(BaseModel):
     day: str = Field(description="the site's local date the visitor numbers are for")
     site_visitors: int
     page_visitors: dict[str, int]
+    partial: Literal[True] | None = Field(
+        None,
+        description="only when true: a Redis Cluster node holding part of the site did not "
+        "answer; its parts are as last known or as flushed to Postgres (a lower bound, never "
+        "below an earlier answer of the same api process)",
+    )
 
 
 class TopPage(BaseModel):

@@ -60,6 +60,7 @@ class RedisProcess(ServerProcess):
         appendonly: bool = True,
         appendfsync: str = "everysec",
         cluster: bool = False,
+        cluster_node_timeout_ms: int = 3000,
         log_file: Path | None = None,
         listen: str = "127.0.0.1",
         command_prefix: Sequence[str] = (),
@@ -74,6 +75,7 @@ class RedisProcess(ServerProcess):
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.cluster = cluster
+        self.cluster_node_timeout_ms = cluster_node_timeout_ms
         # The cluster bus port defaults to port + 10000, which a free port may not allow.
         self.cluster_port = free_port() if cluster else 0
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -118,8 +120,12 @@ class RedisProcess(ServerProcess):
                 [
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "3000",
+                    "--cluster-node-timeout", str(self.cluster_node_timeout_ms),
                     "--cluster-port", str(self.cluster_port),
+                    # A master down (and no replica to take over) stops only its own slots.
+                    "--cluster-require-full-coverage", "no",
+                    # A replica's first sync starts at once (not after 5 s).
+                    "--repl-diskless-sync-delay", "0",
                 ]
                 if self.cluster
                 else []
@@ -141,41 +147,91 @@ class RedisProcess(ServerProcess):
 
 
 class RedisCluster:
-    """A Redis Cluster of `masters` nodes (no replicas) on 127.0.0.1, slots split evenly."""
+    """A Redis Cluster of `masters` nodes on 127.0.0.1, slots split evenly, each master with
+    `replicas` replicas (same binary, same AOF settings): a master that fails is replaced by
+    its replica after `node_timeout_ms`."""
 
     SLOTS = 16384
 
-    def __init__(self, data_dir: Path, masters: int = 3, *, appendfsync: str = "everysec") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        masters: int = 3,
+        *,
+        replicas: int = 0,
+        appendfsync: str = "everysec",
+        node_timeout_ms: int = 3000,
+    ) -> None:
+        self.masters = masters
         self.nodes = [
-            RedisProcess(data_dir / f"node{i}", appendfsync=appendfsync, cluster=True)
-            for i in range(masters)
+            RedisProcess(
+                data_dir / f"node{i}",
+                appendfsync=appendfsync,
+                cluster=True,
+                cluster_node_timeout_ms=node_timeout_ms,
+            )
+            for i in range(masters * (1 + replicas))
         ]
         self.url = self.nodes[0].url
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start every node, assign the slots, join the nodes, wait until the cluster is ok."""
+        """Start every node, assign the slots to the first `masters`, join the nodes, make
+        the others replicas (in turn, of each master), wait until the cluster is ok and
+        every replica in sync."""
         import redis
 
         for node in self.nodes:
             node.start()
         clients: list[Any] = [redis.Redis(port=node.port, socket_timeout=5) for node in self.nodes]
+        deadline = time.monotonic() + timeout
         try:
-            per_node = self.SLOTS // len(self.nodes)
-            for i, client in enumerate(clients):
-                last = self.SLOTS - 1 if i == len(clients) - 1 else (i + 1) * per_node - 1
+            per_node = self.SLOTS // self.masters
+            for i, client in enumerate(clients[: self.masters]):
+                last = self.SLOTS - 1 if i == self.masters - 1 else (i + 1) * per_node - 1
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per_node, last)
             for node in self.nodes[1:]:
                 clients[0].execute_command(
                     "CLUSTER", "MEET", "127.0.0.1", node.port, node.cluster_port
                 )
-            deadline = time.monotonic() + timeout
-            while not all(_cluster_ok(client, len(self.nodes)) for client in clients):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the Redis Cluster did not become ready in time")
-                time.sleep(0.1)
+            ids = [_text(client.execute_command("CLUSTER", "MYID")) for client in clients]
+            for i, client in enumerate(clients[self.masters :]):
+                master = ids[i % self.masters]
+                # A replica can follow its master only once it has learned of it (gossip).
+                _wait(lambda c=client, m=master: m in _text(c.execute_command("CLUSTER", "NODES")),
+                      deadline, "a replica to learn of its master")  # fmt: skip
+                client.execute_command("CLUSTER", "REPLICATE", master)
+            _wait(
+                lambda: all(_cluster_ok(client, len(self.nodes)) for client in clients),
+                deadline,
+                "the Redis Cluster to become ready",
+            )
+            _wait(
+                lambda: all(_in_sync(client) for client in clients[self.masters :]),
+                deadline,
+                "the replicas to sync",
+            )
         finally:
             for client in clients:
                 client.close()
+
+    def primaries(self) -> list[RedisProcess]:
+        """The nodes that are masters now (a failover changes which)."""
+        import redis
+
+        found = []
+        for node in self.nodes:
+            if node.pid is None:
+                continue
+            client: Any = redis.Redis(port=node.port, socket_timeout=2)
+            try:
+                role = _text(client.execute_command("ROLE")[0])
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+            if role == "master":
+                found.append(node)
+        return found
 
     def stop(self) -> None:
         """Stop every node."""
@@ -188,7 +244,22 @@ class RedisCluster:
             node.kill()
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _wait(condition: Any, deadline: float, what: str) -> None:
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
 def _cluster_ok(client: Any, size: int) -> bool:
-    info = client.execute_command("CLUSTER", "INFO")
-    text = info.decode() if isinstance(info, bytes) else str(info)
+    text = _text(client.execute_command("CLUSTER", "INFO"))
     return "cluster_state:ok" in text and f"cluster_known_nodes:{size}" in text
+
+
+def _in_sync(client: Any) -> bool:
+    info = client.info("replication")
+    return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")

@@ -28,6 +28,8 @@ LEASE_GROUP = 1000  # leases one lease.lua call takes (of one slot, on a Cluster
 WORK_SCAN_COUNT = 1000  # the upgrade's one SCAN for work an older release left unindexed
 VISITOR_READ_CHUNK = 1000
 TITLE_CHUNK = 1000
+# How long a snapshot waits for its replicas when the flusher does not wait for the local fsync.
+REPLICA_WAIT_MS = 2000
 
 # One row of a snapshot: (site, page, local day, hits). A plain tuple: a batch reads
 # millions of them.
@@ -92,9 +94,11 @@ class FlushStore:
     """The flusher's view of Redis; Redis errors raise CounterUnavailable. The store never
     closes the client it is given (only the node clients it opened itself)."""
 
-    def __init__(self, redis: Client, units: Units) -> None:
+    def __init__(self, redis: Client, units: Units, *, wait_replicas: int = 0) -> None:
         self._redis = redis
         self._units = units
+        # Replicas each snapshot must reach before its batch goes to Postgres (0: none).
+        self._wait_replicas = wait_replicas
         self._nodes = client.NodeClients(redis) if isinstance(redis, RedisCluster) else None
         self._name = _node_name(redis)  # a single Redis' name in metrics and logs
 
@@ -298,7 +302,10 @@ class FlushStore:
 
         With `fsync_timeout_ms`, also wait (WAITAOF) until the moves are in Redis' AOF on disk,
         so a Redis crash cannot roll them back after a batch reached Postgres; the second
-        value says whether that was confirmed (None: the server cannot confirm it).
+        value says whether that was confirmed (None: the server cannot confirm it). With
+        replicas to wait for (`wait_replicas`), also until that many replicas have the moves
+        (WAITAOF numreplicas, and WAIT), so a failover cannot bring back a snapshot whose
+        batch reached Postgres.
         """
         unit_ids = list(batches)
         call_list: list[Call] = []
@@ -316,15 +323,14 @@ class FlushStore:
                 argv.extend((keys.pending_key(unit, shard), target.name))
             call_list.append((scripts.SNAPSHOT, len(argv), [*argv, unit]))
             targets.append(unit_targets)
+        wait = self._wait(fsync_timeout_ms)
         with client.translated():
-            if self._nodes is not None and fsync_timeout_ms is not None:
+            if self._nodes is not None and wait is not None:
                 results, fsynced = await self._snapshot_per_node(
-                    self._nodes, unit_ids, call_list, fsync_timeout_ms
+                    self._nodes, unit_ids, call_list, wait
                 )
             else:
-                results, fsynced = await scripts.run_scripts(
-                    self._redis, call_list, fsync_timeout_ms
-                )
+                results, fsynced = await scripts.run_scripts(self._redis, call_list, wait)
         client.raise_failed(results)
         snapshots = [
             Snapshot(
@@ -337,15 +343,23 @@ class FlushStore:
         ]
         return snapshots, fsynced
 
+    def _wait(self, fsync_timeout_ms: int | None) -> scripts.Wait | None:
+        """What the snapshot's pipeline waits for after it (None: nothing)."""
+        if self._wait_replicas:
+            timeout_ms = REPLICA_WAIT_MS if fsync_timeout_ms is None else fsync_timeout_ms
+            local = fsync_timeout_ms is not None
+            return scripts.Wait(timeout_ms, local=local, replicas=self._wait_replicas)
+        return None if fsync_timeout_ms is None else scripts.Wait(fsync_timeout_ms)
+
     @staticmethod
     async def _snapshot_per_node(
         nodes: client.NodeClients,
         unit_ids: Sequence[str],
         call_list: Sequence[Call],
-        fsync_timeout_ms: int,
+        wait: scripts.Wait,
     ) -> tuple[list[Any], bool | None]:
-        # WAITAOF waits for the writes of its own connection: on a Cluster, each node's
-        # snapshots and their WAITAOF go down one connection to that node.
+        # WAITAOF and WAIT wait for the writes of their own connection: on a Cluster, each
+        # node's snapshots and their waits go down one pipeline (one connection) to that node.
         groups: dict[int, tuple[Redis, list[int]]] = {}
         for i, unit in enumerate(unit_ids):
             node = nodes.of(keys.site_key(unit))
@@ -354,7 +368,7 @@ class FlushStore:
         confirmations: list[bool | None] = []
         for node, indexes in groups.values():
             node_results, fsynced = await scripts.run_scripts(
-                node, [call_list[i] for i in indexes], fsync_timeout_ms
+                node, [call_list[i] for i in indexes], wait
             )
             for i, result in zip(indexes, node_results, strict=True):
                 results[i] = result

@@ -6,7 +6,8 @@ Hits that arrive in the same event-loop turn are sent together: still one round 
 Every request is answered within its deadline (VIEWCOUNTER_REDIS_TIMEOUT from the moment it
 is taken, however long the queue ahead of it): one timer per batcher, not per request, fails
 the requests whose deadline passed; the queue is bounded; and while Redis is known to be
-unreachable, requests fail at once but for one probe every PROBE_INTERVAL_S.
+unreachable, requests fail at once but for one probe every PROBE_INTERVAL_S (on a Cluster,
+per node: only the calls to the node that failed).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from redis.asyncio.cluster import RedisCluster
 
@@ -95,6 +96,8 @@ class GroupCommit(Generic[Q, A]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._unreachable = False
         self._cluster = isinstance(redis, RedisCluster)
+        # On a Cluster: node name -> until when its calls are refused (its last call failed).
+        self._slow_nodes: dict[str, float] = {}
         self._probing = False  # a probe is queued or out
         self._next_probe = 0.0
 
@@ -206,23 +209,73 @@ class GroupCommit(Generic[Q, A]):
         self, chunks: Sequence[list[_Queued[Q, A]]], call_list: Sequence[Call]
     ) -> list[Any]:
         """Run one call per chunk; a chunk whose call failed is failed (its result None)."""
+        if self._cluster:
+            return await self._run_cluster_calls(chunks, call_list)
         try:
             results, _ = await scripts.run_scripts(self._redis, call_list)
         except client.CLIENT_ERRORS as exc:
             for chunk in chunks:
                 _fail(chunk, client.unavailable(exc))
-            # A Cluster node that is down fails only its own units' calls (one call alone is
-            # sent without a pipeline, so its error arrives here): no fail-fast for the rest.
-            if isinstance(exc, client.UNREACHABLE_ERRORS) and not self._cluster:
+            if isinstance(exc, client.UNREACHABLE_ERRORS):
                 self._reached(False)
             return [None] * len(chunks)
-        # Reached (a Cluster's node that failed fails only its own sites' calls: no fail-fast)
         self._reached(True)
         for i, (chunk, result) in enumerate(zip(chunks, results, strict=True)):
             if isinstance(result, Exception):
                 _fail(chunk, client.unavailable(result))
                 results[i] = None
         return results
+
+    async def _run_cluster_calls(
+        self, chunks: Sequence[list[_Queued[Q, A]]], call_list: Sequence[Call]
+    ) -> list[Any]:
+        """On a Cluster, fail-fast per node: a call to a node whose last call did not reach
+        it (down, or slower than the timeout) is refused without being sent (nothing
+        applied), but for one probe every PROBE_INTERVAL_S; other nodes' calls go as usual.
+        So a slow node does not hold the calls in flight (and the hits of other nodes that
+        share their batches) for a timeout each."""
+        now = self._clock()
+        nodes = [self._node_of(call) for call in call_list]
+        results: list[Any] = [None] * len(chunks)
+        send: list[int] = []
+        for i, node in enumerate(nodes):
+            until = self._slow_nodes.get(node)
+            if until is not None:
+                if now < until:
+                    _fail(chunks[i], CounterUnavailable(f"Redis node {node} is unreachable"))
+                    continue
+                self._slow_nodes[node] = now + PROBE_INTERVAL_S  # this call probes it
+            send.append(i)
+        if not send:
+            return results
+        try:
+            answers, _ = await scripts.run_scripts(self._redis, [call_list[i] for i in send])
+        except client.CLIENT_ERRORS as exc:  # one call alone: its error arrives here
+            for i in send:
+                _fail(chunks[i], client.unavailable(exc))
+                if isinstance(exc, client.UNREACHABLE_ERRORS):
+                    self._slow_nodes[nodes[i]] = self._clock() + PROBE_INTERVAL_S
+            return results
+        for i, answer in zip(send, answers, strict=True):
+            if isinstance(answer, Exception):
+                _fail(chunks[i], client.unavailable(answer))
+                if isinstance(answer, client.UNREACHABLE_ERRORS):
+                    self._slow_nodes[nodes[i]] = self._clock() + PROBE_INTERVAL_S
+            else:
+                self._slow_nodes.pop(nodes[i], None)
+                results[i] = answer
+        return results
+
+    def _node_of(self, call: Call) -> str:
+        """The name of the Cluster node holding the call's first key (its slot when the
+        client does not know the node yet)."""
+        key = call[2][0]
+        cluster = cast(RedisCluster, self._redis)
+        try:
+            node = cluster.get_node_from_key(key)
+        except client.CLIENT_ERRORS:  # the slots are not known yet (first call): by slot
+            node = None
+        return str(node.name) if node is not None else f"slot {cluster.keyslot(key)}"
 
     async def drain(self) -> None:
         """Wait for the calls in flight."""

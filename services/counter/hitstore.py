@@ -6,19 +6,25 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
 from services.counter import calls, client, keys, scripts
 from services.counter.client import Client
 from services.counter.errors import CounterUnavailable
-from services.counter.groupcommit import MAX_HITS_PER_CALL, CountsBatcher, CountsRequest, HitBatcher
+from services.counter.groupcommit import (
+    MAX_HITS_PER_CALL,
+    CountsBatcher,
+    CountsRequest,
+    HitBatcher,
+    UnitCounts,
+)
 from services.counter.outcomes import Counts, HitRequest, HitResult, Outcome, hit_tally
 from services.counter.scripts import Call
 from services.counter.siteconfig import SiteConfig
 from services.counter.stats import StatsStore, add_day_parts
-from services.counter.units import Units
+from services.counter.units import KNOWN_MAX, Flushed, Recent, Units
 
 SALT_TTL_S = 2 * 86400
 # How long a hit or a batched read may wait for Redis, from the moment it is taken: the api
@@ -52,6 +58,8 @@ class HitStore:
         self._hits = HitBatcher(redis, units.count, timeout_s, online_window_s, clock)
         self._counts = CountsBatcher(redis, timeout_s, clock)
         self.stats = StatsStore(redis, units, online_window_s, timeout_s, clock)
+        # A split site's pages as last answered: (site, page) -> (views, visitors).
+        self._pages_known: Recent[tuple[str, str], tuple[int, int]] = Recent(KNOWN_MAX)
 
     def deadline(self) -> AbstractContextManager[None]:
         """Inside the block, this store's calls are all answered within the timeout from now
@@ -126,10 +134,16 @@ class HitStore:
             await self._pipeline(lambda pipe: [pipe.unlink(record) for record in records])
         return tally
 
-    async def counts(self, site: str, day: str, pages: Sequence[str]) -> Counts | None:
+    async def counts(
+        self, site: str, day: str, pages: Sequence[str], flushed: Flushed | None = None
+    ) -> Counts | None:
         """Live totals of `site` and `pages`, and their distinct visitors on local `day`;
         None when the site (a unit of it) is not loaded. Reads taken together leave
-        together (group commit, as hits do)."""
+        together (group commit, as hits do).
+
+        A site split over a Cluster whose node does not answer is answered `partial`: that
+        node's units and pages as this process last answered them, else as `flushed` to
+        Postgres (without it: CounterUnavailable), never lower than answered before."""
         groups: dict[str, list[str]] = {site: []} if self._count == 1 else {}
         for page in dict.fromkeys(pages):
             groups.setdefault(calls.unit_of(site, page, self._count), []).append(page)
@@ -137,31 +151,87 @@ class HitStore:
             *(self._counts.submit(CountsRequest(u, day, p)) for u, p in groups.items()),
             return_exceptions=True,
         )
+        if self._count == 1:
+            answer = answers[0]
+            if isinstance(answer, BaseException):
+                raise answer
+            if answer is None:
+                return None
+            per_page = answer[2]
+            return Counts(
+                site_views=answer[0],
+                pages={page: per_page[page][0] for page in pages},
+                site_visitors=answer[1],
+                page_visitors={page: per_page[page][1] for page in pages},
+            )
+        return await self._split_counts(site, day, pages, groups, answers, flushed)
+
+    async def _split_counts(
+        self,
+        site: str,
+        day: str,
+        pages: Sequence[str],
+        groups: dict[str, list[str]],
+        answers: Sequence[UnitCounts | BaseException],
+        flushed: Flushed | None,
+    ) -> Counts | None:
         per_page: dict[str, tuple[int, int]] = {}
         fresh: dict[str, int] = {}
-        site_views = site_visitors = 0
+        down: list[str] = []
         for unit, answer in zip(groups, answers, strict=True):
+            if isinstance(answer, CounterUnavailable) and self._units.partial_allowed:
+                down += groups[unit]  # a node away: its pages as last known
+                continue
             if isinstance(answer, BaseException):
                 raise answer  # every read was answered (no error left unread)
             if answer is None:
                 return None
             fresh[unit] = answer[0]
             per_page.update(answer[2])
-            if self._count == 1:
-                site_views, site_visitors = answer[0], answer[1]
-        if self._count > 1:
-            site_views, state = await self._units.site_views(site, fresh)
-            if state.unreachable:
+        site_views, state = await self._units.site_views(site, fresh)
+        if state.unloaded and not state.unreachable:
+            return None
+        partial = state.unreachable or bool(down)
+        if partial:
+            if not state.reached and not fresh:
+                raise CounterUnavailable("no Redis node holding part of the site answers")
+            if flushed is None:
                 raise CounterUnavailable("a Redis node holding part of the site does not answer")
-            if state.unloaded:
-                return None
-            site_visitors = await self._units.site_visitors(site, day)
+            site_views = await self._fill(site, state.missing, down, per_page, flushed)
+        for page, views_visitors in per_page.items():
+            self._pages_known.put((site, page), views_visitors)
         return Counts(
             site_views=site_views,
             pages={page: per_page[page][0] for page in pages},
-            site_visitors=site_visitors,
+            site_visitors=await self._units.site_visitors(site, day),
             page_visitors={page: per_page[page][1] for page in pages},
+            partial=partial,
         )
+
+    async def _fill(
+        self,
+        site: str,
+        missing_units: Collection[str],
+        down_pages: Sequence[str],
+        per_page: dict[str, tuple[int, int]],
+        flushed: Flushed,
+    ) -> int:
+        """Fill what a partial read could not get: pages of nodes away (into `per_page`), as
+        last answered else as flushed; units never read, as flushed. The site total now."""
+        unknown: list[str] = []
+        for page in down_pages:
+            known = self._pages_known.get((site, page))
+            if known is None:
+                unknown.append(page)
+            else:
+                per_page[page] = known
+        if unknown:
+            found: dict[str, int] = {}
+            async for chunk in flushed.flushed_pages(site, unknown):
+                found.update(chunk)
+            for page in unknown:
+                per_page[page] = (found.get(page, 0), 0)
+        return await self._units.fill_flushed(site, missing_units, flushed)
 
     async def site_config(self, site: str) -> SiteConfig | None:
         """The settings the site was loaded with, or None when it is not loaded."""

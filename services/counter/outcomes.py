@@ -147,6 +147,9 @@ class Counts:
     pages: dict[str, int]
     site_visitors: int = 0  # distinct visitors of the site on the day asked
     page_visitors: dict[str, int] | None = None  # distinct visitors of each page that day
+    # Some parts are as last known or as flushed (a Cluster node did not answer): a lower
+    # bound, never lower than this process answered before.
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)

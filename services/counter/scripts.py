@@ -87,6 +87,41 @@ ALL = (
 Call = tuple[Script, int, Sequence[Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """What a pipeline's writes wait for on their own connection, at most `timeout_ms`: the
+    local AOF fsync (`local`), and `replicas` replicas having them (WAITAOF's numreplicas
+    where the server has WAITAOF, and WAIT as well: a Redis older than 7.2 has only WAIT)."""
+
+    timeout_ms: int
+    local: bool = True
+    replicas: int = 0
+
+    def commands(self) -> list[tuple[Any, ...]]:
+        """The commands that follow the writes in their pipeline."""
+        out: list[tuple[Any, ...]] = [
+            ("WAITAOF", 1 if self.local else 0, self.replicas, self.timeout_ms)
+        ]
+        if self.replicas:
+            out.append(("WAIT", self.replicas, self.timeout_ms))
+        return out
+
+    def confirmed(self, answers: Sequence[Any]) -> bool | None:
+        """Whether the answers of `commands()` confirm the wait: True, False (not in time),
+        or None when the server cannot confirm the local fsync (AOF off, Redis < 7.2) but
+        everything else was confirmed."""
+        waitaof = answers[0]
+        if self.replicas:
+            wait = answers[1]
+            if isinstance(wait, Exception) or int(wait) < self.replicas:
+                return False
+            if not isinstance(waitaof, Exception) and int(waitaof[1]) < self.replicas:
+                return False  # in the replicas' memory, not yet in their AOF
+        if isinstance(waitaof, Exception):
+            return None if self.local else True
+        return int(waitaof[0]) >= 1 if self.local else True
+
+
 async def _one_script(redis: Client, call: Call) -> Any:
     script, numkeys, argv = call
     try:
@@ -96,9 +131,9 @@ async def _one_script(redis: Client, call: Call) -> Any:
 
 
 async def _send_scripts(
-    redis: Client, batch: Sequence[Call], waitaof_timeout_ms: int | None
+    redis: Client, batch: Sequence[Call], wait: Wait | None
 ) -> tuple[list[Any], bool | None]:
-    if len(batch) == 1 and waitaof_timeout_ms is None:
+    if len(batch) == 1 and wait is None:
         # One call (the usual hit batch: one site): a pipeline's bookkeeping costs more than
         # the call itself.
         return [await _one_script(redis, batch[0])], None
@@ -106,7 +141,7 @@ async def _send_scripts(
         # redis-py's Cluster pipelines refuse EVALSHA: the calls (one per site, each on its
         # slot's node) go out concurrently instead. WAITAOF needs one connection: the flush
         # store sends it through a node's own client.
-        if waitaof_timeout_ms is not None:
+        if wait is not None:
             raise ValueError("WAITAOF cannot follow a Cluster client's calls")
         # A few at a time: a Cluster node's pool refuses (rather than waits) past its size.
         # A node that is down fails only the calls of its own sites: each call's error comes
@@ -124,34 +159,34 @@ async def _send_scripts(
     async with redis.pipeline(transaction=False) as pipe:
         for script, numkeys, argv in batch:
             pipe.evalsha(script.sha, numkeys, *argv)
-        if waitaof_timeout_ms is not None:
-            pipe.execute_command("WAITAOF", 1, 0, waitaof_timeout_ms)
+        waits = wait.commands() if wait is not None else []
+        for command in waits:
+            pipe.execute_command(*command)
         out: list[Any] = await pipe.execute(raise_on_error=False)
-    if waitaof_timeout_ms is None:
+    if wait is None:
         return out, None
-    fsync = out.pop()
-    if isinstance(fsync, Exception):
-        return out, None
-    return out, int(fsync[0]) >= 1
+    confirmed = wait.confirmed(out[len(out) - len(waits) :])
+    return out[: len(out) - len(waits)], confirmed
 
 
 async def run_scripts(
-    redis: Client, calls: Sequence[Call], waitaof_timeout_ms: int | None = None
+    redis: Client, calls: Sequence[Call], wait: Wait | None = None
 ) -> tuple[list[Any], bool | None]:
     """Run script calls in one pipeline (on a Cluster: concurrently, each on its node);
     per-call errors come back as exception values, a failed pipeline raises CLIENT_ERRORS.
 
-    With `waitaof_timeout_ms`, WAITAOF follows on the same connection, and the second value
-    says whether the writes were fsynced to Redis' AOF in time: True, False (timed out), or
-    None when the server cannot say (AOF off, or a Redis older than 7.2).
+    With `wait`, WAITAOF (and WAIT, when it asks for replicas) follow on the same connection,
+    and the second value says whether the writes were confirmed in time: True, False (timed
+    out), or None when the server cannot confirm the local fsync (AOF off, or a Redis older
+    than 7.2).
     """
-    results, fsynced = await _send_scripts(redis, calls, waitaof_timeout_ms)
+    results, fsynced = await _send_scripts(redis, calls, wait)
     missing = [i for i, r in enumerate(results) if isinstance(r, redis_errors.NoScriptError)]
     if missing:
         # NOSCRIPT means the call did not run (SCRIPT FLUSH, failover): safe to send again.
         for script in {calls[i][0] for i in missing}:
             await redis.script_load(script.source)
-        again, fsynced = await _send_scripts(redis, [calls[i] for i in missing], waitaof_timeout_ms)
+        again, fsynced = await _send_scripts(redis, [calls[i] for i in missing], wait)
         for i, result in zip(missing, again, strict=True):
             results[i] = result
     return results, fsynced

@@ -235,9 +235,12 @@ class LiveCounts:
         """Live totals of `site` and `pages`, and today's distinct visitors, without counting."""
         self._refuse_known_unknown(site)
         day = await self.today(site)
-        result = await self._store.counts(site, day, pages)
+        # A Cluster node away: its parts as last known, else as flushed to Postgres.
+        result = await self._store.counts(site, day, pages, self._sites_db)
         if result is None:
-            result = await self._after_load(site, lambda: self._store.counts(site, day, pages))
+            result = await self._after_load(
+                site, lambda: self._store.counts(site, day, pages, self._sites_db)
+            )
         return result
 
     async def stats(self, site: str) -> stats.Stats:
@@ -248,9 +251,11 @@ class LiveCounts:
         now = self._clock()
         periods = stats.Periods(datetime.fromtimestamp(now, cached.zone).date())
         days = periods.days
-        read = await self._store.stats.read(site, now, days)
+        read = await self._store.stats.read(site, now, days, self._sites_db)
         if read is None:
-            read = await self._after_load(site, lambda: self._store.stats.read(site, now, days))
+            read = await self._after_load(
+                site, lambda: self._store.stats.read(site, now, days, self._sites_db)
+            )
         return stats.Stats.of(cached.config.timezone, periods, read)
 
     async def today(self, site: str) -> str:

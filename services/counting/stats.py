@@ -63,6 +63,7 @@ class Stats:
     this_week: int
     this_month: int
     total: int
+    partial: bool = False  # a Cluster node did not answer: see LiveStats
 
     @staticmethod
     def of(timezone: str, periods: Periods, live: LiveStats) -> Stats:
@@ -77,11 +78,12 @@ class Stats:
             this_week=sum(views.get(day, 0) for day in periods.week),
             this_month=sum(views.get(day, 0) for day in periods.month),
             total=live.site_views,
+            partial=live.partial,
         )
 
     def as_dict(self) -> dict[str, object]:
-        """The JSON fields, in the documented order."""
-        return {
+        """The JSON fields, in the documented order (`partial` only when true)."""
+        fields: dict[str, object] = {
             "timezone": self.timezone,
             "day": self.day,
             "online": self.online,
@@ -91,3 +93,7 @@ class Stats:
             "this_month": self.this_month,
             "total": self.total,
         }
+        if self.partial:
+            fields["partial"] = True
+        return fields
+

@@ -148,6 +148,31 @@ class Sites:
             await audit.record(conn, site, author, "pages.register", detail)
         return new, titles_set
 
+    async def flushed_total(self, site: str) -> int:
+        """The site's total as flushed to Postgres (0 for an unknown site)."""
+        async with db_pool.connection(self.pool) as conn:
+            total = await conn.fetchval(Q["flushed_site_total"], site)
+        return int(total or 0)
+
+    async def flushed_pages(
+        self, site: str, pages: Sequence[str] | None
+    ) -> AsyncIterator[list[tuple[str, int]]]:
+        """Totals as flushed to Postgres of `pages` (None: every page of the site), in
+        chunks; a page with no row is left out."""
+        async with db_pool.transaction(self.pool) as conn:
+            if pages is None:
+                cursor = conn.cursor(Q["page_totals"], site)
+            else:
+                cursor = conn.cursor(Q["flushed_page_totals"], site, list(pages))
+            chunk: list[tuple[str, int]] = []
+            async for row in cursor:
+                chunk.append((row["page"], int(row["total"])))
+                if len(chunk) >= LOAD_FETCH_ROWS:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+
     @asynccontextmanager
     async def site_load(self, site: str) -> AsyncIterator[SiteLoad | None]:
         """Hold the site's totals row locked while the caller copies its totals to Redis.

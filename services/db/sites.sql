@@ -57,3 +57,11 @@ SELECT '' AS page, day::text AS day, views FROM site_views_daily WHERE site = $1
 -- name: recent_page_days
 -- The same by page, for a site split over several units (each unit holds its pages' part).
 SELECT page, day::text AS day, views FROM page_views_daily WHERE site = $1 AND day >= $2;
+
+-- name: flushed_site_total
+-- The site's total as flushed (no lock): what a partial live read shows of a part it never read.
+SELECT views + baseline AS total FROM site_views WHERE site = $1;
+
+-- name: flushed_page_totals
+-- The given pages' totals as flushed (no lock).
+SELECT page, views + baseline AS total FROM page_views WHERE site = $1 AND page = ANY($2::text[]);

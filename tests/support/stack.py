@@ -199,6 +199,7 @@ async def flusher_for(settings: Settings) -> AsyncIterator[Flusher]:
     stores = Clients(
         counter_client.connect(settings.redis_url, max_connections=4, timeout_s=5),
         units=settings.shards,
+        wait_replicas=settings.redis_wait_replicas,
     )
     pool = await db_pool.connect_pool(settings.database_url, statement_timeout_s=5)
     flusher = flusher_on(stores, pool, interval_s=settings.flush_interval)

@@ -93,20 +93,23 @@ def test_the_clustered_compose_file_runs_every_node_safely() -> None:
     )
     services = compose["services"]
     nodes = [name for name in services if name.startswith("redis-") and name[-1].isdigit()]
-    assert len(nodes) == 3
+    assert len(nodes) == 6  # 3 masters, a replica each
     for name in nodes:
         command = " ".join(services[name]["command"])
         for option in (
             "--appendonly yes",
             "--maxmemory-policy noeviction",
             "--cluster-enabled yes",
+            "--cluster-require-full-coverage no",
         ):
             assert option in command, (name, option)
     init = " ".join(services["redis-cluster-init"]["command"])
     assert all(f"{name}:6379" in init for name in nodes)
+    assert "--cluster-replicas 1" in init
     env = {k: str(v) for k, v in services["api"]["environment"].items()}
     env["VIEWCOUNTER_ADMIN_TOKEN"] = "x" * 32
     values: dict[str, Any] = {k.removeprefix("VIEWCOUNTER_").lower(): v for k, v in env.items()}
     settings = Settings(**values)
     assert settings.redis_url == "redis+cluster://redis-1:6379/0"
+    assert settings.redis_wait_replicas == 1
     assert services["flusher"]["deploy"]["replicas"] == 2

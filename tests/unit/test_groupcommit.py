@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 
 from services.counter import groupcommit, scripts
 from services.counter.errors import CounterUnavailable
@@ -177,4 +178,39 @@ async def test_a_call_timing_out_fails_the_queued_requests_without_sending_them(
     # The calls already out were answered: they reached Redis, which is no longer refused.
     assert [await task for task in out[1:]] == [f"answer:out{i}" for i in range(1, 4)]
     assert not echo.unreachable
+    await echo.drain()
+
+
+class FakeNode:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class FakeCluster(FakeRedis, RedisCluster):  # type: ignore[misc]
+    """A Cluster's client as the group commit sees it: a request "a:…" lives on node a."""
+
+    def __init__(self) -> None:
+        FakeRedis.__init__(self)
+
+    def get_node_from_key(self, key: str, replica: bool = False) -> FakeNode:
+        return FakeNode(key.split(":")[0])
+
+    def keyslot(self, key: str) -> int:
+        return 0
+
+
+async def test_on_a_cluster_a_node_that_failed_is_refused_fast_but_the_others_flow() -> None:
+    redis, clock = FakeCluster(), FakeClock()
+    echo = Echo(redis, 1, TIMEOUT_S, clock)
+    redis.errors["a:1"] = redis_errors.TimeoutError("Timeout reading from socket")
+    with pytest.raises(CounterUnavailable, match="in time"):
+        await echo.submit("a:1")
+    with pytest.raises(CounterUnavailable, match="node a is unreachable"):
+        await echo.submit("a:2")  # refused without being sent: nothing applied
+    assert await echo.submit("b:1") == "answer:b:1"  # another node: no fail-fast
+    assert not echo.unreachable
+    clock.now += PROBE_INTERVAL_S
+    assert await echo.submit("a:3") == "answer:a:3"  # the probe finds node a back
+    assert await echo.submit("a:4") == "answer:a:4"
+    assert redis.sent == ["a:1", "b:1", "a:3", "a:4"]
     await echo.drain()
