@@ -106,6 +106,7 @@ PAGE_COUNTS = (100, 1_000, 10_000, 100_000, 1_000_000)
 PAGES_PLOT_FILE = RESULTS_DIR / "hit-pages.png"
 CURVE_SITES = (1, 100, 1_000, 10_000)
 CURVE_PAGES = (1_000, 10_000, 100_000, 1_000_000)
+FLUSH_CURVES_PLOT_FILE = RESULTS_DIR / "flush-curves.png"
 MEMORY_SITE = "mem"
 MEMORY_PAGES = 20_000
 FLUSH_SITE = "fb"
@@ -789,6 +790,37 @@ def _plot_pages(curve: list[tuple[int, float, float]]) -> None:
     print(f"  plot: {PAGES_PLOT_FILE.relative_to(REPO_ROOT)}")
 
 
+def plot_flush_curves(
+    by_sites: Sequence[tuple[int, float, int]], by_pages: Sequence[tuple[int, float]]
+) -> None:
+    """Write FLUSH_CURVES_PLOT_FILE: pass time against sites with work and dirty pages."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  matplotlib not installed (pip install -e '.[bench]'); plot skipped")
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    left.plot([s[0] for s in by_sites], [s[1] for s in by_sites], "o-", color="tab:blue")
+    left.axhline(5.0, color="tab:red", linestyle="--", label="flush interval (5 s)")
+    left.set_xscale("log")
+    left.set_xlabel("sites with work (a few hits each)")
+    left.set_ylabel("flush pass (s)")
+    left.legend(fontsize=8)
+    right.plot([p[0] for p in by_pages], [p[1] for p in by_pages], "s-", color="tab:green")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("dirty pages of one site")
+    right.set_ylabel("flush pass (s)")
+    fig.suptitle("Flush pass time against the work it moves")
+    fig.tight_layout()
+    RESULTS_DIR.mkdir(exist_ok=True)
+    fig.savefig(FLUSH_CURVES_PLOT_FILE, dpi=100)
+    print(f"  plot: {FLUSH_CURVES_PLOT_FILE.relative_to(REPO_ROOT)}")
+
+
 def _flush_step(b: Bench, step: str, *argv: str) -> dict[str, Any]:
     """One step of bench/flush.py in its own process; its FLUSHJSON result."""
     done = subprocess.run(
@@ -987,6 +1019,7 @@ def fig_curves(b: Bench) -> None:
         by_pages.append((n, r["seconds"]))
         print(f"  {n} dirty pages: {r['seconds']:.2f} s", flush=True)
     b.curves = {"sites": by_sites, "pages": by_pages}
+    plot_flush_curves(by_sites, by_pages)
     many, seconds, batches = by_sites[-1]
     b.rows.append(
         Row(
