@@ -489,12 +489,16 @@ class Flusher:
 
 def _raise_if_every_node_failed(nodes: Sequence[str], failed: Mapping[str, object]) -> None:
     """Fail the pass when no node's part of it succeeded: with one Redis, as its own error
-    (FlushDeferred, CounterUnavailable), as before nodes were told apart."""
+    (FlushDeferred, CounterUnavailable), as before nodes were told apart; FlushDeferred also
+    when every node deferred (no replica confirmed its snapshot: nothing is wrong, only
+    unconfirmed)."""
     if not failed or set(nodes) - set(failed):
         return
     errors = [e for e in failed.values() if isinstance(e, BaseException)]
     if len(failed) == 1 and errors:
         raise errors[0]
+    if len(errors) == len(failed) and all(isinstance(e, FlushDeferred) for e in errors):
+        raise FlushDeferred(f"every Redis node deferred its snapshots: {dict(failed)}")
     raise CounterUnavailable(f"flush failed on every Redis node: {dict(failed)}")
 
 
