@@ -282,6 +282,7 @@ def test_the_public_port_shows_no_metrics_and_a_bare_readiness(traffic: Traffic)
             "redis_layout": "ok",
             "redis_memory": "ok (no maxmemory set: Redis may grow until the machine runs out "
             "of memory)",
+            "redis_persistence": "ok",
             "postgres": "ok",
             "migrations": "ok",
         },
