@@ -130,7 +130,7 @@ async def _settle(redis: aioredis.Redis) -> None:
 async def _write_marks(redis: aioredis.Redis, marks: int) -> None:
     for first in range(0, marks, MARKS_PER_CALL):
         last = min(first + MARKS_PER_CALL, marks) - 1
-        await redis.eval(MARKS_LUA, 0, keys.seen_key(SITE, "bench-"), first, last)
+        await redis.eval(MARKS_LUA, 0, f"{keys.tag(SITE)}:seen:bench-", first, last)
 
 
 async def _idle_passes(redis: aioredis.Redis, flusher: Flusher, passes: int) -> dict[str, float]:

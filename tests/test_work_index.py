@@ -39,7 +39,7 @@ async def test_passes_find_work_through_the_index_never_by_scan(
         # Keys that are never work: a pass must not walk them.
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(2000):
-                pipe.set(keys.seen_key(site, f"mark-{i}"), 1, ex=600)
+                pipe.set(f"{keys.tag(site)}:seen:mark-{i}", 1, ex=600)
             await pipe.execute()
         counted: Counter[str] = Counter()
         await flusher.flush_once()  # the first pass of a process may scan once (the upgrade)

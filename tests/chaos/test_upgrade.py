@@ -141,8 +141,12 @@ async def test_upgrade_under_load_moves_every_acknowledged_hit_once(
                         client.base_url = httpx.URL(f"http://127.0.0.1:{new_port}")
                         old_api_exit = await asyncio.to_thread(old_api.wait, 30)
                         await load.more_acked(200)
+                        batches = await chaos.ledger_count(database_url)
                         with chaos.flusher_process(settings, tmp_path / "new-flusher.log") as new:
                             await load.more_acked(300)
+                            # Stopped once it works: a process signalled while still importing dies
+                            # by the signal (having taken nothing).
+                            await chaos.wait_for_batches(database_url, batches)
                             await load.halt()
                             await watcher.finish()
                             assert await chaos.stop_gracefully(new) == 0
