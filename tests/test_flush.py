@@ -16,12 +16,14 @@ from services.clients import Clients
 from services.config import Settings
 from services.counter import client as counter_client
 from services.counter import keys
-from services.counter.flushstore import FlushStore, SnapshotRef
+from services.counter.flushstore import FlushStore
+from services.counter.snapshots import SnapshotRef
 from services.db import errors as db_errors
 from services.db import ledger as db_ledger
 from services.db import pool as db_pool
 from services.flusher import worker
-from services.flusher.worker import Flusher, FlushReport, assigned_flusher, batch_id
+from services.flusher.passes import FlushReport, assigned_flusher, batch_id
+from services.flusher.worker import Flusher
 from tests.support.checks import Totals, assert_consistent, totals
 from tests.support.stack import ADMIN_TOKEN, flusher_for, flusher_on
 

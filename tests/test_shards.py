@@ -18,7 +18,7 @@ from services.counter import client as counter_client
 from services.counter import keys, startup
 from services.counter.calls import unit_of
 from services.counter.errors import LayoutMismatch
-from services.flusher.worker import assigned_flusher
+from services.flusher.passes import assigned_flusher
 from tests.support.checks import assert_consistent, fetchval, totals
 from tests.support.stack import (
     ADMIN,

@@ -19,7 +19,8 @@ from services.counter import client as counter_client
 from services.counter import keys
 from services.counter.siteconfig import SiteConfig
 from services.counting.live import View
-from services.flusher.worker import UNITS_PER_BATCH, Flusher, batch_id
+from services.flusher.passes import batch_id
+from services.flusher.worker import UNITS_PER_BATCH, Flusher
 from tests.support.checks import assert_consistent, totals
 from tests.support.stack import flusher_for, live_counts
 from tests.test_flush import expect, flusher_stores, leftover_snapshots, send_hits

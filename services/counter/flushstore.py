@@ -1,5 +1,5 @@
-"""What the flusher calls in Redis: find work (through the work index, per node), leases,
-snapshots (typed references, never key strings), reading and dropping them, visitor
+"""What the flusher calls in Redis: find work (through the work index, per node), leases
+(`leases.py`), snapshots (typed references, never key strings), reading and dropping them, visitor
 estimates and load generations."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -16,7 +15,9 @@ from redis.asyncio.cluster import RedisCluster
 from services.counter import calls, client, keys, scripts
 from services.counter.client import Client
 from services.counter.errors import CounterUnavailable
+from services.counter.leases import Leases
 from services.counter.scripts import Call
+from services.counter.snapshots import Snapshot, SnapshotRef, SnapshotRow, Work
 from services.counter.stats import add_day_parts
 from services.counter.units import Units
 
@@ -24,71 +25,11 @@ log = logging.getLogger("viewcounter.flusher")
 
 SNAPSHOT_SCAN_COUNT = 5000
 SNAPSHOT_READ_GROUP = 500  # snapshots whose first HSCAN page goes in one pipeline
-LEASE_GROUP = 1000  # leases one lease.lua call takes (of one slot, on a Cluster)
 WORK_SCAN_COUNT = 1000  # the upgrade's one SCAN for work an older release left unindexed
 VISITOR_READ_CHUNK = 1000
 TITLE_CHUNK = 1000
 # How long a snapshot waits for its replicas when the flusher does not wait for the local fsync.
 REPLICA_WAIT_MS = 2000
-
-# One row of a snapshot: (site, page, local day, hits). A plain tuple: a batch reads
-# millions of them.
-SnapshotRow = tuple[str, str, str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotRef:
-    """A pending shard of a unit frozen under a batch id."""
-
-    unit: str
-    shard: int
-    batch_id: str
-
-    @property
-    def name(self) -> str:
-        """The snapshot's name in the Postgres ledger (its Redis key: batches left by an
-        earlier release still match their ledger rows)."""
-        return keys.snapshot_key(self.unit, self.shard, self.batch_id)
-
-    @property
-    def site(self) -> str:
-        """The site the snapshot's unit belongs to."""
-        return keys.site_of(self.unit)
-
-    def in_batch(self, batch_id: str) -> SnapshotRef:
-        """The same shard of the same unit under another batch id."""
-        return SnapshotRef(self.unit, self.shard, batch_id)
-
-    @staticmethod
-    def parse(name: str) -> SnapshotRef | None:
-        """The reference a ledger name stands for, or None when it names no snapshot."""
-        parsed = keys.parse_snapshot_key(name)
-        return None if parsed is None else SnapshotRef(*parsed)
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Pending shards of one unit frozen under a batch id, the generation they belong to, and
-    whether learned titles of the unit wait to be moved."""
-
-    unit: str
-    generation: str | None
-    refs: list[SnapshotRef]
-    titles: bool = False
-
-
-@dataclass
-class Work:
-    """What the work index holds, read node by node: units with pending deltas or learned
-    titles (unit -> its node), snapshots in flight grouped by batch id, and the nodes whose
-    index could not be read (node -> why)."""
-
-    units: dict[str, str]
-    batches: dict[str, list[SnapshotRef]]
-    nodes: list[str]
-    failed: dict[str, str]
-    homes: dict[str, str]  # every unit found (with work or a snapshot) -> its node
-
 
 class FlushStore:
     """The flusher's view of Redis; Redis errors raise CounterUnavailable. The store never
@@ -101,6 +42,7 @@ class FlushStore:
         self._wait_replicas = wait_replicas
         self._nodes = client.NodeClients(redis) if isinstance(redis, RedisCluster) else None
         self._name = _node_name(redis)  # a single Redis' name in metrics and logs
+        self.leases = Leases(redis, units)
 
     async def close(self) -> None:
         """Close the Cluster node clients this store opened."""
@@ -236,63 +178,6 @@ class FlushStore:
             self._redis, scripts.FORGET_TITLES, (keys.titles_key(unit),), argv
         )
         return int(removed)
-
-    async def flushers_alive(self, owner: str, lease_ms: int) -> list[str]:
-        """Record that flusher `owner` is alive; the flushers alive within the last
-        `lease_ms` (this one included). `lease_ms` -1: it is leaving."""
-        alive = await scripts.call(
-            self._redis, scripts.FLUSHERS, (keys.FLUSHERS_KEY,), (owner, lease_ms)
-        )
-        return [str(o) for o in alive]
-
-    async def take_leases(self, unit_ids: Sequence[str], owner: str, lease_ms: int) -> set[str]:
-        """Take or renew the flush lease of each unit; the units whose lease `owner` holds.
-        A unit whose node failed to answer is not held (the others are)."""
-        groups = self._slot_groups(unit_ids)
-        call_list: list[Call] = [
-            (scripts.LEASE, len(group), [*(keys.lease_key(u) for u in group), owner, lease_ms])
-            for group in groups
-        ]
-        if not call_list:
-            return set()
-        with client.translated():
-            results, _ = await scripts.run_scripts(self._redis, call_list)
-        failed = [r for r in results if isinstance(r, Exception)]
-        if failed and len(failed) == len(results):
-            raise client.unavailable(failed[0])
-        return {
-            unit
-            for group, result in zip(groups, results, strict=True)
-            if not isinstance(result, Exception)
-            for unit, held in zip(group, result, strict=True)
-            if held == 1
-        }
-
-    def _slot_groups(self, unit_ids: Sequence[str]) -> list[list[str]]:
-        """`unit_ids` in groups that one script call may take: LEASE_GROUP at most, all of
-        one Cluster slot on a Cluster."""
-        by_slot: dict[int, list[str]] = {}
-        for unit in unit_ids:
-            by_slot.setdefault(keys.work_slot(unit, self._units.per_slot), []).append(unit)
-        return [
-            units[i : i + LEASE_GROUP]
-            for units in by_slot.values()
-            for i in range(0, len(units), LEASE_GROUP)
-        ]
-
-    async def release_leases(self, unit_ids: Sequence[str], owner: str) -> None:
-        """Give up the flush leases `owner` holds among `unit_ids` (those whose node does not
-        answer run out by themselves)."""
-        if not unit_ids:
-            return
-        with client.translated():
-            await scripts.run_scripts(
-                self._redis,
-                [
-                    (scripts.RELEASE, len(group), [*(keys.lease_key(u) for u in group), owner])
-                    for group in self._slot_groups(unit_ids)
-                ],
-            )
 
     async def snapshot(
         self, batches: Mapping[str, str], fsync_timeout_ms: int | None

@@ -7,7 +7,8 @@ import collections
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from typing import Any
 
-from services.counter.flushstore import FlushStore, SnapshotRef
+from services.counter.flushstore import FlushStore
+from services.counter.snapshots import SnapshotRef
 from services.db import ledger as db_ledger
 
 ESTIMATES_IN_FLIGHT = 2  # chunks whose visitor estimates are being read at once

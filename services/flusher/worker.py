@@ -24,23 +24,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from services.counter.baselinestore import BaselineStore
 from services.counter.errors import CounterUnavailable
-from services.counter.flushstore import FlushStore, SnapshotRef, Work
+from services.counter.flushstore import FlushStore
+from services.counter.snapshots import SnapshotRef, Work
 from services.counting import baselines
 from services.db import baselines as db_baselines
 from services.db import errors as db_errors
 from services.db import ledger as db_ledger
 from services.db import sites as db_sites
 from services.db import titles as db_titles
-from services.flusher import batchrows, days, titles
+from services.flusher import batchrows, days, passes, titles
 from services.flusher import metrics as flusher_metrics
 from services.flusher.checks import RedisBatchChecks
 from services.flusher.metrics import (
@@ -51,6 +50,7 @@ from services.flusher.metrics import (
     FLUSHED_ROWS,
     REPLAYED_BATCHES,
 )
+from services.flusher.passes import FlushDeferred, FlushReport, assigned_flusher, batch_id
 
 log = logging.getLogger("viewcounter.flusher")
 
@@ -67,36 +67,6 @@ FLUSH_CHUNK_ROWS = 10_000
 # Units frozen into one batch (one transaction, one ledger row) at most: a few hits of each of
 # 10,000 sites are 10 transactions, not 10,000.
 UNITS_PER_BATCH = 1000
-
-
-class FlushDeferred(Exception):
-    """The pass stopped early on purpose; the snapshot stays and is finished next pass."""
-
-
-@dataclass
-class FlushReport:
-    """What one pass did."""
-
-    batches: int = 0
-    units: int = 0  # units whose deltas those batches carried
-    hits: int = 0
-    rows: int = 0
-    discarded_hits: int = 0
-    titles: int = 0  # learned titles moved to Postgres
-
-
-def batch_id(owner: str, seq: int, now_s: float) -> str:
-    """A unique batch id that also tells its age and owner: `<unix ms>-<owner>-<seq>`."""
-    return f"{int(now_s * 1000):013d}-{owner}-{seq}"
-
-
-def assigned_flusher(unit: str, alive: Sequence[str]) -> str:
-    """The flusher (among the `alive` owner tokens) whose share `unit` is: the highest
-    hash of owner and unit (rendezvous hashing)."""
-    return max(
-        alive,
-        key=lambda owner: hashlib.blake2b(f"{owner}/{unit}".encode(), digest_size=8).digest(),
-    )
 
 
 class Flusher:
@@ -195,7 +165,7 @@ class Flusher:
         for node in work.nodes:
             if node not in failed:
                 flusher_metrics.node_flushed(node, pass_started)
-        _raise_if_every_node_failed(work.nodes, failed)
+        passes.raise_if_every_node_failed(work.nodes, failed)
         self.last_success = self._clock()
         self.consecutive_failures = 0
         flusher_metrics.pass_succeeded(pass_started, self.last_success)
@@ -283,7 +253,7 @@ class Flusher:
         among the flushers alive by rendezvous hashing, which every flusher computes alike
         and which moves few units when one comes or goes."""
         try:
-            alive = await self._store.flushers_alive(self.owner, self._lease_ms)
+            alive = await self._store.leases.alive(self.owner, self._lease_ms)
         except CounterUnavailable as exc:
             # The node holding the heartbeats is down: share out as last seen (the leases
             # still keep two flushers off one unit; the ledger keeps the counts exact).
@@ -296,8 +266,8 @@ class Flusher:
         mine = {unit for unit in wanted if assigned_flusher(unit, alive) == self.owner}
         given_back = sorted(u for u in self._leased if assigned_flusher(u, alive) != self.owner)
         if given_back:
-            await self._store.release_leases(given_back, self.owner)
-        held = await self._store.take_leases(sorted(mine), self.owner, self._lease_ms)
+            await self._store.leases.release(given_back, self.owner)
+        held = await self._store.leases.take(sorted(mine), self.owner, self._lease_ms)
         self._leased = (self._leased - set(given_back) - mine) | held
         return held
 
@@ -451,8 +421,8 @@ class Flusher:
         """Give up this flusher's leases, so that others take its sites over at once."""
         leased, self._leased = sorted(self._leased), set()
         try:
-            await self._store.flushers_alive(self.owner, -1)
-            await self._store.release_leases(leased, self.owner)
+            await self._store.leases.alive(self.owner, -1)
+            await self._store.leases.release(leased, self.owner)
         except CounterUnavailable as exc:
             log.warning("leases not released (they run out by themselves): %s", exc)
 
@@ -485,21 +455,6 @@ class Flusher:
         FLUSH_FAILURES.inc()
         flusher_metrics.CONSECUTIVE_FAILURES.set(self.consecutive_failures)
         flusher_metrics.pass_failed(exc, time.perf_counter() - began)
-
-
-def _raise_if_every_node_failed(nodes: Sequence[str], failed: Mapping[str, object]) -> None:
-    """Fail the pass when no node's part of it succeeded: with one Redis, as its own error
-    (FlushDeferred, CounterUnavailable), as before nodes were told apart; FlushDeferred also
-    when every node deferred (no replica confirmed its snapshot: nothing is wrong, only
-    unconfirmed)."""
-    if not failed or set(nodes) - set(failed):
-        return
-    errors = [e for e in failed.values() if isinstance(e, BaseException)]
-    if len(failed) == 1 and errors:
-        raise errors[0]
-    if len(errors) == len(failed) and all(isinstance(e, FlushDeferred) for e in errors):
-        raise FlushDeferred(f"every Redis node deferred its snapshots: {dict(failed)}")
-    raise CounterUnavailable(f"flush failed on every Redis node: {dict(failed)}")
 
 
 def _by_name(ref: SnapshotRef) -> str:

@@ -24,7 +24,8 @@ from services.config import CLUSTER_SHARDS, Settings
 from services.counter import keys
 from services.counter.calls import unit_of
 from services.counter.errors import CounterUnavailable
-from services.flusher.worker import FlushDeferred, Flusher
+from services.flusher.passes import FlushDeferred
+from services.flusher.worker import Flusher
 from tests.support import chaos
 from tests.support.checks import totals
 from tests.support.stack import ADMIN, flusher_for, make_settings, running_api

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.counter import keys
-from services.counter.flushstore import SnapshotRef
+from services.counter.snapshots import SnapshotRef
 
 pytestmark = pytest.mark.unit
 
