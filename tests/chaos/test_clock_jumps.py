@@ -98,14 +98,7 @@ async def test_api_clock_jumps_while_hits_flow_count_each_hit_once_on_its_clock_
     api_log = tmp_path / "api.log"
     with chaos.api_process(settings, api_log, workers=1, **faked) as (api, port):
         async with chaos.browser_client(port, timeout=10, connections=16, keepalive=16) as client:
-
-            async def ready() -> bool:
-                try:
-                    return (await client.get("/readyz")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await chaos.until(ready, "the api")
+            await chaos.until_ready(client, "the api")
             await register_site(client, SITE, zone)
             answer = await client.put(
                 f"/v1/sites/{DEDUPE_SITE}",

@@ -224,7 +224,7 @@ async def test_postgres_disk_full_flusher_backs_off_keeps_its_snapshot_and_catch
                         went_down = server.pid is None  # PANIC, and recovery failed on the disk
                         if went_down:
                             await asyncio.to_thread(server.restart)
-                        await chaos.until(lambda: _ready(flusher_client), "the flusher ready again")
+                        await chaos.until_ready(flusher_client, "the flusher ready again")
                         await chaos.wait_for_batches(
                             database_url, await chaos.ledger_count(database_url)
                         )
@@ -253,8 +253,3 @@ async def test_postgres_disk_full_flusher_backs_off_keeps_its_snapshot_and_catch
     result.assert_exact()
 
 
-async def _ready(client: httpx.AsyncClient) -> bool:
-    try:
-        return (await client.get("/readyz")).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -184,14 +184,7 @@ async def api_on(
         async with chaos.browser_client(
             relay.port, timeout=10, connections=CLIENTS * 2, keepalive=CLIENTS * 2
         ) as client:
-
-            async def ready() -> bool:
-                try:
-                    return (await client.get("/readyz")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await chaos.until(ready, "the api in its namespace")
+            await chaos.until_ready(client, "the api in its namespace")
             yield client
 
 

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from services.cli.localredis import RedisProcess
@@ -40,14 +39,7 @@ async def test_redis_paused_under_500_concurrent_hits_answers_each_within_the_ti
         async with chaos.browser_client(
             port, timeout=30, connections=CLIENTS + 10, keepalive=CLIENTS
         ) as client:
-
-            async def ready() -> bool:
-                try:
-                    return (await client.get("/readyz")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await chaos.until(ready, "the api")
+            await chaos.until_ready(client, "the api")
             await register_site(client)
             # httpx would measure itself at this concurrency (see rawhttp.py).
             raw = RawClient("127.0.0.1", port, {"user-agent": BROWSER_UA})

@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from services.cli.localredis import RedisProcess
@@ -64,14 +63,7 @@ async def test_redis_paused_every_redis_route_answers_within_the_timeout(
         VIEWCOUNTER_REDIS_MAX_CONNECTIONS=str(REDIS_CONNECTIONS),
     ) as (api, port):
         async with chaos.browser_client(port, timeout=30, connections=4, keepalive=4) as client:
-
-            async def ready() -> bool:
-                try:
-                    return (await client.get("/readyz")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await chaos.until(ready, "the api")
+            await chaos.until_ready(client, "the api")
             await register_site(client)
         raw = RawClient("127.0.0.1", port, {"user-agent": BROWSER_UA})
         for name, send in routes().items():  # each works before the pause

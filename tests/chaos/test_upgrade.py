@@ -80,10 +80,8 @@ async def pending_keys(redis_url: str) -> int:
 
 
 async def ready(client: httpx.AsyncClient, port: int) -> bool:
-    try:
-        return (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
-    except httpx.HTTPError:
-        return False
+    """Whether the api on `port` answers ready."""
+    return await chaos.answers_ready(client, f"http://127.0.0.1:{port}/readyz")
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])

@@ -62,6 +62,19 @@ async def until(
         await asyncio.sleep(POLL_S)
 
 
+async def answers_ready(client: httpx.AsyncClient, url: str = "/readyz") -> bool:
+    """Whether `url` (a readiness route) answers 200; False while nothing answers."""
+    try:
+        return (await client.get(url)).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def until_ready(client: httpx.AsyncClient, what: str) -> None:
+    """Poll the client's /readyz until it answers 200; a hang fails naming `what`."""
+    await until(lambda: answers_ready(client), what)
+
+
 async def _holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
     value = condition()
     return await value if inspect.isawaitable(value) else bool(value)
